@@ -1,0 +1,7 @@
+"""Flax layers: drop-ins for `flax.linen.Conv` and `flax.linen.Dense` with INT8 training."""
+
+from daq_jax.nn.common import RNG_STREAM, STATE_COLLECTION
+from daq_jax.nn.conv import QConv
+from daq_jax.nn.dense import QDense
+
+__all__ = ["RNG_STREAM", "STATE_COLLECTION", "QConv", "QDense"]

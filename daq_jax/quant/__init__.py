@@ -1,0 +1,40 @@
+"""Quantization: numerics, the DAQ gradient quantizer and baselines, configs, and the quantized
+conv and dense ops with their custom VJPs."""
+
+from daq_jax.quant.config import (
+  METHODS,
+  QuantConfig,
+  daq,
+  fp32,
+  gvq,
+  mcs,
+  per_tensor,
+  preset,
+  ui8,
+)
+from daq_jax.quant.conv_op import conv_general
+from daq_jax.quant.dense_op import dense
+from daq_jax.quant.gradient import init_state, quantize_gradient
+from daq_jax.quant.numerics import dequantize, fake_quantize, quantize
+from daq_jax.quant.state import split_grads, value_and_grad
+
+__all__ = [
+  "METHODS",
+  "QuantConfig",
+  "conv_general",
+  "daq",
+  "dense",
+  "dequantize",
+  "fake_quantize",
+  "fp32",
+  "gvq",
+  "init_state",
+  "mcs",
+  "per_tensor",
+  "preset",
+  "quantize",
+  "quantize_gradient",
+  "split_grads",
+  "ui8",
+  "value_and_grad",
+]

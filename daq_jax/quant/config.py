@@ -1,0 +1,175 @@
+"""The quantization config: one frozen, hashable dataclass and its named presets.
+
+A config describes how one quantized layer treats its operands and its output gradient. It is
+hashable so that it can be a static jit argument and a `nondiff_argnums` entry of the
+quantized ops' custom VJPs.
+
+References:
+  Zhao et al., "Distribution Adaptive INT8 Quantization for Training CNNs", AAAI 2021.
+  Zhu et al., "Towards Unified INT8 Training for Convolutional Neural Network", CVPR 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+IMPLS = ("xla", "simulate")
+GRANULARITIES = ("per_channel", "per_tensor")
+CLIPS = ("max", "mcs", "dsgc")
+ROUNDINGS = ("nearest", "stochastic")
+METHODS = ("fp32", "per_tensor", "daq", "ui8", "gvq", "mcs")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"quant config: {name}={value!r} is not one of {allowed}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+  """How a quantized conv or dense layer quantizes its forward and backward passes.
+
+  Forward: the activation and the weight are quantized with one max-abs scale each. Backward:
+  the output gradient g is quantized twice, once for the weight gradient (wgrad) and once with
+  a single global scale for the input gradient (dgrad).
+
+  Attributes:
+    name: the method's name, for reports only.
+    bits: the integer width; only 8 is implemented.
+    impl: `xla` runs int8 x int8 -> int32 lax ops; `simulate` runs the same numerics in float
+      (quantize-dequantize, then float convs): the oracle for tests.
+    wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
+      wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
+    wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`
+      (magnitude-aware clipping: max for bell-shaped distributions, a recursive average of the
+      max for inverted-T ones), `dsgc` (UI8's direction-sensitive clipping: the clip ratio on
+      `dsgc_ratios` with the smallest cosine distance).
+    dgrad_clip: the same choice for the single dgrad-path scale (MCS then works on the whole
+      tensor).
+    grad_rounding: `nearest`, or `stochastic` (needs a PRNG key, the `quant` rng stream in the
+      Flax layers).
+    bell_threshold: lambda: a channel is bell-shaped when the fraction of its elements with
+      |g| > sigma exceeds it (a Gaussian gives 0.317, a Laplace 0.243).
+    mcs_k, mcs_a: the inverted-T update s(t) = (1 - k*A) * s(t-1) + A * max|g(t)|.
+    dsgc_ratios: candidate clip values for `dsgc`, as fractions of max|g|.
+    lr_scale_alpha, lr_scale_beta: UI8's deviation-counteractive learning-rate scaling,
+      max(exp(-alpha * d), beta) with d the cosine distance; applied by the training loop.
+  """
+
+  name: str = "custom"
+  bits: int = 8
+  impl: str = "xla"
+  wgrad_granularity: str = "per_channel"
+  wgrad_clip: str = "mcs"
+  dgrad_clip: str = "max"
+  grad_rounding: str = "nearest"
+  bell_threshold: float = 0.3
+  mcs_k: float = 1.0
+  mcs_a: float = 0.8
+  dsgc_ratios: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+  lr_scale_alpha: float = 20.0
+  lr_scale_beta: float = 0.1
+
+  def __post_init__(self):
+    if self.bits != 8:
+      raise ValueError(f"quant config: bits={self.bits!r} is not supported; only 8 bits are")
+    _check_choice("impl", self.impl, IMPLS)
+    _check_choice("wgrad_granularity", self.wgrad_granularity, GRANULARITIES)
+    _check_choice("wgrad_clip", self.wgrad_clip, CLIPS)
+    _check_choice("dgrad_clip", self.dgrad_clip, CLIPS)
+    _check_choice("grad_rounding", self.grad_rounding, ROUNDINGS)
+    if not 0.0 <= self.bell_threshold <= 1.0:
+      raise ValueError(f"quant config: bell_threshold={self.bell_threshold} must be in [0, 1]")
+    if not 0.0 < self.mcs_a <= 1.0 or not 0.0 <= 1.0 - self.mcs_k * self.mcs_a <= 1.0:
+      raise ValueError(
+        f"quant config: mcs_k={self.mcs_k}, mcs_a={self.mcs_a} must give 0 < A <= 1 and "
+        "0 <= 1 - k*A <= 1"
+      )
+    ratios = tuple(float(r) for r in self.dsgc_ratios)
+    if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
+      raise ValueError(f"quant config: dsgc_ratios={self.dsgc_ratios} must lie in (0, 1]")
+    object.__setattr__(self, "dsgc_ratios", ratios)
+
+  @property
+  def stochastic(self) -> bool:
+    """Whether the backward pass needs a PRNG key."""
+    return self.grad_rounding == "stochastic"
+
+  @property
+  def shared_gradient(self) -> bool:
+    """Whether wgrad and dgrad use the same quantized g (one per-tensor scale, same rule)."""
+    return self.wgrad_granularity == "per_tensor" and self.wgrad_clip == self.dgrad_clip
+
+  def replace(self, **changes) -> QuantConfig:
+    """A copy with some fields changed (validated again)."""
+    return dataclasses.replace(self, **changes)
+
+
+def _make(name: str, fields: dict, overrides: dict) -> QuantConfig:
+  return QuantConfig(**{"name": name, **fields, **overrides})
+
+
+def daq(**overrides) -> QuantConfig:
+  """DAQ: per-channel wgrad scales with magnitude-aware clipping; global max for dgrad."""
+  return _make("daq", dict(wgrad_granularity="per_channel", wgrad_clip="mcs"), overrides)
+
+
+def gvq(**overrides) -> QuantConfig:
+  """Ablation: per-channel wgrad scales (gradient vectorized quantization), no clipping."""
+  return _make("gvq", dict(wgrad_granularity="per_channel", wgrad_clip="max"), overrides)
+
+
+def mcs(**overrides) -> QuantConfig:
+  """Ablation: magnitude-aware clipping of one per-tensor wgrad scale."""
+  return _make("mcs", dict(wgrad_granularity="per_tensor", wgrad_clip="mcs"), overrides)
+
+
+def per_tensor(**overrides) -> QuantConfig:
+  """Naive INT8: every tensor, gradients included, with one max-abs scale."""
+  return _make("per_tensor", dict(wgrad_granularity="per_tensor", wgrad_clip="max"), overrides)
+
+
+def ui8(**overrides) -> QuantConfig:
+  """UI8 (Zhu et al. 2020): per-tensor gradients, direction-sensitive clipping, stochastic
+  rounding; its learning-rate scaling reads the `deviation` state in the training loop."""
+  fields = dict(
+    wgrad_granularity="per_tensor",
+    wgrad_clip="dsgc",
+    dgrad_clip="dsgc",
+    grad_rounding="stochastic",
+  )
+  return _make("ui8", fields, overrides)
+
+
+def fp32() -> None:
+  """No quantization: layers given `quant=None` are the float Flax layers."""
+  return None
+
+
+_PRESETS = {
+  "fp32": fp32,
+  "per_tensor": per_tensor,
+  "daq": daq,
+  "ui8": ui8,
+  "gvq": gvq,
+  "mcs": mcs,
+}
+
+
+def preset(method: str, **overrides) -> QuantConfig | None:
+  """The config of a named method (`fp32` gives None, i.e. float layers).
+
+  Raises:
+    ValueError: for an unknown method name or option.
+  """
+  if method not in _PRESETS:
+    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+  if method == "fp32":
+    if overrides:
+      raise ValueError(f"method 'fp32' takes no options, got {sorted(overrides)}")
+    return None
+  fields = {f.name for f in dataclasses.fields(QuantConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown quantization option(s) {unknown}; known: {sorted(fields)}")
+  return _PRESETS[method](**overrides)

@@ -1,0 +1,304 @@
+"""The quantized convolution: int8 forward, int8 dgrad (global gradient scale) and int8 wgrad
+(per-output-channel gradient scales), as one `jax.custom_vjp`.
+
+Layout is channels last: lhs (N, *spatial, C_in), rhs (*spatial, C_in / groups, C_out), the
+layout of `flax.linen.Conv`. 1-D, 2-D and 3-D convolutions, strides, padding, lhs (input) and
+rhs (kernel) dilation and feature groups (depthwise included) are supported.
+
+Every contraction keeps XLA's fast int8 layouts on the CPU:
+- forward: the plain forward-layout int8 conv;
+- dgrad: a forward-layout int8 conv of the globally quantized g with the flipped,
+  group-transposed kernel. That kernel is built in float and quantized in the forward pass
+  (quantization is elementwise, so this equals transposing the int8 kernel), because an int8
+  transpose inside the backward program falls off XLA's fast path;
+- wgrad: one NN int8 dot per kernel tap, (C_in, N*H*W) x (N*H*W, C_out), contracting the batch
+  and spatial positions; x is stored transposed as (C_in, N, *spatial) int8 for this.
+The residuals are int8 tensors and float32 scales only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from daq_jax.quant import contract, gradient, numerics
+from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.residuals import Residuals
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """The static geometry of a convolution (explicit padding, one int per spatial dim)."""
+
+  window_strides: tuple[int, ...]
+  padding: tuple[tuple[int, int], ...]
+  lhs_dilation: tuple[int, ...]
+  rhs_dilation: tuple[int, ...]
+  feature_group_count: int
+
+  def conv_kwargs(self) -> dict:
+    return dict(
+      window_strides=self.window_strides,
+      padding=self.padding,
+      lhs_dilation=self.lhs_dilation,
+      rhs_dilation=self.rhs_dilation,
+      feature_group_count=self.feature_group_count,
+    )
+
+  def float_conv(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """The float convolution with this geometry (the `simulate` path and the oracle)."""
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      dimension_numbers=contract.channels_last_dimension_numbers(lhs.ndim),
+      precision=lax.Precision.HIGHEST,
+      **self.conv_kwargs(),
+    )
+
+
+def _tuple(name: str, value, n: int) -> tuple[int, ...]:
+  if value is None:
+    return (1,) * n
+  if isinstance(value, int):
+    return (value,) * n
+  value = tuple(int(v) for v in value)
+  if len(value) != n:
+    raise ValueError(f"conv: {name}={value} must have one entry per spatial dim ({n})")
+  if any(v < 1 for v in value):
+    raise ValueError(f"conv: {name}={value} must be positive")
+  return value
+
+
+def make_spec(
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  *,
+  window_strides=None,
+  padding="SAME",
+  lhs_dilation=None,
+  rhs_dilation=None,
+  feature_group_count: int = 1,
+) -> ConvSpec:
+  """Validates the operands' shapes and resolves the geometry into a `ConvSpec`."""
+  if len(lhs_shape) != len(rhs_shape) or len(lhs_shape) not in (3, 4, 5):
+    raise ValueError(
+      f"conv: lhs {tuple(lhs_shape)} and rhs {tuple(rhs_shape)} must both be rank 3, 4 or 5 "
+      "(N, *spatial, C) and (*spatial, C_in/groups, C_out): 1-D, 2-D or 3-D, channels last"
+    )
+  n = len(lhs_shape) - 2
+  groups = int(feature_group_count)
+  c_in, c_out = lhs_shape[-1], rhs_shape[-1]
+  if groups < 1 or c_in % groups or c_out % groups:
+    raise ValueError(
+      f"conv: feature_group_count={groups} must divide the input ({c_in}) and output "
+      f"({c_out}) channels"
+    )
+  if rhs_shape[-2] * groups != c_in:
+    raise ValueError(
+      f"conv: rhs {tuple(rhs_shape)} has {rhs_shape[-2]} input channels per group, but lhs "
+      f"{tuple(lhs_shape)} with feature_group_count={groups} needs {c_in // groups}"
+    )
+  strides = _tuple("window_strides", window_strides, n)
+  lhs_dil = _tuple("lhs_dilation", lhs_dilation, n)
+  rhs_dil = _tuple("rhs_dilation", rhs_dilation, n)
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
+      raise ValueError(f"conv: padding={padding!r} is not SAME, SAME_LOWER, VALID or pairs")
+    dilated_in = [(d - 1) * ld + 1 for d, ld in zip(lhs_shape[1:-1], lhs_dil)]
+    dilated_k = [(k - 1) * rd + 1 for k, rd in zip(rhs_shape[:-2], rhs_dil)]
+    pads = lax.padtype_to_pads(dilated_in, dilated_k, strides, padding.upper())
+  else:
+    pads = [tuple(int(p) for p in pair) for pair in padding]
+    if len(pads) != n or any(len(p) != 2 for p in pads):
+      raise ValueError(f"conv: padding={padding} must be {n} (low, high) pairs")
+  spec = ConvSpec(strides, tuple(tuple(p) for p in pads), lhs_dil, rhs_dil, groups)
+  out_spatial = _out_spatial(lhs_shape, rhs_shape, spec)
+  if any(o < 1 for o in out_spatial):
+    raise ValueError(
+      f"conv: lhs {tuple(lhs_shape)} with kernel {tuple(rhs_shape)} and {spec} gives an empty "
+      f"output {tuple(out_spatial)}"
+    )
+  return spec
+
+
+def _out_spatial(lhs_shape, rhs_shape, spec: ConvSpec) -> list[int]:
+  out = []
+  for d, k, s, (lo, hi), ld, rd in zip(
+    lhs_shape[1:-1],
+    rhs_shape[:-2],
+    spec.window_strides,
+    spec.padding,
+    spec.lhs_dilation,
+    spec.rhs_dilation,
+  ):
+    span = (d - 1) * ld + 1 + lo + hi - ((k - 1) * rd + 1)
+    out.append(span // s + 1 if span >= 0 else 0)
+  return out
+
+
+def dgrad_kernel(rhs: jax.Array, groups: int) -> jax.Array:
+  """The kernel whose forward conv with g is the input gradient: spatially flipped, with the
+  input and output channels of each group swapped: (*sp, I, G*O) -> (*sp, O, G*I)."""
+  *sp, i, c_out = rhs.shape
+  o = c_out // groups
+  w = jnp.flip(rhs, axis=tuple(range(len(sp))))
+  w = w.reshape(*sp, i, groups, o)
+  w = jnp.moveaxis(w, (-3, -2, -1), (-1, -2, -3))  # (*sp, O, G, I)
+  return w.reshape(*sp, o, groups * i)
+
+
+def dgrad_spec(lhs_shape, rhs_shape, spec: ConvSpec) -> ConvSpec:
+  """The geometry of the input-gradient conv: strides and input dilation swap roles and the
+  padding makes the result cover exactly the (dilated) input."""
+  out_spatial = _out_spatial(lhs_shape, rhs_shape, spec)
+  pads = []
+  for d, k, o, s, (lo, _), ld, rd in zip(
+    lhs_shape[1:-1],
+    rhs_shape[:-2],
+    out_spatial,
+    spec.window_strides,
+    spec.padding,
+    spec.lhs_dilation,
+    spec.rhs_dilation,
+  ):
+    dilated_in, dilated_k = (d - 1) * ld + 1, (k - 1) * rd + 1
+    pads.append((dilated_k - 1 - lo, dilated_in - (o - 1) * s - 1 + lo))
+  return ConvSpec(
+    window_strides=spec.lhs_dilation,
+    padding=tuple(pads),
+    lhs_dilation=spec.window_strides,
+    rhs_dilation=spec.rhs_dilation,
+    feature_group_count=spec.feature_group_count,
+  )
+
+
+def _wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
+  """sum over N*out positions of x[tap] * g, one int8 dot per kernel tap (float32 result).
+
+  Args:
+    x_t: int8 (C_in, N, *spatial): the input, channels first.
+    g_q: int8 (M, C_out) with M = N * prod(out spatial), channels last.
+  """
+  groups = spec.feature_group_count
+  *ksize, c_in_g, c_out = rhs_shape
+  c_in = x_t.shape[0]
+  pad_cfg = [(0, 0, 0), (0, 0, 0)] + [
+    (lo, hi, ld - 1) for (lo, hi), ld in zip(spec.padding, spec.lhs_dilation)
+  ]
+  x_p = lax.pad(x_t, jnp.int8(0), pad_cfg)
+  out_spatial = _out_spatial((1, *x_t.shape[2:], c_in), rhs_shape, spec)
+  if groups == 1:
+    dims = (((1,), (0,)), ((), ()))
+    rhs = g_q
+  else:
+    dims = (((2,), (0,)), ((0,), (1,)))  # (G, I, M) x (M, G, O) -> (G, I, O)
+    rhs = g_q.reshape(-1, groups, c_out // groups)
+  taps = []
+  for tap in itertools.product(*(range(k) for k in ksize)):
+    start = [0, 0] + [t * rd for t, rd in zip(tap, spec.rhs_dilation)]
+    limit = [c_in, x_p.shape[1]] + [
+      st + (o - 1) * s + 1 for st, o, s in zip(start[2:], out_spatial, spec.window_strides)
+    ]
+    xs = lax.slice(x_p, start, limit, [1, 1, *spec.window_strides]).reshape(c_in, -1)
+    if groups > 1:
+      xs = xs.reshape(groups, c_in_g, -1)
+    acc = contract.int8_dot_general(xs, rhs, dims)
+    if groups > 1:
+      acc = jnp.moveaxis(acc, 0, 1).reshape(c_in_g, c_out)  # (I, G, O) -> (I, G*O)
+    taps.append(acc)
+  return jnp.stack(taps).reshape(*ksize, c_in_g, c_out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom VJP.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _conv(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
+  return _conv_fwd(cfg, spec, lhs, rhs, state, key)[0]
+
+
+def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
+  out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+  sx, sw = numerics.max_abs(lhs), numerics.max_abs(rhs)
+  if cfg.impl == "simulate":
+    x_hat = numerics.fake_quantize(lhs, sx)
+    w_hat = numerics.fake_quantize(rhs, sw)
+    out = spec.float_conv(x_hat, w_hat)
+    saved = (x_hat, w_hat)
+  else:
+    acc = contract.int8_conv(
+      numerics.quantize(lhs, sx), numerics.quantize(rhs, sw), **spec.conv_kwargs()
+    )
+    out = numerics.rescale(acc, sx, sw)
+    x_t = numerics.quantize(jnp.moveaxis(lhs, -1, 0), sx)
+    w_d = numerics.quantize(dgrad_kernel(rhs, spec.feature_group_count), sw)
+    saved = (x_t, w_d, sx, sw)
+  return out.astype(out_dtype), Residuals.of(saved, state, key, lhs, rhs)
+
+
+def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
+  gq = gradient.quantize_gradient(g, res.state, cfg, res.key)
+  if cfg.impl == "simulate":
+    x_hat, w_hat = res.saved
+    _, vjp = jax.vjp(spec.float_conv, x_hat, w_hat)
+    dx = vjp(numerics.dequantize(gq.dgrad_q, gq.dgrad_scale))[0]
+    dw = vjp(numerics.dequantize(gq.wgrad_q, gq.wgrad_scale).reshape(g.shape))[1]
+  else:
+    x_t, w_d, sx, sw = res.saved
+    d_spec = dgrad_spec(res.lhs_shape, res.rhs_shape, spec)
+    dx = numerics.rescale(
+      contract.int8_conv(gq.dgrad_q, w_d, **d_spec.conv_kwargs()), gq.dgrad_scale, sw
+    )
+    dw = numerics.rescale(_wgrad_int8(x_t, gq.wgrad_q, res.rhs_shape, spec), sx, gq.wgrad_scale)
+  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, None
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general(
+  lhs: jax.Array,
+  rhs: jax.Array,
+  state: gradient.State,
+  key: jax.Array | None = None,
+  *,
+  cfg: QuantConfig,
+  window_strides=None,
+  padding="SAME",
+  lhs_dilation=None,
+  rhs_dilation=None,
+  feature_group_count: int = 1,
+) -> jax.Array:
+  """A channels-last convolution with DAQ int8 forward and backward passes.
+
+  Args:
+    lhs: (N, *spatial, C_in) float input.
+    rhs: (*spatial, C_in / groups, C_out) float kernel.
+    state: the layer's quantization state (`gradient.init_state(cfg, C_out)`). The forward pass
+      does not read it; under `jax.grad` its cotangent is the state for the next step.
+    key: PRNG key for stochastic gradient rounding, else None.
+    cfg: the quantization config.
+    window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count: as for
+      `lax.conv_general_dilated` (padding: SAME, SAME_LOWER, VALID or (low, high) pairs).
+
+  Returns:
+    The convolution output (N, *out_spatial, C_out) in the operands' float dtype.
+  """
+  spec = make_spec(
+    lhs.shape,
+    rhs.shape,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    feature_group_count=feature_group_count,
+  )
+  gradient.check_state(state, cfg, rhs.shape[-1])
+  return _conv(cfg, spec, lhs, rhs, state, key)

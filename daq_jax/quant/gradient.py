@@ -1,0 +1,206 @@
+"""The gradient quantizer: DAQ's per-channel distribution test and magnitude-aware clipping,
+and the baselines' rules (plain max-abs, UI8's direction-sensitive clipping).
+
+The output gradient g of a layer (channels last) is quantized twice:
+- for the weight gradient, per output channel (or per tensor), with a clip value chosen by
+  `cfg.wgrad_clip`;
+- for the input gradient, with one global clip value chosen by `cfg.dgrad_clip`.
+
+Per-layer state (one float per output channel for per-channel MCS) is read from the previous
+step and a new value is returned; the quantized ops hand it out of the backward pass as the
+cotangent of their state input.
+
+References:
+  Zhao et al., "Distribution Adaptive INT8 Quantization for Training CNNs", AAAI 2021.
+  Zhu et al., "Towards Unified INT8 Training for Convolutional Neural Network", CVPR 2020.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from daq_jax.quant import numerics
+from daq_jax.quant.config import QuantConfig
+
+State = dict[str, jax.Array]
+
+
+class ClipStats(NamedTuple):
+  """Statistics of the columns of a 2-D view (M, C) of g, each of shape (C,)."""
+
+  gmax: jax.Array  # max |g|
+  above_sigma: jax.Array  # r: fraction of elements with |g| > std (population, about the mean)
+
+  def is_bell(self, cfg: QuantConfig) -> jax.Array:
+    """True for bell-shaped (Gaussian-like) columns, False for sharp inverted-T ones."""
+    return self.above_sigma > cfg.bell_threshold
+
+
+class QuantizedGradient(NamedTuple):
+  """Both quantizations of g, and what the layer's state becomes.
+
+  Attributes:
+    wgrad_q: int8 (M, C), the wgrad-path g as a 2-D view (channels last).
+    wgrad_scale: float32 clip values, (C,) per channel or () per tensor.
+    dgrad_q: int8, g's shape, one global scale.
+    dgrad_scale: float32 ().
+    new_state: the layer's state for the next step.
+    wgrad_stats: the statistics the wgrad clip rule saw (per channel or per tensor).
+  """
+
+  wgrad_q: jax.Array
+  wgrad_scale: jax.Array
+  dgrad_q: jax.Array
+  dgrad_scale: jax.Array
+  new_state: State
+  wgrad_stats: ClipStats
+
+
+def init_state(cfg: QuantConfig, channels: int) -> State:
+  """The state of a layer before its first step: zeros, read as 'no history yet'."""
+  shape = (channels,) if cfg.wgrad_granularity == "per_channel" else ()
+  state = {
+    "wgrad_clip": jnp.zeros(shape, jnp.float32),
+    "dgrad_clip": jnp.zeros((), jnp.float32),
+  }
+  if "dsgc" in (cfg.wgrad_clip, cfg.dgrad_clip):
+    state["deviation"] = jnp.zeros((), jnp.float32)
+  return state
+
+
+def check_state(state: State, cfg: QuantConfig, channels: int) -> None:
+  """Raises a clear error when `state` does not fit the config and the layer's width."""
+  want = jax.tree.map(jnp.shape, init_state(cfg, channels))
+  got = jax.tree.map(jnp.shape, state)
+  if want != got:
+    raise ValueError(
+      f"quantization state has shapes {got} but config {cfg.name!r} with {channels} output "
+      f"channels needs {want} (was the state made for another config?)"
+    )
+
+
+def clip_stats(g2d: jax.Array) -> ClipStats:
+  """Column statistics of a 2-D view (M, C) of g."""
+  g2d = g2d.astype(jnp.float32)
+  mag = jnp.abs(g2d)
+  sigma = jnp.std(g2d, axis=0)
+  return ClipStats(
+    gmax=numerics.max_abs(g2d, axis=0),
+    above_sigma=jnp.mean((mag > sigma).astype(jnp.float32), axis=0),
+  )
+
+
+def mcs_clip(stats: ClipStats, prev: jax.Array, cfg: QuantConfig) -> tuple[jax.Array, jax.Array]:
+  """Magnitude-aware clipping: the clip value to use now and the state to carry.
+
+  Bell-shaped columns are not clipped (s = max|g|); inverted-T columns use the recursive
+  s(t) = (1 - k*A) s(t-1) + A max|g(t)|. The carried state always tracks that recursion, so a
+  column that changes type continues from its history. A state of 0 (or NaN, after a
+  non-finite step) means no history: the recursion starts at the current max.
+
+  Returns:
+    (clip, ema), both of the statistics' shape.
+  """
+  has_history = prev > 0
+  ema = (1.0 - cfg.mcs_k * cfg.mcs_a) * jnp.where(has_history, prev, 0.0) + cfg.mcs_a * stats.gmax
+  ema = jnp.where(has_history, ema, stats.gmax)
+  return jnp.where(stats.is_bell(cfg), stats.gmax, ema), ema
+
+
+def cosine_distance(a: jax.Array, b: jax.Array, axis=None) -> jax.Array:
+  """1 - cos(a, b) over `axis`; 0 where either side is all zeros."""
+  a = a.astype(jnp.float32)
+  b = b.astype(jnp.float32)
+  dot = jnp.sum(a * b, axis=axis)
+  norm = jnp.sqrt(jnp.sum(a * a, axis=axis) * jnp.sum(b * b, axis=axis))
+  safe = jnp.where(norm > 0, norm, 1.0)
+  return jnp.where(norm > 0, 1.0 - dot / safe, 0.0)
+
+
+def dsgc_clip(g2d: jax.Array, stats: ClipStats, cfg: QuantConfig) -> tuple[jax.Array, jax.Array]:
+  """UI8's direction-sensitive clipping: the candidate clip with the smallest cosine distance.
+
+  Candidates are `cfg.dsgc_ratios` times max|g| per column, evaluated with nearest rounding.
+
+  Returns:
+    (clip, distance) of the statistics' shape.
+  """
+
+  def distance(ratio):
+    clip = ratio * stats.gmax
+    return cosine_distance(g2d, numerics.fake_quantize(g2d, clip), axis=0)
+
+  ratios = jnp.asarray(cfg.dsgc_ratios, jnp.float32)
+  distances = jax.lax.map(distance, ratios)  # (R, C): one pass over g at a time
+  best = jnp.argmin(distances, axis=0)
+  clip = ratios[best] * stats.gmax
+  return clip, jnp.take_along_axis(distances, best[None], axis=0)[0]
+
+
+def _clip(rule: str, view, stats: ClipStats, prev, cfg):
+  """(clip, carried state, deviation or None) of one rule on the columns of `view`."""
+  if rule == "max":
+    return stats.gmax, stats.gmax, None
+  if rule == "mcs":
+    return (*mcs_clip(stats, prev, cfg), None)
+  clip, deviation = dsgc_clip(view, stats, cfg)
+  return clip, clip, deviation
+
+
+def quantize_gradient(
+  g: jax.Array, state: State, cfg: QuantConfig, key: jax.Array | None = None
+) -> QuantizedGradient:
+  """Quantizes a layer's output gradient for wgrad (per channel) and dgrad (global).
+
+  Args:
+    g: dL/dy, channels last, any rank >= 1.
+    state: the layer's state from the previous step (see `init_state`).
+    cfg: the quantization config.
+    key: PRNG key, required when `cfg.grad_rounding == "stochastic"`.
+
+  Returns:
+    A `QuantizedGradient`.
+  """
+  channels = g.shape[-1]
+  if cfg.stochastic and key is None:
+    raise ValueError(f"quant config {cfg.name!r} rounds stochastically and needs a PRNG key")
+  wkey, dkey = jax.random.split(key) if cfg.stochastic else (None, None)
+  g2d = g.reshape(-1, channels)
+  flat = g.reshape(-1, 1)  # per-tensor rules see one column
+  # Statistics XLA finds unused (std for a `max` rule, say) are dead code and cost nothing.
+  tensor_stats = clip_stats(flat)
+
+  dclip, dstate, ddev = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
+  dgrad_scale = dclip[0]
+  dgrad_q = numerics.quantize(g, dgrad_scale, rounding=cfg.grad_rounding, key=dkey)
+  new_state = {"dgrad_clip": dstate[0]}
+
+  if cfg.shared_gradient:
+    wgrad_scale, wgrad_q = dgrad_scale, dgrad_q.reshape(g2d.shape)
+    wstate, wdev, wstats = dstate[0], ddev, tensor_stats
+  else:
+    per_channel = cfg.wgrad_granularity == "per_channel"
+    view = g2d if per_channel else flat
+    wstats = clip_stats(g2d) if per_channel else tensor_stats
+    prev = state["wgrad_clip"] if per_channel else state["wgrad_clip"][None]
+    wclip, wstate, wdev = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
+    if not per_channel:
+      wclip, wstate = wclip[0], wstate[0]
+      wdev = None if wdev is None else wdev[0]
+    wgrad_scale = wclip
+    wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.grad_rounding, key=wkey)
+  new_state["wgrad_clip"] = wstate
+  if "deviation" in state:
+    deviation = wdev if wdev is not None else ddev
+    new_state["deviation"] = jnp.reshape(deviation, ())
+  return QuantizedGradient(
+    wgrad_q=wgrad_q,
+    wgrad_scale=wgrad_scale,
+    dgrad_q=dgrad_q,
+    dgrad_scale=dgrad_scale,
+    new_state={k: new_state[k] for k in state},
+    wgrad_stats=wstats,
+  )

@@ -1,0 +1,48 @@
+"""Config and presets: each preset sets the fields METHOD.md describes; bad input names the
+problem; configs are hashable (they are static jit arguments)."""
+
+import jax
+import pytest
+
+from daq_jax import quant
+
+
+def test_presets_match_the_methods():
+  assert quant.daq().wgrad_granularity == "per_channel" and quant.daq().wgrad_clip == "mcs"
+  assert quant.gvq().wgrad_granularity == "per_channel" and quant.gvq().wgrad_clip == "max"
+  assert quant.mcs().wgrad_granularity == "per_tensor" and quant.mcs().wgrad_clip == "mcs"
+  pt = quant.per_tensor()
+  assert (pt.wgrad_granularity, pt.wgrad_clip, pt.dgrad_clip) == ("per_tensor", "max", "max")
+  u = quant.ui8()
+  assert (u.wgrad_clip, u.dgrad_clip, u.grad_rounding) == ("dsgc", "dsgc", "stochastic")
+  for cfg in (quant.daq(), quant.gvq(), quant.mcs(), quant.per_tensor(), quant.ui8()):
+    assert cfg.dgrad_clip in ("max", "dsgc") and cfg.bits == 8
+  assert quant.fp32() is None and quant.preset("fp32") is None
+
+
+def test_preset_by_name_with_overrides_and_hashable():
+  cfg = quant.preset("daq", bell_threshold=0.25, impl="simulate")
+  assert cfg.bell_threshold == 0.25 and cfg.impl == "simulate" and cfg.name == "daq"
+  assert hash(cfg) == hash(quant.daq(bell_threshold=0.25, impl="simulate"))
+  assert jax.jit(lambda x, c: x, static_argnums=1)(1.0, cfg) == 1.0
+  assert cfg.replace(mcs_a=0.5).mcs_a == 0.5
+
+
+@pytest.mark.parametrize(
+  "make, match",
+  [
+    (lambda: quant.preset("int4"), "unknown quantization method 'int4'"),
+    (lambda: quant.preset("daq", clip="max"), r"unknown quantization option\(s\) \['clip'\]"),
+    (lambda: quant.preset("fp32", impl="xla"), "'fp32' takes no options"),
+    (lambda: quant.daq(bits=4), "bits=4 is not supported"),
+    (lambda: quant.daq(impl="cuda"), "impl='cuda' is not one of"),
+    (lambda: quant.daq(wgrad_clip="percentile"), "wgrad_clip='percentile'"),
+    (lambda: quant.daq(grad_rounding="up"), "grad_rounding='up'"),
+    (lambda: quant.daq(bell_threshold=1.5), "bell_threshold=1.5"),
+    (lambda: quant.daq(mcs_a=0.0), "mcs_k=1.0, mcs_a=0.0"),
+    (lambda: quant.ui8(dsgc_ratios=(0.0, 1.0)), "dsgc_ratios"),
+  ],
+)
+def test_bad_config_names_the_problem(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()

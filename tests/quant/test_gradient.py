@@ -1,0 +1,132 @@
+"""The gradient quantizer on hand-built gradients: the distribution test separates Gaussian
+from Laplace channels, the clip rules follow METHOD.md exactly, the state is carried, and
+degenerate inputs (zeros, NaN) behave."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from daq_jax import quant
+from daq_jax.quant import gradient, numerics
+
+# A realistic channel: ResNet-20's last stage at batch 128 has 128 * 8 * 8 positions.
+POSITIONS = 128 * 8 * 8
+
+
+def _channels(kind: str, n: int, seed: int) -> jax.Array:
+  key = jax.random.key(seed)
+  if kind == "gaussian":
+    return jax.random.normal(key, (POSITIONS, n)) * 1e-3
+  return jax.random.laplace(key, (POSITIONS, n)) * 1e-3
+
+
+def test_classifier_separates_gaussian_from_laplace_channels():
+  cfg = quant.daq()
+  bell_g = gradient.clip_stats(_channels("gaussian", 64, 0)).is_bell(cfg)
+  bell_l = gradient.clip_stats(_channels("laplace", 64, 1)).is_bell(cfg)
+  assert int(bell_g.sum()) == 64
+  assert int(bell_l.sum()) == 0
+  r = gradient.clip_stats(_channels("gaussian", 64, 2)).above_sigma
+  np.testing.assert_allclose(float(r.mean()), 0.317, atol=0.005)  # METHOD.md: 0.317 exact
+
+
+def test_daq_clip_rule_and_state_update():
+  cfg = quant.daq()
+  g = jnp.concatenate([_channels("gaussian", 1, 3), _channels("laplace", 1, 4)], axis=1)
+  gmax = np.asarray(numerics.max_abs(g, axis=0))
+  prev = jnp.array([5e-3, 7e-3])
+  out = gradient.quantize_gradient(g, {"wgrad_clip": prev, "dgrad_clip": jnp.float32(0)}, cfg)
+  ema = 0.2 * np.asarray(prev) + 0.8 * gmax
+  # Bell-shaped channel: s = max|g|. Inverted-T channel: s = 0.2 s_prev + 0.8 max|g|.
+  np.testing.assert_allclose(out.wgrad_scale, [gmax[0], ema[1]], rtol=1e-6)
+  # The state tracks the recursion for every channel (a channel may change type later).
+  np.testing.assert_allclose(out.new_state["wgrad_clip"], ema, rtol=1e-6)
+  # dgrad: one global max-abs scale.
+  np.testing.assert_allclose(out.dgrad_scale, gmax.max(), rtol=0)
+  assert out.dgrad_q.dtype == out.wgrad_q.dtype == jnp.int8
+
+
+def test_first_step_starts_the_recursion_at_the_channel_max():
+  cfg = quant.daq()
+  g = _channels("laplace", 3, 5)
+  out = gradient.quantize_gradient(g, gradient.init_state(cfg, 3), cfg)
+  np.testing.assert_allclose(out.wgrad_scale, numerics.max_abs(g, axis=0), rtol=0)
+  np.testing.assert_allclose(out.new_state["wgrad_clip"], numerics.max_abs(g, axis=0), rtol=0)
+
+
+def test_inverted_t_channels_get_clipped_as_max_falls():
+  cfg = quant.daq()
+  g = _channels("laplace", 2, 6)
+  state = gradient.init_state(cfg, 2)
+  for _ in range(3):
+    state = gradient.quantize_gradient(g, state, cfg).new_state
+  small = g * 0.25  # the max drops: the recursion lags behind it, so values above s clip
+  out = gradient.quantize_gradient(small, state, cfg)
+  assert bool(jnp.all(out.wgrad_scale > numerics.max_abs(small, axis=0)))
+  np.testing.assert_allclose(
+    out.wgrad_scale, 0.2 * state["wgrad_clip"] + 0.8 * numerics.max_abs(small, axis=0), rtol=1e-6
+  )
+
+
+def test_per_tensor_mcs_uses_one_scale():
+  cfg = quant.mcs()
+  g = _channels("laplace", 4, 7)
+  prev = {"wgrad_clip": jnp.float32(1e-2), "dgrad_clip": jnp.float32(0)}
+  out = gradient.quantize_gradient(g, prev, cfg)
+  assert out.wgrad_scale.shape == ()
+  np.testing.assert_allclose(out.wgrad_scale, 0.2 * 1e-2 + 0.8 * numerics.max_abs(g), rtol=1e-6)
+
+
+def test_per_tensor_and_ui8_share_one_quantized_gradient():
+  g = _channels("gaussian", 4, 8).reshape(8, 32, 32, 4)
+  for cfg in (quant.per_tensor(), quant.ui8()):
+    key = jax.random.key(0) if cfg.stochastic else None
+    out = gradient.quantize_gradient(g, gradient.init_state(cfg, 4), cfg, key)
+    np.testing.assert_array_equal(out.wgrad_q, out.dgrad_q.reshape(-1, 4))
+    assert out.wgrad_scale == out.dgrad_scale
+
+
+def test_dsgc_picks_the_ratio_with_the_smallest_cosine_distance():
+  cfg = quant.ui8(grad_rounding="nearest", dsgc_ratios=(0.05, 0.5, 1.0))
+  g = _channels("laplace", 1, 9)
+  out = gradient.quantize_gradient(g, gradient.init_state(cfg, 1), cfg)
+  gmax = float(numerics.max_abs(g))
+  distances = [
+    float(gradient.cosine_distance(g, numerics.fake_quantize(g, r * gmax)))
+    for r in (0.05, 0.5, 1.0)
+  ]
+  best = int(np.argmin(distances))
+  np.testing.assert_allclose(out.wgrad_scale, (0.05, 0.5, 1.0)[best] * gmax, rtol=1e-6)
+  # float32 cancellation in 1 - cos: distances near 1e-4 agree to about 1e-6.
+  np.testing.assert_allclose(out.new_state["deviation"], distances[best], atol=1e-6)
+
+
+def test_all_zero_gradient_gives_zeros_and_no_nan():
+  for cfg in (quant.daq(), quant.mcs(), quant.ui8(), quant.per_tensor()):
+    g = jnp.zeros((64, 3))
+    state = gradient.init_state(cfg, 3)
+    out = gradient.quantize_gradient(g, state, cfg, jax.random.key(0))
+    for leaf in jax.tree.leaves(out):
+      assert not np.isnan(np.asarray(leaf, np.float32)).any()
+    np.testing.assert_array_equal(out.wgrad_q, 0)
+    np.testing.assert_array_equal(out.dgrad_q, 0)
+
+
+def test_nan_in_gradient_reaches_the_scales():
+  cfg = quant.daq()
+  g = _channels("gaussian", 3, 10).at[5, 1].set(jnp.nan)
+  out = gradient.quantize_gradient(g, gradient.init_state(cfg, 3), cfg)
+  assert np.isnan(np.asarray(out.dgrad_scale))
+  assert np.isnan(np.asarray(out.wgrad_scale[1])) and not np.isnan(np.asarray(out.wgrad_scale[0]))
+  # After a non-finite step the recursion restarts from the next max instead of staying NaN.
+  out2 = gradient.quantize_gradient(_channels("laplace", 3, 11), out.new_state, cfg)
+  assert np.isfinite(np.asarray(out2.new_state["wgrad_clip"])).all()
+
+
+def test_stochastic_config_needs_a_key_and_state_must_fit():
+  g = jnp.ones((8, 2))
+  with pytest.raises(ValueError, match="needs a PRNG key"):
+    gradient.quantize_gradient(g, gradient.init_state(quant.ui8(), 2), quant.ui8())
+  with pytest.raises(ValueError, match="quantization state has shapes"):
+    gradient.check_state(gradient.init_state(quant.mcs(), 2), quant.daq(), 2)
