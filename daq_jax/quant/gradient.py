@@ -166,7 +166,10 @@ def quantize_gradient(
   """
   channels = g.shape[-1]
   if cfg.stochastic and key is None:
-    raise ValueError(f"quant config {cfg.name!r} rounds stochastically and needs a PRNG key")
+    raise ValueError(
+      f"quant config {cfg.name!r} rounds stochastically and needs a PRNG key (Flax layers: "
+      "pass rngs={'quant': key} to apply)"
+    )
   wkey, dkey = jax.random.split(key) if cfg.stochastic else (None, None)
   g2d = g.reshape(-1, channels)
   flat = g.reshape(-1, 1)  # per-tensor rules see one column

@@ -1,0 +1,170 @@
+"""QConv and QDense as drop-ins for flax.linen.Conv and Dense.
+
+Strategy: with quant=None the layers must be nn.Conv / nn.Dense bit for bit (parameters,
+outputs, gradients) over the options users set; with a config they must create the same
+parameters and stay close to the float layer; a training step through them must be int8 in
+the lowered program for 2-D, depthwise, strided, 1-D and 3-D convs and for dense layers.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import daq_jax.nn as qnn
+from daq_jax import quant
+from daq_jax.quant import lowering
+from tests.helpers import cosine
+
+TOLERANCE = {"cosine_vs_float": 0.999}  # N(0, 1) inputs, default Flax init
+
+CONV_CASES = {
+  "default": ((2, 8, 8, 4), dict(features=6, kernel_size=(3, 3))),
+  "strided_valid": ((2, 9, 9, 4), dict(features=6, kernel_size=3, strides=2, padding="VALID")),
+  "circular": ((2, 8, 8, 4), dict(features=6, kernel_size=(3, 3), padding="CIRCULAR")),
+  "reflect_dilated": (
+    (2, 8, 8, 4),
+    dict(features=6, kernel_size=(3, 3), padding="REFLECT", kernel_dilation=2),
+  ),
+  "input_dilation": (
+    (2, 5, 5, 4),
+    dict(features=6, kernel_size=(3, 3), input_dilation=2, padding=((1, 2), (2, 1))),
+  ),
+  "grouped_nobias": (
+    (2, 8, 8, 4),
+    dict(features=6, kernel_size=(3, 3), feature_group_count=2, use_bias=False),
+  ),
+  "depthwise": ((2, 8, 8, 4), dict(features=4, kernel_size=(3, 3), feature_group_count=4)),
+  "bf16": ((2, 8, 8, 4), dict(features=6, kernel_size=(3, 3), dtype=jnp.bfloat16)),
+  "causal_1d": ((2, 9, 4), dict(features=6, kernel_size=(3,), padding="CAUSAL")),
+  "3d": ((2, 4, 5, 6, 3), dict(features=4, kernel_size=(3, 3, 3), strides=(1, 2, 2))),
+  "two_batch_dims": ((2, 3, 6, 6, 4), dict(features=5, kernel_size=(3, 3))),
+  "no_batch_dim": ((6, 6, 4), dict(features=5, kernel_size=(3, 3))),
+  "int_padding": ((2, 6, 6, 4), dict(features=5, kernel_size=(3, 3), padding=2)),
+}
+
+DENSE_CASES = {
+  "default": ((4, 16), dict(features=8)),
+  "batch_dims": ((2, 3, 16), dict(features=8, use_bias=False)),
+  "bf16": ((4, 16), dict(features=8, dtype=jnp.bfloat16)),
+}
+
+
+def _run(layer, x, variables=None, rng_seed=0):
+  variables = layer.init(jax.random.key(rng_seed), x) if variables is None else variables
+
+  def loss(params, state, inputs):
+    v = {"params": params, **({"quant_state": state} if state is not None else {})}
+    return jnp.sum(layer.apply(v, inputs).astype(jnp.float32) ** 2)
+
+  state = variables.get("quant_state")
+  out = layer.apply(variables, x)
+  grads = jax.grad(loss, argnums=(0, 2))(variables["params"], state, x)
+  return variables, out, grads
+
+
+def _pairs(cases):
+  return [(name, *case) for name, case in cases.items()]
+
+
+@pytest.mark.parametrize("name, shape, kw", _pairs(CONV_CASES) + [("mask", (2, 6, 6, 4), None)])
+def test_qconv_without_quant_is_flax_conv_bit_for_bit(name, shape, kw):
+  if kw is None:  # a mask must match the kernel
+    kw = dict(features=3, kernel_size=(3, 3), mask=jnp.tril(jnp.ones((3, 3, 4, 3))))
+  x = jax.random.normal(jax.random.key(1), shape)
+  v_f, y_f, g_f = _run(nn.Conv(**kw), x)
+  v_q, y_q, g_q = _run(qnn.QConv(**kw, quant=None), x)
+  for a, b in zip(jax.tree.leaves((v_f, y_f, g_f)), jax.tree.leaves((v_q, y_q, g_q)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name, shape, kw", _pairs(DENSE_CASES))
+def test_qdense_without_quant_is_flax_dense_bit_for_bit(name, shape, kw):
+  x = jax.random.normal(jax.random.key(1), shape)
+  f, q = _run(nn.Dense(**kw), x), _run(qnn.QDense(**kw, quant=None), x)
+  for a, b in zip(jax.tree.leaves(f), jax.tree.leaves(q), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+  "layer_cls, flax_cls, name, shape, kw",
+  [(qnn.QConv, nn.Conv, *c) for c in _pairs(CONV_CASES)]
+  + [(qnn.QDense, nn.Dense, *c) for c in _pairs(DENSE_CASES)],
+)
+def test_quantized_layer_has_flax_params_and_stays_close(layer_cls, flax_cls, name, shape, kw):
+  x = jax.random.normal(jax.random.key(1), shape)
+  v_f, y_f, (dp_f, dx_f) = _run(flax_cls(**kw), x)
+  v_q, y_q, (dp_q, dx_q) = _run(layer_cls(**kw, quant=quant.daq()), x)
+  for a, b in zip(jax.tree.leaves(v_f["params"]), jax.tree.leaves(v_q["params"]), strict=True):
+    np.testing.assert_array_equal(a, b)  # same names, shapes, initial values
+  assert jax.tree.map(jnp.shape, v_q["quant_state"]) == {
+    "dgrad_clip": (),
+    "wgrad_clip": (kw["features"],),
+  }
+  assert y_q.dtype == y_f.dtype and y_q.shape == y_f.shape
+  floor = TOLERANCE["cosine_vs_float"] if "bf16" not in name else 0.99  # bf16 rounding on top
+  assert cosine(y_q, y_f) > floor
+  assert cosine(dx_q, dx_f) > floor
+  assert cosine(dp_q["kernel"], dp_f["kernel"]) > floor
+
+
+class _Net(nn.Module):
+  conv: dict
+  quant: object
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(qnn.QConv(**self.conv, quant=self.quant)(x))
+    x = x.reshape(x.shape[0], -1)
+    return qnn.QDense(3, quant=self.quant)(x)
+
+
+@pytest.mark.parametrize(
+  "name, shape, conv",
+  [
+    ("2d", (2, 6, 6, 4), dict(features=8, kernel_size=(3, 3))),
+    ("depthwise", (2, 6, 6, 4), dict(features=8, kernel_size=(3, 3), feature_group_count=4)),
+    ("strided", (2, 8, 8, 4), dict(features=8, kernel_size=(3, 3), strides=2)),
+    ("1d", (2, 9, 4), dict(features=8, kernel_size=(3,))),
+    ("3d", (2, 4, 4, 4, 3), dict(features=4, kernel_size=(3, 3, 3))),
+  ],
+)
+def test_training_step_through_layers_is_int8(name, shape, conv):
+  net = _Net(conv, quant.daq())
+  x = jnp.ones(shape)
+  v = net.init(jax.random.key(0), x)
+
+  def loss(params, state, inputs):
+    return jnp.sum(net.apply({"params": params, "quant_state": state}, inputs) ** 2)
+
+  # Differentiating the input too keeps the first layer's dgrad in the program (XLA drops it
+  # from an ordinary training step, where nothing needs dL/dx).
+  step = jax.value_and_grad(loss, argnums=(0, 1, 2))
+  found = lowering.contractions(step, v["params"], v["quant_state"], x)
+  assert len(found) >= 6 and all(c.is_int8 for c in found), found  # 3 per layer at least
+  hlo = lowering.hlo_contractions(step, v["params"], v["quant_state"], x)
+  assert all(ops == ("i8", "i8") and out == "i32" for _, ops, out in hlo), hlo
+  kinds = [op for op, _, _ in hlo]
+  assert kinds.count("convolution") == 2 and kinds.count("dot_general") >= 4
+
+
+def test_missing_quant_state_is_a_clear_error():
+  layer = qnn.QConv(4, (3, 3), quant=quant.daq())
+  x = jnp.ones((1, 5, 5, 2))
+  v = layer.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="need the 'quant_state' collection"):
+    layer.apply({"params": v["params"]}, x)
+
+
+def test_stochastic_rounding_without_rng_is_a_clear_error():
+  layer = qnn.QDense(4, quant=quant.ui8())
+  x = jnp.ones((2, 3))
+  v = layer.init(jax.random.key(0), x)
+  layer.apply(v, x)  # the forward pass needs no key
+  with pytest.raises(ValueError, match=r"pass rngs=\{'quant': key\}"):
+    jax.grad(lambda p: layer.apply({**v, "params": p}, x).sum())(v["params"])
+  grads = jax.grad(
+    lambda p: layer.apply({**v, "params": p}, x, rngs={"quant": jax.random.key(1)}).sum()
+  )(v["params"])
+  assert np.isfinite(np.asarray(grads["kernel"])).all()
