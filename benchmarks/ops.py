@@ -1,0 +1,132 @@
+"""Forward + backward of ResNet-20's convolutions (CIFAR-10, batch 128): float32 vs bfloat16
+vs the DAQ int8 op, side by side in one run, with where DAQ's time goes.
+
+    python -m benchmarks.ops                       # about 2 minutes on 2 CPU cores
+    python -m benchmarks.ops --batch 16 --repeats 3 --out /tmp/ops.json   # a quick look
+
+Each row times one jitted function returning (y, dx, dw) for a given g. The DAQ breakdown
+times its parts separately: the forward pass (quantize x and w, int8 conv, rescale, and the
+int8 residuals for the backward pass), the gradient quantizer (statistics, clip rule, both
+quantizations of g), the int8 dgrad and the int8 wgrad. "net" weighs each shape by how often
+ResNet-20 uses it (19 convolutions). Results go to benchmarks/results/ops_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from benchmarks.common import environment, median_ms, write_json
+from daq_jax import quant
+from daq_jax.quant import contract, conv_op, gradient
+
+# (name, input spatial size, C_in, C_out, stride, uses in ResNet-20)
+RESNET20_CONVS = [
+  ("stem 3->16", 32, 3, 16, 1, 1),
+  ("s1 16->16", 32, 16, 16, 1, 6),
+  ("s2 16->32 /2", 32, 16, 32, 2, 1),
+  ("s2 32->32", 16, 32, 32, 1, 5),
+  ("s3 32->64 /2", 16, 32, 64, 2, 1),
+  ("s3 64->64", 8, 64, 64, 1, 5),
+]
+
+
+def _float_step(spec, dtype):
+  def step(x, w, g):
+    y, vjp = jax.vjp(
+      lambda a, b: lax.conv_general_dilated(
+        a,
+        b,
+        spec.window_strides,
+        spec.padding,
+        dimension_numbers=contract.channels_last_dimension_numbers(a.ndim),
+      ),
+      x.astype(dtype),
+      w.astype(dtype),
+    )
+    return (y, *vjp(g.astype(dtype)))
+
+  return jax.jit(step)
+
+
+def _daq_parts(cfg, spec, state, x, w, g):
+  def full(x, w, g):
+    y, vjp = jax.vjp(
+      lambda a, b, s: quant.conv_general(
+        a, b, s, cfg=cfg, window_strides=spec.window_strides, padding=spec.padding
+      ),
+      x,
+      w,
+      state,
+    )
+    return (y, *vjp(g))
+
+  fwd = jax.jit(lambda x, w: conv_op._conv_fwd(cfg, spec, x, w, state, None))
+  quantize_g = jax.jit(lambda g: gradient.quantize_gradient(g, state, cfg))
+  _, res = fwd(x, w)
+  x_t, w_d, _, _ = res.saved
+  gq = quantize_g(g)
+  dgrad = jax.jit(lambda gd, wd: conv_op.dgrad_int8(gd, wd, x.shape, w.shape, spec))
+  wgrad = jax.jit(lambda xt, gw: conv_op.wgrad_int8(xt, gw, w.shape, spec))
+  return {
+    "full": (jax.jit(full), (x, w, g)),
+    "fwd": (fwd, (x, w)),
+    "quantize_g": (quantize_g, (g,)),
+    "dgrad": (dgrad, (gq.dgrad_q, w_d)),
+    "wgrad": (wgrad, (x_t, gq.wgrad_q)),
+  }
+
+
+def run(batch: int, repeats: int) -> dict:
+  cfg = quant.daq()
+  rows = []
+  for name, size, c_in, c_out, stride, uses in RESNET20_CONVS:
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (batch, size, size, c_in))
+    w = jax.random.normal(keys[1], (3, 3, c_in, c_out)) * 0.1
+    spec = conv_op.make_spec(x.shape, w.shape, window_strides=stride)
+    g = jax.random.laplace(keys[2], jax.eval_shape(spec.float_conv, x, w).shape)
+    state = gradient.init_state(cfg, c_out)
+    row = {"name": name, "shape": [batch, size, size, c_in, c_out, stride], "uses": uses}
+    row["fp32"] = median_ms(_float_step(spec, jnp.float32), x, w, g, repeats=repeats)
+    row["bf16"] = median_ms(_float_step(spec, jnp.bfloat16), x, w, g, repeats=repeats)
+    for part, (fn, args) in _daq_parts(cfg, spec, state, x, w, g).items():
+      row["daq" if part == "full" else f"daq_{part}"] = median_ms(fn, *args, repeats=repeats)
+    rows.append(row)
+  keys = ["fp32", "bf16", "daq", "daq_fwd", "daq_quantize_g", "daq_dgrad", "daq_wgrad"]
+  net = {k: sum(r[k] * r["uses"] for r in rows) for k in keys}
+  return {"batch": batch, "repeats": repeats, "rows": rows, "net": net}
+
+
+def format_table(result: dict) -> str:
+  head = (
+    f"{'conv (fwd+bwd, ms)':<16} {'fp32':>7} {'bf16':>7} {'daq':>7} {'daq/fp32':>8} "
+    f"{'daq/bf16':>8} | {'fwd':>6} {'q(g)':>6} {'dgrad':>6} {'wgrad':>6}"
+  )
+  lines = [head]
+  for r in [*result["rows"], {"name": "net (x uses)", **result["net"]}]:
+    lines.append(
+      f"{r['name']:<16} {r['fp32']:>7.1f} {r['bf16']:>7.1f} {r['daq']:>7.1f} "
+      f"{r['daq'] / r['fp32']:>8.2f} {r['daq'] / r['bf16']:>8.2f} | {r['daq_fwd']:>6.1f} "
+      f"{r['daq_quantize_g']:>6.1f} {r['daq_dgrad']:>6.1f} {r['daq_wgrad']:>6.1f}"
+    )
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--out", default="benchmarks/results/ops_cpu.json")
+  args = parser.parse_args()
+  result = run(args.batch, args.repeats)
+  print(format_table(result))
+  path = write_json(args.out, {**environment("benchmarks.ops"), **result})
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
