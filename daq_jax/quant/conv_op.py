@@ -78,6 +78,20 @@ def _tuple(name: str, value, n: int) -> tuple[int, ...]:
   return value
 
 
+def _check_layout(dimension_numbers, ndim: int, lhs_shape, rhs_shape) -> None:
+  if dimension_numbers is None:
+    return
+  try:
+    given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"conv: dimension_numbers={dimension_numbers!r} are not valid: {e}") from e
+  if given != contract.channels_last_dimension_numbers(ndim):
+    raise ValueError(
+      f"conv: dimension_numbers={dimension_numbers!r} are not supported; the quantized conv is "
+      "channels last (N, *spatial, C) with kernels (*spatial, I, O), like flax.linen.Conv"
+    )
+
+
 def make_spec(
   lhs_shape: Sequence[int],
   rhs_shape: Sequence[int],
@@ -389,8 +403,8 @@ def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
   if cfg.impl == "simulate":
     x_hat, w_hat = res.saved
     _, vjp = jax.vjp(spec.float_conv, x_hat, w_hat)
-    dx = vjp(numerics.dequantize(gq.dgrad_q, gq.dgrad_scale))[0]
-    dw = vjp(numerics.dequantize(gq.wgrad_q, gq.wgrad_scale).reshape(g.shape))[1]
+    g_dgrad, g_wgrad = gq.dequantized(g.shape)
+    dx, dw = vjp(g_dgrad)[0], vjp(g_wgrad)[1]
   else:
     x_t, w_d, sx, sw = res.saved
     dx = dgrad_int8(gq.dgrad_q, w_d, res.lhs_shape, res.rhs_shape, spec)
@@ -414,6 +428,7 @@ def conv_general(
   lhs_dilation=None,
   rhs_dilation=None,
   feature_group_count: int = 1,
+  dimension_numbers=None,
 ) -> jax.Array:
   """A channels-last convolution with DAQ int8 forward and backward passes.
 
@@ -426,10 +441,13 @@ def conv_general(
     cfg: the quantization config.
     window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count: as for
       `lax.conv_general_dilated` (padding: SAME, SAME_LOWER, VALID or (low, high) pairs).
+    dimension_numbers: None, or the channels-last layout spelled out (("NHWC", "HWIO",
+      "NHWC") and its 1-D/3-D forms); other layouts are refused with a clear error.
 
   Returns:
     The convolution output (N, *out_spatial, C_out) in the operands' float dtype.
   """
+  _check_layout(dimension_numbers, lhs.ndim, lhs.shape, rhs.shape)
   spec = make_spec(
     lhs.shape,
     rhs.shape,

@@ -51,8 +51,8 @@ def _dense_bwd(cfg: QuantConfig, res: Residuals, g):
   if cfg.impl == "simulate":
     x_hat, w_hat = res.saved
     _, vjp = jax.vjp(float_dense, x_hat, w_hat)
-    dx = vjp(numerics.dequantize(gq.dgrad_q, gq.dgrad_scale))[0]
-    dw = vjp(numerics.dequantize(gq.wgrad_q, gq.wgrad_scale).reshape(g.shape))[1]
+    g_dgrad, g_wgrad = gq.dequantized(g.shape)
+    dx, dw = vjp(g_dgrad)[0], vjp(g_wgrad)[1]
   else:
     x_t, w_t, sx, sw = res.saved
     g2d = gq.dgrad_q.reshape(-1, g.shape[-1])

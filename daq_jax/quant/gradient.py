@@ -58,6 +58,13 @@ class QuantizedGradient(NamedTuple):
   new_state: State
   wgrad_stats: ClipStats
 
+  def dequantized(self, shape) -> tuple[jax.Array, jax.Array]:
+    """(dgrad-path g, wgrad-path g) back in float32, both of g's `shape` (the float twin)."""
+    return (
+      numerics.dequantize(self.dgrad_q, self.dgrad_scale),
+      numerics.dequantize(self.wgrad_q, self.wgrad_scale).reshape(shape),
+    )
+
 
 def init_state(cfg: QuantConfig, channels: int) -> State:
   """The state of a layer before its first step: zeros, read as 'no history yet'."""

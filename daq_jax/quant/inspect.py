@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from daq_jax.nn.common import RNG_STREAM, STATE_COLLECTION
 from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
-from daq_jax.quant import gradient, numerics
+from daq_jax.quant import gradient
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,8 +144,7 @@ def _layer_report(module, path, x, g, variables, key) -> LayerReport:
   live = per_channel.gmax > 0
   ratio = jnp.broadcast_to(gq.wgrad_scale, (channels,)) / jnp.where(live, per_channel.gmax, 1.0)
   ratio_live = ratio[live] if bool(jnp.any(live)) else jnp.ones((1,))
-  g_w = numerics.dequantize(gq.wgrad_q, gq.wgrad_scale).reshape(g.shape)
-  g_d = numerics.dequantize(gq.dgrad_q, gq.dgrad_scale)
+  g_d, g_w = gq.dequantized(g.shape)
   return LayerReport(
     path="/".join(path),
     method=cfg.name,

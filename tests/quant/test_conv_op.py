@@ -219,12 +219,28 @@ def test_nan_in_the_incoming_gradient_stays_visible():
     ((2, 8, 8, 4), (3, 3, 4, 6), dict(padding="FULL"), "padding='FULL'"),
     ((2, 8, 8, 4), (3, 3, 2, 6), dict(feature_group_count=3), "feature_group_count=3"),
     ((2, 2, 2, 4), (3, 3, 4, 6), dict(padding="VALID"), "empty output"),
+    (
+      (2, 4, 8, 8),
+      (6, 4, 3, 3),
+      dict(dimension_numbers=("NCHW", "OIHW", "NCHW")),
+      "are not supported; the quantized conv is channels last",
+    ),
+    ((2, 8, 8, 4), (3, 3, 4, 6), dict(dimension_numbers=("NHWC", "HWIO")), "are not valid"),
   ],
 )
 def test_bad_shapes_name_the_problem(xs, ws, kw, match):
   cfg = quant.daq()
   with pytest.raises(ValueError, match=match):
     quant.conv_general(jnp.ones(xs), jnp.ones(ws), gradient.init_state(cfg, ws[-1]), cfg=cfg, **kw)
+
+
+def test_channels_last_dimension_numbers_are_accepted():
+  cfg = quant.daq()
+  x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 3))
+  state = gradient.init_state(cfg, 3)
+  want = quant.conv_general(x, w, state, cfg=cfg)
+  got = quant.conv_general(x, w, state, cfg=cfg, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_array_equal(got, want)
 
 
 def test_state_of_the_wrong_shape_is_refused():
