@@ -204,8 +204,9 @@ def quantize_gradient(
     wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.grad_rounding, key=wkey)
   new_state["wgrad_clip"] = wstate
   if "deviation" in state:
+    # UI8 scales a layer's learning rate by one deviation: average per-channel ones.
     deviation = wdev if wdev is not None else ddev
-    new_state["deviation"] = jnp.reshape(deviation, ())
+    new_state["deviation"] = jnp.mean(deviation)
   return QuantizedGradient(
     wgrad_q=wgrad_q,
     wgrad_scale=wgrad_scale,

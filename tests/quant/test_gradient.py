@@ -102,6 +102,15 @@ def test_dsgc_picks_the_ratio_with_the_smallest_cosine_distance():
   np.testing.assert_allclose(out.new_state["deviation"], distances[best], atol=1e-6)
 
 
+def test_per_channel_dsgc_clips_each_channel_and_reports_one_deviation():
+  cfg = quant.QuantConfig(wgrad_granularity="per_channel", wgrad_clip="dsgc")
+  g = jnp.concatenate([_channels("laplace", 2, 12), _channels("gaussian", 2, 13)], axis=1)
+  out = gradient.quantize_gradient(g, gradient.init_state(cfg, 4), cfg)
+  assert out.wgrad_scale.shape == (4,) and out.new_state["deviation"].shape == ()
+  ratios = np.asarray(out.wgrad_scale / numerics.max_abs(g, axis=0))
+  assert all(any(abs(r - c) < 1e-5 for c in cfg.dsgc_ratios) for r in ratios), ratios
+
+
 def test_all_zero_gradient_gives_zeros_and_no_nan():
   for cfg in (quant.daq(), quant.mcs(), quant.ui8(), quant.per_tensor()):
     g = jnp.zeros((64, 3))
