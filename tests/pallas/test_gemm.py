@@ -1,0 +1,120 @@
+"""The Pallas int8 GEMM against its jnp reference.
+
+Strategy: `TestGemm` runs the compiled kernel and is skipped without a GPU; `TestGemmInterpret`
+reruns every case with `interpret=True` on the CPU (CI). Integer products with unit scales are
+compared exactly; the float epilogue (scales, bfloat16 output) within the tolerance below.
+Shapes exercise the edges: sizes that are not multiples of the blocks, a reduction longer than
+the int32 bound, and flushes of the int32 accumulator. Every block configuration also lowers
+for CUDA on the CPU, so shape and tiling mistakes surface without a GPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from daq_jax.pallas import gemm
+
+TOLERANCE = {
+  jnp.float32: 1e-6,  # the same float32 products, maybe in another order
+  jnp.bfloat16: 8e-3,  # one bfloat16 rounding of the result
+}
+
+SMALL = gemm.GemmBlockSizes(block_m=32, block_n=32, block_k=32)
+
+
+def _operands(m, k, n, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 4)
+  a = jax.random.randint(keys[0], (m, k), -127, 128).astype(jnp.int8)
+  b = jax.random.randint(keys[1], (k, n), -127, 128).astype(jnp.int8)
+  rows = jax.random.uniform(keys[2], (m,), minval=0.5, maxval=2.0)
+  cols = jax.random.uniform(keys[3], (n,), minval=0.5, maxval=2.0)
+  return a, b, rows, cols
+
+
+class TestGemm:
+  interpret = False
+
+  @pytest.fixture(autouse=True)
+  def _needs_gpu(self):
+    if not self.interpret and jax.default_backend() != "gpu":
+      pytest.skip("compiled Pallas kernels need a GPU")
+
+  def _run(self, *args, **kwargs):
+    return gemm.int8_matmul(*args, interpret=self.interpret, **kwargs)
+
+  @pytest.mark.parametrize("m, k, n", [(64, 64, 64), (70, 100, 40), (1, 33, 17), (96, 32, 130)])
+  def test_integer_product_is_exact(self, m, k, n):
+    a, b, _, _ = _operands(m, k, n)
+    got = self._run(a, b, jnp.ones(m), jnp.ones(n), block_sizes=SMALL)
+    want = jnp.dot(a, b, preferred_element_type=jnp.int32).astype(jnp.float32)
+    np.testing.assert_array_equal(got, want)
+
+  @pytest.mark.parametrize("out_dtype", [jnp.float32, jnp.bfloat16])
+  def test_scaled_epilogue_matches_reference(self, out_dtype):
+    a, b, rows, cols = _operands(50, 96, 72, seed=1)
+    got = self._run(a, b, rows, cols, out_dtype=out_dtype, block_sizes=SMALL)
+    want = gemm.int8_matmul_reference(a, b, rows, cols, out_dtype=out_dtype, block_sizes=SMALL)
+    assert got.dtype == out_dtype
+    np.testing.assert_allclose(
+      np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=TOLERANCE[out_dtype]
+    )
+
+  def test_accumulator_flushes_keep_the_sum_exact(self):
+    # max_reduction = 64 with block_k = 16: the int32 accumulator flushes every 4 steps.
+    sizes = gemm.GemmBlockSizes(block_m=16, block_n=16, block_k=16, max_reduction=64)
+    a, b, _, _ = _operands(20, 300, 24, seed=2)
+    got = self._run(a, b, jnp.ones(20), jnp.ones(24), block_sizes=sizes)
+    np.testing.assert_array_equal(got, jnp.dot(a, b, preferred_element_type=jnp.int32))
+
+  def test_reduction_longer_than_the_int32_bound(self):
+    k = 140_000  # 127 * 127 * k > 2**31
+    a = jnp.full((16, k), 127, jnp.int8)
+    b = jnp.full((k, 16), 127, jnp.int8)
+    sizes = gemm.GemmBlockSizes(block_m=16, block_n=16, block_k=512)
+    got = self._run(a, b, jnp.ones(16), jnp.ones(16), block_sizes=sizes)
+    np.testing.assert_allclose(got, np.full((16, 16), 127.0 * 127.0 * k), rtol=1e-7)
+
+
+class TestGemmInterpret(TestGemm):
+  interpret = True
+
+
+@pytest.mark.parametrize(
+  "sizes",
+  [
+    gemm.GemmBlockSizes(),
+    gemm.GemmBlockSizes(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=4),
+    SMALL,
+  ],
+)
+def test_lowers_for_cuda_with_the_triton_backend(sizes):
+  a, b, rows, cols = _operands(200, 300, 100)
+  lowered = (
+    jax.jit(lambda *args: gemm.int8_matmul(*args, block_sizes=sizes))
+    .trace(a, b, rows, cols)
+    .lower(lowering_platforms=("cuda",))
+  )
+  assert "xla.gpu.triton" in lowered.as_text()
+
+
+@pytest.mark.parametrize(
+  "make, match",
+  [
+    (lambda: gemm.GemmBlockSizes(block_m=48), "block_m=48 must be a power of two"),
+    (lambda: gemm.GemmBlockSizes(block_k=64, max_reduction=32), "exceeds max_reduction"),
+    (
+      lambda: gemm.int8_matmul(jnp.ones((4, 4)), jnp.ones((4, 4)), jnp.ones(4), jnp.ones(4)),
+      "takes int8 operands",
+    ),
+    (
+      lambda: gemm.int8_matmul(
+        jnp.ones((4, 5), jnp.int8), jnp.ones((4, 4), jnp.int8), jnp.ones(4), jnp.ones(4)
+      ),
+      r"must be \(M, K\) and \(K, N\)",
+    ),
+  ],
+)
+def test_bad_input_names_the_problem(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
