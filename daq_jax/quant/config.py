@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-IMPLS = ("xla", "simulate")
+IMPLS = ("xla", "simulate", "pallas")
 GRANULARITIES = ("per_channel", "per_tensor")
 CLIPS = ("max", "mcs", "dsgc")
 ROUNDINGS = ("nearest", "stochastic")
@@ -37,7 +37,9 @@ class QuantConfig:
     name: the method's name, for reports only.
     bits: the integer width; only 8 is implemented.
     impl: `xla` runs int8 x int8 -> int32 lax ops; `simulate` runs the same numerics in float
-      (quantize-dequantize, then float convs): the oracle for tests.
+      (quantize-dequantize, then float convs): the oracle for tests; `pallas` runs the
+      products on daq_jax.pallas's int8 GEMM (in its interpreter where there is no GPU;
+      groups = 1 convs only for now).
     wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
       wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
     wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`
@@ -54,6 +56,8 @@ class QuantConfig:
     dsgc_ratios: candidate clip values for `dsgc`, as fractions of max|g|.
     lr_scale_alpha, lr_scale_beta: UI8's deviation-counteractive learning-rate scaling,
       max(exp(-alpha * d), beta) with d the cosine distance; applied by the training loop.
+    interpret: for impl `pallas`, run the kernels in Pallas's interpreter; None: wherever the
+      default backend is not a GPU.
   """
 
   name: str = "custom"
@@ -69,6 +73,7 @@ class QuantConfig:
   dsgc_ratios: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
   lr_scale_alpha: float = 20.0
   lr_scale_beta: float = 0.1
+  interpret: bool | None = None
 
   def __post_init__(self):
     if self.bits != 8:
@@ -89,6 +94,15 @@ class QuantConfig:
     if not ratios or any(not 0.0 < r <= 1.0 for r in ratios):
       raise ValueError(f"quant config: dsgc_ratios={self.dsgc_ratios} must lie in (0, 1]")
     object.__setattr__(self, "dsgc_ratios", ratios)
+
+  @property
+  def pallas_interpret(self) -> bool:
+    """Whether impl `pallas` interprets its kernels (resolved at trace time)."""
+    if self.interpret is None:
+      import jax  # imported here: the config module itself needs no jax
+
+      return jax.default_backend() != "gpu"
+    return self.interpret
 
   @property
   def stochastic(self) -> bool:

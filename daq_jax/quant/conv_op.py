@@ -384,6 +384,12 @@ def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
     w_hat = numerics.fake_quantize(rhs, sw)
     out = spec.float_conv(x_hat, w_hat)
     saved = (x_hat, w_hat)
+  elif cfg.impl == "pallas":
+    from daq_jax.pallas import conv as pallas_conv  # Pallas only loads when asked for
+
+    x_q, w_q = numerics.quantize(lhs, sx), numerics.quantize(rhs, sw)
+    out = pallas_conv.conv_forward(x_q, w_q, sx, sw, spec, interpret=cfg.pallas_interpret)
+    saved = (x_q, w_q, sx, sw)
   else:
     x_q = numerics.quantize(lhs, sx)
     acc = contract.int8_conv(x_q, numerics.quantize(rhs, sw), **spec.conv_kwargs())
@@ -405,6 +411,16 @@ def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
     _, vjp = jax.vjp(spec.float_conv, x_hat, w_hat)
     g_dgrad, g_wgrad = gq.dequantized(g.shape)
     dx, dw = vjp(g_dgrad)[0], vjp(g_wgrad)[1]
+  elif cfg.impl == "pallas":
+    from daq_jax.pallas import conv as pallas_conv
+
+    x_q, w_q, sx, sw = res.saved
+    dx = pallas_conv.conv_dgrad(
+      gq.dgrad_q, w_q, gq.dgrad_scale, sw, res.lhs_shape, spec, interpret=cfg.pallas_interpret
+    )
+    dw = pallas_conv.conv_wgrad(
+      x_q, gq.wgrad_q, sx, gq.wgrad_scale, res.rhs_shape, spec, interpret=cfg.pallas_interpret
+    )
   else:
     x_t, w_d, sx, sw = res.saved
     dx = dgrad_int8(gq.dgrad_q, w_d, res.lhs_shape, res.rhs_shape, spec)

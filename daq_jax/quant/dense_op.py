@@ -38,6 +38,15 @@ def _dense_fwd(cfg: QuantConfig, x, w, state, key):
     x_hat, w_hat = numerics.fake_quantize(x, sx), numerics.fake_quantize(w, sw)
     out = float_dense(x_hat, w_hat)
     saved = (x_hat, w_hat)
+  elif cfg.impl == "pallas":
+    from daq_jax.pallas import conv as pallas_conv  # Pallas only loads when asked for
+
+    x_q = numerics.quantize(x.reshape(-1, x.shape[-1]), sx)
+    w_q = numerics.quantize(w, sw)
+    out = pallas_conv.dense_forward(x_q, w_q, sx, sw, interpret=cfg.pallas_interpret).reshape(
+      *x.shape[:-1], w.shape[-1]
+    )
+    saved = (x_q, w_q, sx, sw)
   else:
     x2d = x.reshape(-1, x.shape[-1])
     acc = contract.int8_dot_general(numerics.quantize(x2d, sx), numerics.quantize(w, sw), _NN)
@@ -53,6 +62,17 @@ def _dense_bwd(cfg: QuantConfig, res: Residuals, g):
     _, vjp = jax.vjp(float_dense, x_hat, w_hat)
     g_dgrad, g_wgrad = gq.dequantized(g.shape)
     dx, dw = vjp(g_dgrad)[0], vjp(g_wgrad)[1]
+  elif cfg.impl == "pallas":
+    from daq_jax.pallas import conv as pallas_conv
+
+    x_q, w_q, sx, sw = res.saved
+    g2d = gq.dgrad_q.reshape(-1, g.shape[-1])
+    dx = pallas_conv.dense_dgrad(
+      g2d, w_q, gq.dgrad_scale, sw, interpret=cfg.pallas_interpret
+    ).reshape(res.lhs_shape)
+    dw = pallas_conv.dense_wgrad(
+      x_q, gq.wgrad_q, sx, gq.wgrad_scale, interpret=cfg.pallas_interpret
+    )
   else:
     x_t, w_t, sx, sw = res.saved
     g2d = gq.dgrad_q.reshape(-1, g.shape[-1])
