@@ -94,53 +94,75 @@ def int8_matmul(
   block_sizes: GemmBlockSizes = GemmBlockSizes(),
   interpret: bool = False,
 ) -> jax.Array:
-  """row_scale[:, None] * col_scale[None, :] * (a @ b), int8 operands, int32 accumulation.
+  """row_scale[..., :, None] * col_scale[..., None, :] * (a @ b), int8 operands, int32
+  accumulation; with a leading group axis, one independent GEMM per group (grouped convs).
 
   Args:
-    a: int8 (M, K).
-    b: int8 (K, N).
-    row_scale: float32 (M,) (broadcast a scalar with jnp.full for per-tensor scales).
-    col_scale: float32 (N,).
+    a: int8 (M, K), or (G, M, K).
+    b: int8 (K, N), or (G, K, N).
+    row_scale: float32 (M,) or (G, M) (broadcast a scalar with jnp.full for per-tensor).
+    col_scale: float32 (N,) or (G, N).
     out_dtype: float32 or bfloat16.
     block_sizes: tiles and launch parameters.
     interpret: run the Pallas interpreter (any backend, the CPU included).
 
   Returns:
-    (M, N) in `out_dtype`.
+    (M, N), or (G, M, N), in `out_dtype`.
   """
   if a.dtype != jnp.int8 or b.dtype != jnp.int8:
     raise ValueError(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
-  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-    raise ValueError(f"int8_matmul: a {a.shape} and b {b.shape} must be (M, K) and (K, N)")
-  m, n = a.shape[0], b.shape[1]
-  if row_scale.shape != (m,) or col_scale.shape != (n,):
+  grouped = a.ndim == 3
+  if a.ndim not in (2, 3) or b.ndim != a.ndim or a.shape[-1] != b.shape[-2]:
+    raise ValueError(
+      f"int8_matmul: a {a.shape} and b {b.shape} must be (M, K) and (K, N), or (G, M, K) and "
+      "(G, K, N)"
+    )
+  if grouped and a.shape[0] != b.shape[0]:
+    raise ValueError(f"int8_matmul: a {a.shape} and b {b.shape} have different group counts")
+  m, n = a.shape[-2], b.shape[-1]
+  lead = a.shape[:-2]
+  if row_scale.shape != (*lead, m) or col_scale.shape != (*lead, n):
     raise ValueError(
       f"int8_matmul: row_scale {row_scale.shape} and col_scale {col_scale.shape} must be "
-      f"({m},) and ({n},)"
+      f"{(*lead, m)} and {(*lead, n)}"
     )
   s = block_sizes
-  a_p = _pad_to(a, (s.block_m, s.block_k))
-  b_p = _pad_to(b, (s.block_k, s.block_n))
-  rows = _pad_to(row_scale.astype(jnp.float32), (s.block_m,))
-  cols = _pad_to(col_scale.astype(jnp.float32), (s.block_n,))
-  mp, kp = a_p.shape
-  np_ = b_p.shape[1]
+  one = (1,) * len(lead)
+  a_p = _pad_to(a, (*one, s.block_m, s.block_k))
+  b_p = _pad_to(b, (*one, s.block_k, s.block_n))
+  rows = _pad_to(row_scale.astype(jnp.float32), (*one, s.block_m))
+  cols = _pad_to(col_scale.astype(jnp.float32), (*one, s.block_n))
+  mp, kp = a_p.shape[-2:]
+  np_ = b_p.shape[-1]
   kernel = functools.partial(_gemm_kernel, k_steps=kp // s.block_k, sizes=s)
+  grid = (mp // s.block_m, np_ // s.block_n)
+  specs = [
+    pl.BlockSpec((s.block_m, kp), lambda i, j: (i, 0)),
+    pl.BlockSpec((kp, s.block_n), lambda i, j: (0, j)),
+    pl.BlockSpec((s.block_m,), lambda i, j: (i,)),
+    pl.BlockSpec((s.block_n,), lambda i, j: (j,)),
+    pl.BlockSpec((s.block_m, s.block_n), lambda i, j: (i, j)),
+  ]
+  if grouped:  # a leading grid axis over groups; the kernel sees one group's 2-D blocks
+
+    def with_group(spec):
+      index = spec.index_map
+      return pl.BlockSpec(
+        (pl.squeezed, *spec.block_shape), lambda g, i, j, index=index: (g, *index(i, j))
+      )
+
+    specs = [with_group(spec) for spec in specs]
+    grid = (a.shape[0], *grid)
   out = pl.pallas_call(
     kernel,
-    out_shape=jax.ShapeDtypeStruct((mp, np_), out_dtype),
-    grid=(mp // s.block_m, np_ // s.block_n),
-    in_specs=[
-      pl.BlockSpec((s.block_m, kp), lambda i, j: (i, 0)),
-      pl.BlockSpec((kp, s.block_n), lambda i, j: (0, j)),
-      pl.BlockSpec((s.block_m,), lambda i, j: (i,)),
-      pl.BlockSpec((s.block_n,), lambda i, j: (j,)),
-    ],
-    out_specs=pl.BlockSpec((s.block_m, s.block_n), lambda i, j: (i, j)),
+    out_shape=jax.ShapeDtypeStruct((*lead, mp, np_), out_dtype),
+    grid=grid,
+    in_specs=specs[:4],
+    out_specs=specs[4],
     compiler_params=pltriton.CompilerParams(num_warps=s.num_warps, num_stages=s.num_stages),
     interpret=interpret,
   )(a_p, b_p, rows, cols)
-  return out[:m, :n]
+  return out[..., :m, :n]
 
 
 def int8_matmul_reference(
@@ -156,12 +178,14 @@ def int8_matmul_reference(
   """The same product in plain jnp: int32 partial sums over chunks of `max_reduction`, summed
   in float32, then scaled (`interpret` is accepted and ignored)."""
   del interpret
-  k = a.shape[1]
+  k = a.shape[-1]
   step = block_sizes.steps_per_flush * block_sizes.block_k
-  acc = jnp.zeros((a.shape[0], b.shape[1]), jnp.float32)
+  acc = jnp.zeros((*a.shape[:-1], b.shape[-1]), jnp.float32)
   for start in range(0, k, step):
-    part = jnp.dot(
-      a[:, start : start + step], b[start : start + step], preferred_element_type=jnp.int32
+    part = jnp.matmul(
+      a[..., start : start + step],
+      b[..., start : start + step, :],
+      preferred_element_type=jnp.int32,
     )
     acc = acc + part.astype(jnp.float32)
-  return (acc * row_scale[:, None] * col_scale[None, :]).astype(out_dtype)
+  return (acc * row_scale[..., :, None] * col_scale[..., None, :]).astype(out_dtype)

@@ -60,6 +60,17 @@ class TestGemm:
       np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=TOLERANCE[out_dtype]
     )
 
+  def test_grouped_gemm_is_one_product_per_group(self):
+    keys = jax.random.split(jax.random.key(4), 4)
+    a = jax.random.randint(keys[0], (3, 40, 70), -127, 128).astype(jnp.int8)
+    b = jax.random.randint(keys[1], (3, 70, 20), -127, 128).astype(jnp.int8)
+    rows = jax.random.uniform(keys[2], (3, 40))
+    cols = jax.random.uniform(keys[3], (3, 20))
+    got = self._run(a, b, rows, cols, block_sizes=SMALL)
+    for g in range(3):
+      want = gemm.int8_matmul_reference(a[g], b[g], rows[g], cols[g], block_sizes=SMALL)
+      np.testing.assert_allclose(got[g], want, rtol=TOLERANCE[jnp.float32])
+
   def test_accumulator_flushes_keep_the_sum_exact(self):
     # max_reduction = 64 with block_k = 16: the int32 accumulator flushes every 4 steps.
     sizes = gemm.GemmBlockSizes(block_m=16, block_n=16, block_k=16, max_reduction=64)
@@ -88,8 +99,12 @@ class TestGemmInterpret(TestGemm):
     SMALL,
   ],
 )
-def test_lowers_for_cuda_with_the_triton_backend(sizes):
+@pytest.mark.parametrize("groups", [None, 4])
+def test_lowers_for_cuda_with_the_triton_backend(sizes, groups):
   a, b, rows, cols = _operands(200, 300, 100)
+  if groups:
+    a, b = jnp.stack([a] * groups), jnp.stack([b] * groups)
+    rows, cols = jnp.stack([rows] * groups), jnp.stack([cols] * groups)
   lowered = (
     jax.jit(lambda *args: gemm.int8_matmul(*args, block_sizes=sizes))
     .trace(a, b, rows, cols)

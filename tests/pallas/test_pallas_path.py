@@ -31,6 +31,8 @@ GEOMETRIES = {
   ),
   "1d": ((2, 9, 4), (3, 4, 8), dict(padding="VALID")),
   "3d": ((2, 4, 5, 6, 3), (3, 3, 3, 3, 4), dict(window_strides=2)),
+  "grouped": ((2, 8, 8, 4), (3, 3, 2, 6), dict(feature_group_count=2, window_strides=2)),
+  "depthwise": ((2, 8, 8, 6), (3, 3, 1, 12), dict(feature_group_count=6)),
 }
 
 
@@ -116,15 +118,3 @@ def test_kernels_contract_int8_and_lower_to_triton_for_cuda():
   lowered = jax.jit(step).trace(v["params"], v["quant_state"]).lower(lowering_platforms=("cuda",))
   # forward of 3 layers, wgrad of 3, dgrad of the 2 layers whose input gradient is needed
   assert lowered.as_text().count("xla.gpu.triton") >= 8
-
-
-def test_grouped_conv_is_refused_clearly():
-  cfg = quant.daq(impl="pallas")
-  with pytest.raises(NotImplementedError, match="no grouped conv kernel yet"):
-    quant.conv_general(
-      jnp.ones((1, 5, 5, 4)),
-      jnp.ones((3, 3, 1, 4)),
-      gradient.init_state(cfg, 4),
-      cfg=cfg,
-      feature_group_count=4,
-    )
