@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one GPU check, for a session with a lent GPU (H100/H200, JAX 0.11.2 there):
+#   device run:  bash benchmarks/gpu_check.sh        (carry: [".whl"]; timeout_s 600; about 9 min at most)
+# Prepare the wheels here first (the GPU machine has no ml_collections and no internet):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
+# It installs the carried wheels, runs the Pallas kernel tests compiled for the GPU (their
+# interpret-mode twins run too), then benchmarks/gpu_bench.py; everything lands in $OUT
+# (or benchmarks/results/gpu/ when $OUT is unset). Copy $OUT's files into
+# benchmarks/results/ and commit them with what they taught you.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+  python3 -c "import ml_collections; print('ml_collections', ml_collections.__version__)"
+} 2>&1 | tee "$OUT/env.txt"
+# JAX 0.11 deprecates Pallas's Triton lowering: its DeprecationWarning is expected here.
+timeout 150 python3 -m pytest -q -p no:cacheprovider -W ignore::DeprecationWarning tests/pallas \
+  2>&1 | tee "$OUT/pytest_gpu.txt"
+timeout 360 python3 -m benchmarks.gpu_bench --out "$OUT/gpu_bench.json" 2>&1 \
+  | tee "$OUT/gpu_bench.txt"
+echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
