@@ -1,11 +1,13 @@
 """impl="pallas": the quantized ops on the Pallas GEMM give the results of impl="xla".
 
-Strategy: on the CPU the kernels run in Pallas's interpreter. For every groups=1 geometry the
-forward output and both gradients match the xla path to float32 rounding (the int8 values and
-integer sums are identical; only the order of the float scaling differs) and the new state is
-identical; a QConv/QDense training step agrees too. The lowered step keeps int8 x int8 -> int32
-inside the kernels, and with compiled (non-interpreted) kernels it lowers for CUDA to Triton
-calls.
+Strategy: `TestPallasPath` runs the compiled kernels (skipped without a GPU) and
+`TestPallasPathInterpret` reruns it in Pallas's interpreter on the CPU. For every geometry
+(grouped and depthwise included) the forward output and both gradients match the xla path to
+float32 rounding (the int8 values and integer sums are identical; only the order of the float
+scaling differs) and the new state is identical on a first step; a QConv/QDense training step
+agrees too (state to float32 rounding: see test_grad_quant.py). The lowered step keeps
+int8 x int8 -> int32 inside the kernels, and with compiled kernels it lowers for CUDA to
+Triton calls.
 """
 
 import flax.linen as nn
@@ -36,45 +38,68 @@ GEOMETRIES = {
 }
 
 
-def _conv_vjp(impl, method, x, w, g, **kw):
-  cfg = quant.preset(method, impl=impl)
+def _conv_vjp(impl, method, x, w, g, interpret=None, **kw):
+  cfg = quant.preset(method, impl=impl, **({"interpret": interpret} if impl == "pallas" else {}))
   state = gradient.init_state(cfg, w.shape[-1])
   key = jax.random.key(5) if cfg.stochastic else None
   y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
   return (y, *vjp(g))
 
 
-@pytest.mark.parametrize("method", ["daq", "per_tensor"])
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_conv_matches_xla(name, method):
-  xs, ws, kw = GEOMETRIES[name]
-  keys = jax.random.split(jax.random.key(0), 3)
-  x, w = jax.random.normal(keys[0], xs), jax.random.normal(keys[1], ws)
-  spec = conv_op.make_spec(xs, ws, **kw)
-  g = jax.random.normal(keys[2], jax.eval_shape(spec.float_conv, x, w).shape)
-  got, want = _conv_vjp("pallas", method, x, w, g, **kw), _conv_vjp("xla", method, x, w, g, **kw)
-  for a, b in zip(got[:3], want[:3], strict=True):
-    assert_close(a, b, RTOL)
-  for a, b in zip(jax.tree.leaves(got[3]), jax.tree.leaves(want[3]), strict=True):
-    np.testing.assert_array_equal(a, b)
+class TestPallasPath:
+  """Compiled kernels (skipped without a GPU); the subclass interprets them on the CPU."""
 
+  interpret = False
 
-def test_dense_matches_xla():
-  keys = jax.random.split(jax.random.key(1), 3)
-  x, w, g = (
-    jax.random.normal(keys[0], (3, 5, 40)),
-    jax.random.normal(keys[1], (40, 12)),
-    jax.random.normal(keys[2], (3, 5, 12)),
-  )
-  results = []
-  for impl in ("pallas", "xla"):
-    cfg = quant.daq(impl=impl)
-    y, vjp = jax.vjp(
-      lambda a, b, s, c=cfg: quant.dense(a, b, s, cfg=c), x, w, gradient.init_state(cfg, 12)
+  @pytest.fixture(autouse=True)
+  def _needs_gpu(self):
+    if not self.interpret and jax.default_backend() != "gpu":
+      pytest.skip("compiled Pallas kernels need a GPU")
+
+  @pytest.mark.parametrize("method", ["daq", "per_tensor"])
+  @pytest.mark.parametrize("name", GEOMETRIES)
+  def test_conv_matches_xla(self, name, method):
+    xs, ws, kw = GEOMETRIES[name]
+    keys = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(keys[0], xs), jax.random.normal(keys[1], ws)
+    spec = conv_op.make_spec(xs, ws, **kw)
+    g = jax.random.normal(keys[2], jax.eval_shape(spec.float_conv, x, w).shape)
+    got = _conv_vjp("pallas", method, x, w, g, interpret=self.interpret, **kw)
+    want = _conv_vjp("xla", method, x, w, g, **kw)
+    for a, b in zip(got[:3], want[:3], strict=True):
+      assert_close(a, b, RTOL)
+    for a, b in zip(jax.tree.leaves(got[3]), jax.tree.leaves(want[3]), strict=True):
+      np.testing.assert_array_equal(a, b)
+
+  def test_dense_matches_xla(self):
+    keys = jax.random.split(jax.random.key(1), 3)
+    x, w, g = (
+      jax.random.normal(keys[0], (3, 5, 40)),
+      jax.random.normal(keys[1], (40, 12)),
+      jax.random.normal(keys[2], (3, 5, 12)),
     )
-    results.append((y, *vjp(g)))
-  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
-    assert_close(a, b, RTOL)
+    results = []
+    for cfg in (quant.daq(impl="pallas", interpret=self.interpret), quant.daq()):
+      y, vjp = jax.vjp(
+        lambda a, b, s, c=cfg: quant.dense(a, b, s, cfg=c), x, w, gradient.init_state(cfg, 12)
+      )
+      results.append((y, *vjp(g)))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+      assert_close(a, b, RTOL)
+
+  def test_training_step_gives_the_xla_gradients_and_state(self):
+    (step_p, v), (step_x, _) = _step("pallas", interpret=self.interpret), _step("xla")
+    loss_p, grads_p, state_p = jax.jit(step_p)(v["params"], v["quant_state"])
+    loss_x, grads_x, state_x = jax.jit(step_x)(v["params"], v["quant_state"])
+    assert_close(loss_p, loss_x, RTOL)
+    for a, b in zip(jax.tree.leaves(grads_p), jax.tree.leaves(grads_x), strict=True):
+      assert_close(a, b, 1e-5)  # float rounding compounds through three layers
+    for a, b in zip(jax.tree.leaves(state_p), jax.tree.leaves(state_x), strict=True):
+      assert_close(a, b, 1e-5)
+
+
+class TestPallasPathInterpret(TestPallasPath):
+  interpret = True
 
 
 class _Net(nn.Module):
@@ -90,24 +115,14 @@ class _Net(nn.Module):
 def _step(impl, **overrides):
   net = _Net(quant.daq(impl=impl, **overrides))
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
-  v = jax.eval_shape(net.init, jax.random.key(1), x)  # shapes only: no kernel runs here
-  v = net.init(jax.random.key(1), x) if overrides.get("interpret") is not False else v
+  # The parameters do not depend on the config: initialise through the xla path, so that no
+  # compiled kernel has to run where there is no GPU.
+  v = _Net(quant.daq()).init(jax.random.key(1), x)
 
   def loss(params, state):
     return jnp.mean(net.apply({"params": params, "quant_state": state}, x) ** 2)
 
   return quant.value_and_grad(loss), v
-
-
-def test_training_step_gives_the_xla_gradients_and_state():
-  (step_p, v), (step_x, _) = _step("pallas"), _step("xla")
-  loss_p, grads_p, state_p = jax.jit(step_p)(v["params"], v["quant_state"])
-  loss_x, grads_x, state_x = jax.jit(step_x)(v["params"], v["quant_state"])
-  assert_close(loss_p, loss_x, RTOL)
-  for a, b in zip(jax.tree.leaves(grads_p), jax.tree.leaves(grads_x), strict=True):
-    assert_close(a, b, 1e-5)  # float rounding compounds through three layers
-  for a, b in zip(jax.tree.leaves(state_p), jax.tree.leaves(state_x), strict=True):
-    assert_close(a, b, 1e-5)
 
 
 def test_kernels_contract_int8_and_lower_to_triton_for_cuda():
