@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def pow2_tensor(key, shape, exponent: int, per_channel_max: bool = False) -> jax.Array:
@@ -28,3 +29,15 @@ def assert_close(actual, desired, rtol: float) -> None:
   desired = np.asarray(desired, np.float64)
   scale = float(np.max(np.abs(desired))) if desired.size else 0.0
   np.testing.assert_allclose(np.asarray(actual, np.float64), desired, rtol=rtol, atol=rtol * scale)
+
+
+class CompiledOrInterpreted:
+  """Base of kernel test classes: as written they run the compiled kernels and skip without a
+  GPU; a subclass with `interpret = True` reruns every test in Pallas's interpreter."""
+
+  interpret = False
+
+  @pytest.fixture(autouse=True)
+  def _needs_gpu(self):
+    if not self.interpret and jax.default_backend() != "gpu":
+      pytest.skip("compiled Pallas kernels need a GPU")

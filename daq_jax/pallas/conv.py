@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from daq_jax.pallas.gemm import GemmBlockSizes, int8_matmul
+from daq_jax.quant.conv_op import out_spatial
 from daq_jax.quant.numerics import QMAX
 
 BLOCK_SIZES = GemmBlockSizes()
@@ -95,23 +96,8 @@ def conv_forward(x_q, w_q, sx, sw, spec, *, interpret: bool) -> jax.Array:
   w_g = _kernel_per_group(w_q, groups)  # (G, T * I, O)
   scale = _group_scale(sx * sw / (QMAX * QMAX), groups, cols.shape[1])
   out = _gemm(cols, w_g, scale, 1.0, interpret)  # (G, M, O)
-  spatial = _out_spatial(x_q.shape, w_q.shape, spec)
+  spatial = out_spatial(x_q.shape, w_q.shape, spec)
   return out.transpose(1, 0, 2).reshape(x_q.shape[0], *spatial, w_q.shape[-1])
-
-
-def _out_spatial(lhs_shape, rhs_shape, spec) -> list[int]:
-  return [
-    ((n - 1) * ld + 1 + lo + hi - ((k - 1) * rd + 1)) // s + 1
-    for n, k, s, (lo, hi), ld, rd in zip(
-      lhs_shape[1:-1],
-      rhs_shape[:-2],
-      spec.window_strides,
-      spec.padding,
-      spec.lhs_dilation,
-      spec.rhs_dilation,
-      strict=True,
-    )
-  ]
 
 
 def conv_dgrad(g_q, w_q, sg, sw, lhs_shape, spec, *, interpret: bool) -> jax.Array:

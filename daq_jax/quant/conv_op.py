@@ -135,16 +135,17 @@ def make_spec(
     if len(pads) != n or any(len(p) != 2 for p in pads):
       raise ValueError(f"conv: padding={padding} must be {n} (low, high) pairs")
   spec = ConvSpec(strides, tuple(tuple(p) for p in pads), lhs_dil, rhs_dil, groups)
-  out_spatial = _out_spatial(lhs_shape, rhs_shape, spec)
-  if any(o < 1 for o in out_spatial):
+  out_sizes = out_spatial(lhs_shape, rhs_shape, spec)
+  if any(o < 1 for o in out_sizes):
     raise ValueError(
       f"conv: lhs {tuple(lhs_shape)} with kernel {tuple(rhs_shape)} and {spec} gives an empty "
-      f"output {tuple(out_spatial)}"
+      f"output {tuple(out_sizes)}"
     )
   return spec
 
 
-def _out_spatial(lhs_shape, rhs_shape, spec: ConvSpec) -> list[int]:
+def out_spatial(lhs_shape, rhs_shape, spec: ConvSpec) -> list[int]:
+  """The output's spatial sizes (0 where the conv would be empty)."""
   out = []
   for d, k, s, (lo, hi), ld, rd in zip(
     lhs_shape[1:-1],
@@ -173,12 +174,12 @@ def dgrad_kernel(rhs: jax.Array, groups: int) -> jax.Array:
 def dgrad_spec(lhs_shape, rhs_shape, spec: ConvSpec) -> ConvSpec:
   """The geometry of the input-gradient conv: strides and input dilation swap roles and the
   padding makes the result cover exactly the (dilated) input."""
-  out_spatial = _out_spatial(lhs_shape, rhs_shape, spec)
+  out_sizes = out_spatial(lhs_shape, rhs_shape, spec)
   pads = []
   for d, k, o, s, (lo, _), ld, rd in zip(
     lhs_shape[1:-1],
     rhs_shape[:-2],
-    out_spatial,
+    out_sizes,
     spec.window_strides,
     spec.padding,
     spec.lhs_dilation,
@@ -236,7 +237,7 @@ def uses_subpixel_dgrad(spec: ConvSpec) -> bool:
 
 
 def _subpixel_plan(lhs_shape, rhs_shape, spec: ConvSpec) -> list[tuple[_Phase, ...]]:
-  out = _out_spatial(lhs_shape, rhs_shape, spec)
+  out = out_spatial(lhs_shape, rhs_shape, spec)
   per_dim = [
     _phases(n, o, k, s, lo)
     for n, o, k, s, (lo, _) in zip(
@@ -320,7 +321,7 @@ def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
   groups = spec.feature_group_count
   *ksize, c_in_g, c_out = rhs_shape
   c_in, n, *in_spatial = x_t.shape
-  out_spatial = _out_spatial((n, *in_spatial, c_in), rhs_shape, spec)
+  out_sizes = out_spatial((n, *in_spatial, c_in), rhs_shape, spec)
   # groups > 1: (G, I, M) x (M, G, O) -> (G, I, O)
   dims = (((1,), (0,)), ((), ())) if groups == 1 else (((2,), (0,)), ((0,), (1,)))
 
@@ -336,11 +337,11 @@ def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
   tap_grid = list(itertools.product(*(range(k) for k in ksize)))
   if all(s == 1 for s in spec.window_strides) and all(d == 1 for d in spec.lhs_dilation):
     x2d = x_t.reshape(c_in, -1)
-    g = g_q.reshape(n, *out_spatial, c_out)
+    g = g_q.reshape(n, *out_sizes, c_out)
     shift = [(k - 1) * d - lo for k, d, (lo, _) in zip(ksize, spec.rhs_dilation, spec.padding)]
     pads = [
       (a, size + lo - o, 0)
-      for a, size, o, (lo, _) in zip(shift, in_spatial, out_spatial, spec.padding)
+      for a, size, o, (lo, _) in zip(shift, in_spatial, out_sizes, spec.padding)
     ]
     g_p = lax.pad(g, jnp.int8(0), [(0, 0, 0), *pads, (0, 0, 0)])
     taps = []
@@ -360,7 +361,7 @@ def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
     for tap in tap_grid:
       start = [0, 0] + [t * rd for t, rd in zip(tap, spec.rhs_dilation)]
       limit = [c_in, n] + [
-        st + (o - 1) * s + 1 for st, o, s in zip(start[2:], out_spatial, spec.window_strides)
+        st + (o - 1) * s + 1 for st, o, s in zip(start[2:], out_sizes, spec.window_strides)
       ]
       xs = lax.slice(x_p, start, limit, [1, 1, *spec.window_strides]).reshape(c_in, -1)
       taps.append(contract_tap(xs, g_q))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from daq_jax.pallas import gemm
+from tests.helpers import CompiledOrInterpreted
 
 TOLERANCE = {
   jnp.float32: 1e-6,  # the same float32 products, maybe in another order
@@ -32,14 +33,7 @@ def _operands(m, k, n, seed=0):
   return a, b, rows, cols
 
 
-class TestGemm:
-  interpret = False
-
-  @pytest.fixture(autouse=True)
-  def _needs_gpu(self):
-    if not self.interpret and jax.default_backend() != "gpu":
-      pytest.skip("compiled Pallas kernels need a GPU")
-
+class TestGemm(CompiledOrInterpreted):
   def _run(self, *args, **kwargs):
     return gemm.int8_matmul(*args, interpret=self.interpret, **kwargs)
 

@@ -16,6 +16,7 @@ import pytest
 from daq_jax import quant
 from daq_jax.pallas import grad_quant
 from daq_jax.quant import gradient
+from tests.helpers import CompiledOrInterpreted
 
 SCALE_RTOL = 1e-6  # one float32 rounding in the MCS recursion
 SMALL = grad_quant.GradQuantBlockSizes(block_m=64, block_c=16)
@@ -33,14 +34,7 @@ def _mixed(rows, channels, seed=0):
   )
 
 
-class TestGradQuant:
-  interpret = False
-
-  @pytest.fixture(autouse=True)
-  def _needs_gpu(self):
-    if not self.interpret and jax.default_backend() != "gpu":
-      pytest.skip("compiled Pallas kernels need a GPU")
-
+class TestGradQuant(CompiledOrInterpreted):
   def _compare(self, g, state, cfg, sizes=SMALL):
     got = grad_quant.quantize_gradient(g, state, cfg, block_sizes=sizes, interpret=self.interpret)
     want = gradient.quantize_gradient(g, state, cfg)

@@ -19,7 +19,7 @@ import pytest
 import daq_jax.nn as qnn
 from daq_jax import quant
 from daq_jax.quant import conv_op, gradient, lowering
-from tests.helpers import assert_close
+from tests.helpers import CompiledOrInterpreted, assert_close
 
 RTOL = 1e-6  # same integers, float32 scales applied in another order
 
@@ -46,15 +46,8 @@ def _conv_vjp(impl, method, x, w, g, interpret=None, **kw):
   return (y, *vjp(g))
 
 
-class TestPallasPath:
+class TestPallasPath(CompiledOrInterpreted):
   """Compiled kernels (skipped without a GPU); the subclass interprets them on the CPU."""
-
-  interpret = False
-
-  @pytest.fixture(autouse=True)
-  def _needs_gpu(self):
-    if not self.interpret and jax.default_backend() != "gpu":
-      pytest.skip("compiled Pallas kernels need a GPU")
 
   @pytest.mark.parametrize("method", ["daq", "per_tensor"])
   @pytest.mark.parametrize("name", GEOMETRIES)
