@@ -56,6 +56,20 @@ RESNET50_CONVS = [
 SMOKE_CONVS = [("smoke", 2, 8, 8, 16, 3, 1)]
 
 
+def _timed(fn, *args, repeats: int):
+  """median_ms, or the error as a string: one variant that does not compile (XLA's int8 conv
+  on a GPU, say) must not cost the others their numbers."""
+  try:
+    return median_ms(fn, *args, repeats=repeats)
+  except Exception as e:
+    traceback.print_exc()
+    return f"{type(e).__name__}: {e}"[:500]
+
+
+def _ratio(a, b):
+  return a / b if isinstance(a, float) and isinstance(b, float) else None
+
+
 def _peaks() -> dict:
   kind = getattr(jax.devices()[0], "device_kind", "")
   return next((v for k, v in PEAKS.items() if k in kind), {})
@@ -84,19 +98,20 @@ def bench_gemm(shapes, repeats: int, interpret: bool) -> list[dict]:
     a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
     a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
     ms = {
-      "pallas_int8": median_ms(pallas, a, b, rs, cs, repeats=repeats),
-      "xla_int8": median_ms(xla_int8, a, b, rs, cs, repeats=repeats),
-      "xla_bf16": median_ms(xla_float, a16, b16, repeats=repeats),
-      "xla_f32": median_ms(xla_float, a32, b32, repeats=repeats),
+      "pallas_int8": _timed(pallas, a, b, rs, cs, repeats=repeats),
+      "xla_int8": _timed(xla_int8, a, b, rs, cs, repeats=repeats),
+      "xla_bf16": _timed(xla_float, a16, b16, repeats=repeats),
+      "xla_f32": _timed(xla_float, a32, b32, repeats=repeats),
     }
     ops = 2.0 * m * n * k
     row = {"name": name, "m": m, "k": k, "n": n, "ms": ms}
-    row["tops"] = {key: ops / (t * 1e-3) / 1e12 for key, t in ms.items()}
+    row["tops"] = {
+      key: ops / (t * 1e-3) / 1e12 if isinstance(t, float) else None for key, t in ms.items()
+    }
     if peaks:
+      kinds = {"pallas_int8": "int8", "xla_int8": "int8", "xla_bf16": "bf16"}
       row["fraction_of_peak"] = {
-        "pallas_int8": row["tops"]["pallas_int8"] / peaks["int8"],
-        "xla_int8": row["tops"]["xla_int8"] / peaks["int8"],
-        "xla_bf16": row["tops"]["xla_bf16"] / peaks["bf16"],
+        key: _ratio(row["tops"][key], peaks[kind]) for key, kind in kinds.items()
       }
     rows.append(row)
   return rows
@@ -128,15 +143,21 @@ def bench_conv(shapes, repeats: int, interpret: bool) -> list[dict]:
       return (y, *vjp(g))
 
     ms = {
-      "f32": median_ms(jax.jit(functools.partial(float_step, dtype=jnp.float32)), x, w, g),
-      "bf16": median_ms(jax.jit(functools.partial(float_step, dtype=jnp.bfloat16)), x, w, g),
+      "f32": _timed(
+        jax.jit(functools.partial(float_step, dtype=jnp.float32)), x, w, g, repeats=repeats
+      ),
+      "bf16": _timed(
+        jax.jit(functools.partial(float_step, dtype=jnp.bfloat16)), x, w, g, repeats=repeats
+      ),
     }
     for impl in ("xla", "pallas"):
       cfg = quant.daq(impl=impl, interpret=interpret if impl == "pallas" else None)
-      ms[f"daq_{impl}"] = median_ms(
+      ms[f"daq_{impl}"] = _timed(
         jax.jit(functools.partial(daq_step, cfg=cfg)), x, w, g, repeats=repeats
       )
-    rows.append({"name": name, "ms": ms, "daq_pallas_over_bf16": ms["daq_pallas"] / ms["bf16"]})
+    rows.append(
+      {"name": name, "ms": ms, "daq_pallas_over_bf16": _ratio(ms["daq_pallas"], ms["bf16"])}
+    )
   return rows
 
 
@@ -151,45 +172,55 @@ def bench_resnet_step(batch: int, size: int, smoke: bool, repeats: int) -> list[
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   y = jnp.arange(batch) % 10
   for name, (cfg, dtype) in variants.items():
-    arch = dict(stage_sizes=(1, 1), num_filters=8) if smoke else {}
-    model = models.ResNet50(
-      num_classes=1000,
-      dtype=dtype,
-      conv=functools.partial(qnn.QConv, quant=cfg),
-      dense=functools.partial(qnn.QDense, quant=cfg),
-      **arch,
-    )
-    variables = jax.jit(model.init)(jax.random.key(1), x)
-    tx = optax.sgd(0.1, momentum=0.9)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    qstate = variables.get("quant_state", {})
-    opt_state = tx.init(params)
-
-    def loss_fn(params, qstate, batch_stats, model=model):
-      logits, updates = model.apply(
-        {"params": params, "batch_stats": batch_stats, "quant_state": qstate},
-        x,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, updates["batch_stats"]
-
-    @jax.jit
-    def step(params, opt_state, qstate, batch_stats, loss_fn=loss_fn, tx=tx):
-      (loss, batch_stats), grads, qstate = quant.value_and_grad(loss_fn, has_aux=True)(
-        params, qstate, batch_stats
-      )
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, qstate, batch_stats, loss
-
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, opt_state, qstate, batch_stats))
-    compile_s = time.perf_counter() - start
-    ms = median_ms(step, params, opt_state, qstate, batch_stats, repeats=repeats, warmup=1)
-    rows.append(
-      {"name": name, "ms": ms, "images_per_s": batch / (ms * 1e-3), "compile_s": compile_s}
-    )
+    try:
+      rows.append(_resnet_variant(name, cfg, dtype, x, y, batch, smoke, repeats))
+    except Exception as e:
+      traceback.print_exc()
+      rows.append({"name": name, "error": f"{type(e).__name__}: {e}"[:500]})
   return rows
+
+
+def _resnet_variant(name, cfg, dtype, x, y, batch, smoke, repeats) -> dict:
+  arch = dict(stage_sizes=(1, 1), num_filters=8) if smoke else {}
+  model = models.ResNet50(
+    num_classes=1000,
+    dtype=dtype,
+    conv=functools.partial(qnn.QConv, quant=cfg),
+    dense=functools.partial(qnn.QDense, quant=cfg),
+    **arch,
+  )
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  tx = optax.sgd(0.1, momentum=0.9)
+  params, batch_stats = variables["params"], variables["batch_stats"]
+  qstate = variables.get("quant_state", {})
+  opt_state = tx.init(params)
+
+  def loss_fn(params, qstate, batch_stats, model=model):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats, "quant_state": qstate},
+      x,
+      mutable=["batch_stats"],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, updates["batch_stats"]
+
+  @jax.jit
+  def step(params, opt_state, qstate, batch_stats, loss_fn=loss_fn, tx=tx):
+    (loss, batch_stats), grads, qstate = quant.value_and_grad(loss_fn, has_aux=True)(
+      params, qstate, batch_stats
+    )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, qstate, batch_stats, loss
+
+  start = time.perf_counter()
+  jax.block_until_ready(step(params, opt_state, qstate, batch_stats))
+  compile_s = time.perf_counter() - start
+  ms = median_ms(step, params, opt_state, qstate, batch_stats, repeats=repeats, warmup=1)
+  return {"name": name, "ms": ms, "images_per_s": batch / (ms * 1e-3), "compile_s": compile_s}
+
+
+def _fmt(value, spec: str) -> str:
+  return format(value, spec) if isinstance(value, float) else "failed"
 
 
 def format_tables(result: dict) -> str:
@@ -200,7 +231,7 @@ def format_tables(result: dict) -> str:
       f"{'GEMM (ms | TOPS)':<24} {'pallas i8':>16} {'xla i8':>16} {'xla bf16':>16} {'xla f32':>16}"
     )
     for r in gemm_rows:
-      cells = [f"{r['ms'][k]:7.3f} | {r['tops'][k]:6.1f}" for k in r["ms"]]
+      cells = [f"{_fmt(r['ms'][k], '7.3f')} | {_fmt(r['tops'][k], '6.1f')}" for k in r["ms"]]
       lines.append(f"{r['name']:<24} " + " ".join(f"{c:>16}" for c in cells))
   conv_rows = result.get("conv") or []
   if isinstance(conv_rows, list) and conv_rows:
@@ -209,15 +240,16 @@ def format_tables(result: dict) -> str:
       f"{'pal/bf16':>8}"
     )
     for r in conv_rows:
-      m = r["ms"]
-      lines.append(
-        f"{r['name']:<24} {m['f32']:>8.2f} {m['bf16']:>8.2f} {m['daq_xla']:>8.2f} "
-        f"{m['daq_pallas']:>8.2f} {r['daq_pallas_over_bf16']:>8.2f}"
-      )
+      cells = [_fmt(r["ms"][k], "8.2f") for k in ("f32", "bf16", "daq_xla", "daq_pallas")]
+      cells.append(_fmt(r["daq_pallas_over_bf16"], "8.2f"))
+      lines.append(f"{r['name']:<24} " + " ".join(f"{c:>8}" for c in cells))
   step_rows = result.get("resnet50_step") or []
   if isinstance(step_rows, list) and step_rows:
     lines.append(f"{'ResNet-50 step':<24} {'ms':>8} {'img/s':>8} {'compile s':>9}")
     for r in step_rows:
+      if "error" in r:
+        lines.append(f"{r['name']:<24} failed: {r['error'][:120]}")
+        continue
       lines.append(
         f"{r['name']:<24} {r['ms']:>8.1f} {r['images_per_s']:>8.1f} {r['compile_s']:>9.1f}"
       )
