@@ -8,7 +8,8 @@ weight gradient, GEMM then col2im for the input gradient.
 Every geometry of `conv_op.ConvSpec` is supported: strides, padding, input and kernel
 dilation, 1-D/2-D/3-D, and feature groups (one GEMM per group on the GEMM's group grid axis;
 depthwise convs are its (M, T) x (T, multiplier) case: correct, not yet fast). The scales are
-applied in the GEMM's epilogue. Without a GPU the kernels run in Pallas's interpreter.
+applied in the GEMM's epilogue. Without a GPU the kernels run in Pallas's interpreter. This
+file composes kernels rather than defining one: its oracle is impl="xla" (quant/conv_op.py).
 """
 
 from __future__ import annotations

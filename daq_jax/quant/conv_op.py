@@ -406,12 +406,7 @@ def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
 
 
 def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
-  if cfg.impl == "pallas":
-    from daq_jax.pallas import grad_quant  # Pallas only loads when asked for
-
-    gq = grad_quant.quantize_gradient_for(g, res.state, cfg, res.key)
-  else:
-    gq = gradient.quantize_gradient(g, res.state, cfg, res.key)
+  gq = gradient.quantize_gradient_for_impl(g, res.state, cfg, res.key)
   if cfg.impl == "simulate":
     x_hat, w_hat = res.saved
     _, vjp = jax.vjp(spec.float_conv, x_hat, w_hat)

@@ -56,12 +56,7 @@ def _dense_fwd(cfg: QuantConfig, x, w, state, key):
 
 
 def _dense_bwd(cfg: QuantConfig, res: Residuals, g):
-  if cfg.impl == "pallas":
-    from daq_jax.pallas import grad_quant  # Pallas only loads when asked for
-
-    gq = grad_quant.quantize_gradient_for(g, res.state, cfg, res.key)
-  else:
-    gq = gradient.quantize_gradient(g, res.state, cfg, res.key)
+  gq = gradient.quantize_gradient_for_impl(g, res.state, cfg, res.key)
   if cfg.impl == "simulate":
     x_hat, w_hat = res.saved
     _, vjp = jax.vjp(float_dense, x_hat, w_hat)

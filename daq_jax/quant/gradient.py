@@ -215,3 +215,14 @@ def quantize_gradient(
     new_state={k: new_state[k] for k in state},
     wgrad_stats=wstats,
   )
+
+
+def quantize_gradient_for_impl(
+  g: jax.Array, state: State, cfg: QuantConfig, key: jax.Array | None = None
+) -> QuantizedGradient:
+  """`quantize_gradient`, or for impl `pallas` its fused kernels where they cover `cfg`."""
+  if cfg.impl == "pallas":
+    from daq_jax.pallas import grad_quant  # Pallas only loads when asked for
+
+    return grad_quant.quantize_gradient_for(g, state, cfg, key)
+  return quantize_gradient(g, state, cfg, key)

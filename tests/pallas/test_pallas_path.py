@@ -42,8 +42,13 @@ def _conv_vjp(impl, method, x, w, g, interpret=None, **kw):
   cfg = quant.preset(method, impl=impl, **({"interpret": interpret} if impl == "pallas" else {}))
   state = gradient.init_state(cfg, w.shape[-1])
   key = jax.random.key(5) if cfg.stochastic else None
-  y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
-  return (y, *vjp(g))
+
+  @jax.jit  # one compilation per case, not one per eager op
+  def run(x, w, state, g, key):
+    y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
+    return (y, *vjp(g))
+
+  return run(x, w, state, g, key)
 
 
 class TestPallasPath(CompiledOrInterpreted):

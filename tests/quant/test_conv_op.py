@@ -61,17 +61,31 @@ GEOMETRIES = {
 METHODS = ["daq", "gvq", "mcs", "per_tensor", "ui8"]
 
 
+# The helpers jit what they run: one compilation per case instead of one per eager op keeps
+# the suite fast on a cold compilation cache.
+
+
 def _vjp(cfg, x, w, g, state=None, key=None, **kw):
   state = gradient.init_state(cfg, w.shape[-1]) if state is None else state
   key = jax.random.key(7) if cfg.stochastic and key is None else key
-  y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
-  return (y, *vjp(g))
+
+  @jax.jit
+  def run(x, w, state, g, key):
+    y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
+    return (y, *vjp(g))
+
+  return run(x, w, state, g, key)
 
 
 def _float_vjp(x, w, g, **kw):
   spec = conv_op.make_spec(x.shape, w.shape, **kw)
-  y, vjp = jax.vjp(spec.float_conv, x, w)
-  return (y, *vjp(g))
+
+  @jax.jit
+  def run(x, w, g):
+    y, vjp = jax.vjp(spec.float_conv, x, w)
+    return (y, *vjp(g))
+
+  return run(x, w, g)
 
 
 @pytest.mark.parametrize("name", GEOMETRIES)

@@ -20,8 +20,13 @@ TOLERANCE = {
 def _vjp(cfg, x, w, g, state=None):
   state = gradient.init_state(cfg, w.shape[-1]) if state is None else state
   key = jax.random.key(3) if cfg.stochastic else None
-  y, vjp = jax.vjp(lambda a, b, s: quant.dense(a, b, s, key, cfg=cfg), x, w, state)
-  return (y, *vjp(g))
+
+  @jax.jit  # one compilation per case, not one per eager op
+  def run(x, w, state, g, key):
+    y, vjp = jax.vjp(lambda a, b, s: quant.dense(a, b, s, key, cfg=cfg), x, w, state)
+    return (y, *vjp(g))
+
+  return run(x, w, state, g, key)
 
 
 def test_xla_equals_simulate_exactly_with_power_of_two_scales():
