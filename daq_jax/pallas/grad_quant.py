@@ -24,7 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from daq_jax.quant import gradient
+from daq_jax.quant import gradient, numerics
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.numerics import QMAX
 
@@ -107,12 +107,8 @@ def _stats_kernel(
 
   above = lax.fori_loop(0, steps, count, zeros) / rows
   gmax = jnp.where(nonfinite > 0, jnp.nan, biggest)
-  if cfg.wgrad_clip == "mcs":
-    prev = prev_ref[...]
-    has_history = prev > 0
-    ema = (1.0 - cfg.mcs_k * cfg.mcs_a) * jnp.where(has_history, prev, 0.0) + cfg.mcs_a * gmax
-    ema = jnp.where(has_history, ema, gmax)
-    clip = jnp.where(above > cfg.bell_threshold, gmax, ema)
+  if cfg.wgrad_clip == "mcs":  # the jnp rule itself: it lowers to Triton as it is
+    clip, ema = gradient.mcs_clip(gradient.ClipStats(gmax, above), prev_ref[...], cfg)
   else:
     clip = ema = gmax
   clip_ref[...] = clip
@@ -166,8 +162,7 @@ def quantize_gradient(
     compiler_params=params,
     interpret=interpret,
   )(g_p, prev)
-  dgrad_scale = jnp.max(gmax[:channels])  # a NaN channel max makes this NaN too
-  dgrad_scale = jnp.where(jnp.any(jnp.isnan(gmax[:channels])), jnp.nan, dgrad_scale)
+  dgrad_scale = numerics.max_abs(gmax[:channels])  # NaN when a channel max is NaN
   tile = pl.BlockSpec((s.block_m, s.block_c), lambda i, j: (i, j))
   wq, dq = pl.pallas_call(
     _quantize_kernel,

@@ -38,8 +38,8 @@ class QuantConfig:
     bits: the integer width; only 8 is implemented.
     impl: `xla` runs int8 x int8 -> int32 lax ops; `simulate` runs the same numerics in float
       (quantize-dequantize, then float convs): the oracle for tests; `pallas` runs the
-      products on daq_jax.pallas's int8 GEMM (in its interpreter where there is no GPU;
-      groups = 1 convs only for now).
+      products and, for DAQ/GVQ, the gradient quantization on daq_jax.pallas's kernels (in
+      Pallas's interpreter where there is no GPU).
     wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
       wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
     wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`

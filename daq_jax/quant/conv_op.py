@@ -202,7 +202,6 @@ class _Phase:
   positions p = first + stride * i (i < count) get g correlated with the kernel taps
   phase, phase + stride, ... (`taps` of them) under `padding`."""
 
-  phase: int
   taps: int
   first: int
   count: int
@@ -218,7 +217,7 @@ def _phases(size: int, out: int, k: int, s: int, lo: int) -> list[_Phase]:
     count = max(0, a_max - a_min + 1)
     pad_lo = taps - 1 - a_min
     pad_hi = count - out - pad_lo + taps - 1
-    phases.append(_Phase(phase, taps, a_min * s + phase - lo, count, (pad_lo, pad_hi)))
+    phases.append(_Phase(taps, a_min * s + phase - lo, count, (pad_lo, pad_hi)))
   return phases
 
 
