@@ -14,14 +14,13 @@ file composes kernels rather than defining one: its oracle is impl="xla" (quant/
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from daq_jax.pallas.gemm import GemmBlockSizes, int8_matmul
+from daq_jax.quant import contract
 from daq_jax.quant.conv_op import out_spatial
 from daq_jax.quant.numerics import QMAX
 
@@ -37,32 +36,16 @@ def _gemm(a, b, row_scale, col_scale, interpret: bool):
 
 
 def patches(x: jax.Array, rhs_shape, spec) -> jax.Array:
-  """im2col: (N, *spatial, C) -> (N * prod(out), T * C), taps major, channels minor (the
-  order of a (*spatial, C_in, C_out) kernel reshaped to (T * C_in, C_out))."""
-  *ksize, _, _ = rhs_shape
-  zero = jnp.zeros((), x.dtype)
-  pad_cfg = (
-    [(0, 0, 0)]
-    + [(lo, hi, ld - 1) for (lo, hi), ld in zip(spec.padding, spec.lhs_dilation, strict=True)]
-    + [(0, 0, 0)]
+  """im2col (`contract.patches`) for a kernel of `rhs_shape` under `spec`: (M, T * C)."""
+  cols, _ = contract.patches(
+    x,
+    rhs_shape[:-2],
+    window_strides=spec.window_strides,
+    padding=spec.padding,
+    lhs_dilation=spec.lhs_dilation,
+    rhs_dilation=spec.rhs_dilation,
   )
-  x_p = lax.pad(x, zero, pad_cfg)
-  out = [
-    (size - ((k - 1) * d + 1)) // s + 1
-    for size, k, d, s in zip(
-      x_p.shape[1:-1], ksize, spec.rhs_dilation, spec.window_strides, strict=True
-    )
-  ]
-  cols = []
-  for tap in itertools.product(*(range(k) for k in ksize)):
-    start = [0, *(t * d for t, d in zip(tap, spec.rhs_dilation, strict=True)), 0]
-    limit = [
-      x_p.shape[0],
-      *(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, spec.window_strides)),
-      x_p.shape[-1],
-    ]
-    cols.append(lax.slice(x_p, start, limit, [1, *spec.window_strides, 1]))
-  return jnp.stack(cols, axis=-2).reshape(-1, len(cols) * x.shape[-1])
+  return cols
 
 
 def _per_group(cols: jax.Array, taps: int, groups: int) -> jax.Array:

@@ -70,28 +70,48 @@ FAST_CONV_MIN_CHANNELS = 32
 IM2COL_MAX_REDUCTION = 64
 
 
-def _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation) -> jax.Array:
-  """A groups=1, lhs_dilation=1 conv as one NN int8 dot over the stacked kernel taps."""
-  *ksize, c_in, c_out = rhs.shape
-  x = lax.pad(lhs, jnp.int8(0), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in padding], (0, 0, 0)])
+def patches(x: jax.Array, ksize, *, window_strides, padding, lhs_dilation, rhs_dilation):
+  """im2col of a channels-last input: (N, *spatial, C) -> (N * prod(out), T * C), taps major
+  and channels minor, the order of a (*ksize, C, C_out) kernel reshaped to (T * C, C_out).
+
+  Args:
+    x: the input; `padding` are explicit (low, high) pairs.
+
+  Returns:
+    (patches, output spatial sizes).
+  """
+  pad_cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)]
+  x_p = lax.pad(x, jnp.zeros((), x.dtype), [*pad_cfg, (0, 0, 0)])
   out = [
-    (x.shape[i + 1] - ((k - 1) * d + 1)) // s + 1
-    for i, (k, d, s) in enumerate(zip(ksize, rhs_dilation, window_strides))
+    (size - ((k - 1) * d + 1)) // s + 1
+    for size, k, d, s in zip(x_p.shape[1:-1], ksize, rhs_dilation, window_strides)
   ]
   cols = []
   for tap in itertools.product(*(range(k) for k in ksize)):
-    start = [0, *[t * d for t, d in zip(tap, rhs_dilation)], 0]
+    start = [0, *(t * d for t, d in zip(tap, rhs_dilation)), 0]
     limit = [
-      x.shape[0],
-      *[st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, window_strides)],
-      c_in,
+      x_p.shape[0],
+      *(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, window_strides)),
+      x_p.shape[-1],
     ]
-    cols.append(lax.slice(x, start, limit, [1, *window_strides, 1]))
-  patches = jnp.concatenate(cols, axis=-1).reshape(-1, len(cols) * c_in)
-  acc = lax.dot_general(
-    patches, rhs.reshape(-1, c_out), (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+    cols.append(lax.slice(x_p, start, limit, [1, *window_strides, 1]))
+  return jnp.stack(cols, axis=-2).reshape(-1, len(cols) * x.shape[-1]), out
+
+
+def _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation) -> jax.Array:
+  """A groups=1, lhs_dilation=1 conv as one NN int8 dot over the stacked kernel taps."""
+  cols, out = patches(
+    lhs,
+    rhs.shape[:-2],
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=(1,) * len(padding),
+    rhs_dilation=rhs_dilation,
   )
-  return acc.reshape(lhs.shape[0], *out, c_out)
+  acc = lax.dot_general(
+    cols, rhs.reshape(-1, rhs.shape[-1]), (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32
+  )
+  return acc.reshape(lhs.shape[0], *out, rhs.shape[-1])
 
 
 def int8_conv(
