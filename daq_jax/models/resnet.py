@@ -16,24 +16,37 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-ModuleDef = Any
+from daq_jax.models.layers import ModuleDef, batch_norm
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34)."""
+  """Two 3x3 convs (ResNet-18/34, and the CIFAR ResNets with `shortcut="pad"`).
+
+  Attributes:
+    shortcut: where the shape changes, `projection` (1x1 conv and BN, option B) or `pad`
+      (subsample and zero-pad the channels, parameter free: option A of the CIFAR ResNets).
+    zero_init_residual: start the last BN's scale at zero (Goyal et al. 2017).
+  """
 
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: int = 1
+  shortcut: str = "projection"
+  zero_init_residual: bool = True
 
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.filters, (3, 3), self.strides, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.filters, (3, 3), name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=nn.initializers.zeros_init())(y)
-    if x.shape != y.shape:
+    scale_init = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones
+    y = self.norm(name="bn2", scale_init=scale_init)(y)
+    if x.shape != y.shape and self.shortcut == "pad":
+      x = x[:, :: self.strides, :: self.strides, :]
+      extra = self.filters - x.shape[-1]
+      x = jnp.pad(x, [(0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)])
+    elif x.shape != y.shape:
       x = self.conv(self.filters, (1, 1), self.strides, name="proj_conv")(x)
       x = self.norm(name="proj_bn")(x)
     return nn.relu(x + y)
@@ -84,9 +97,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-    )
+    norm = batch_norm(train, self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
