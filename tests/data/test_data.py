@@ -1,0 +1,208 @@
+"""Input pipelines: readers against files written here (CIFAR pickles, PNG/JPEG folders),
+the validation split, the cache, the step-determined batch order, augmentation shapes and
+the errors a user meets (missing directory, unreadable image, wrong class count)."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daq_jax import data
+from daq_jax.data import augment, image_folder
+from daq_jax.data.loader import DataConfig
+
+
+def write_cifar_pickles(root, n_per_batch=20):
+  os.makedirs(root, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    batch = {
+      b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+      b"labels": list(rng.integers(0, 10, n_per_batch)),
+    }
+    with open(os.path.join(root, name), "wb") as f:
+      pickle.dump(batch, f)
+  with open(os.path.join(root, "batches.meta"), "wb") as f:
+    pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+  return root
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=5, size=12, ext=".png"):
+  rng = np.random.default_rng(1)
+  for c in classes:
+    os.makedirs(os.path.join(root, c), exist_ok=True)
+    for i in range(per_class):
+      pixels = rng.integers(0, 256, (size, size + 2, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(os.path.join(root, c, f"{i:03d}{ext}"))
+  return root
+
+
+def test_digits_ship_with_a_fixed_test_split():
+  train, test = data.load_digits("train"), data.load_digits("test")
+  assert (len(train), len(test)) == (1437, 360)
+  assert train.images.shape[1:] == (8, 8, 1) and train.images.dtype == np.uint8
+  assert set(np.unique(test.labels)) == set(range(10))
+  np.testing.assert_array_equal(data.load_digits("test").images, test.images)
+
+
+def test_cifar_pickles_are_read_channels_last(tmp_path):
+  root = write_cifar_pickles(str(tmp_path / "cifar-10-batches-py"))
+  train = data.load_cifar_pickle(root, "train")
+  test = data.load_cifar_pickle(root, "test")
+  assert train.images.shape == (100, 32, 32, 3) and len(test) == 20
+  with open(os.path.join(root, "test_batch"), "rb") as f:
+    raw = pickle.load(f, encoding="bytes")[b"data"]
+  # The pickle holds planes R, G, B of 1024 bytes: pixel (0, 1) of channel 2 is byte 2049.
+  assert test.images[0, 0, 1, 2] == raw[0, 2 * 1024 + 1]
+  assert train.class_names[3] == "c3"
+
+
+def test_validation_split_is_stratified_deterministic_and_disjoint():
+  labels = np.repeat(np.arange(4), 10)
+  train, val = data.validation_split(labels, 0.2)
+  assert len(val) == 8 and np.all(np.bincount(labels[val]) == 2)
+  assert not set(train) & set(val) and len(train) + len(val) == 40
+  np.testing.assert_array_equal(val, data.validation_split(labels, 0.2)[1])
+  with pytest.raises(ValueError, match=r"val_fraction"):
+    data.validation_split(labels, 1.0)
+
+
+def test_image_folder_is_decoded_once_then_read_from_the_cache(tmp_path):
+  root = write_image_folder(str(tmp_path / "train"))
+  files = image_folder.list_images(root)
+  assert files.class_names == ("cat", "dog") and len(files) == 10
+  cache = str(tmp_path / "cache")
+  first = image_folder.decode_all(files, cache)
+  assert len(os.listdir(cache)) == 1
+  again = image_folder.decode_all(files, cache)
+  np.testing.assert_array_equal(first.images, again.images)
+  assert first.images.shape == (10, 12, 14, 3)
+  np.testing.assert_array_equal(first.labels, np.repeat([0, 1], 5))
+
+
+def test_an_unreadable_image_names_the_file(tmp_path):
+  root = write_image_folder(str(tmp_path / "train"))
+  bad = os.path.join(root, "dog", "broken.jpg")
+  with open(bad, "wb") as f:
+    f.write(b"not a jpeg")
+  files = image_folder.list_images(root)
+  with pytest.raises(ValueError, match=r"cannot read image .*broken.jpg"):
+    image_folder.decode_all(files, None)
+
+
+def test_missing_data_directory_names_the_config_key(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"data.dir='.*nowhere'"):
+    data.load(DataConfig(name="cifar10", dir=str(tmp_path / "nowhere")))
+  with pytest.raises(ValueError, match=r"data.dir is empty"):
+    data.load(DataConfig(name="image_folder"))
+  with pytest.raises(ValueError, match=r"data.name='mnist'"):
+    DataConfig(name="mnist")
+
+
+def test_a_folder_with_the_wrong_class_count_is_not_cifar10(tmp_path):
+  write_image_folder(str(tmp_path / "d" / "train"))
+  with pytest.raises(ValueError, match=r"2 classes, not cifar10's 10"):
+    data.load(DataConfig(name="cifar10", dir=str(tmp_path / "d"), cache_dir=""))
+
+
+def test_image_folder_dataset_with_val_split_and_test_folder(tmp_path):
+  write_image_folder(str(tmp_path / "d" / "train"), per_class=10)
+  write_image_folder(str(tmp_path / "d" / "val"), per_class=3)
+  cfg = DataConfig(name="image_folder", dir=str(tmp_path / "d"), cache_dir="")
+  train, test, info = data.load(cfg)
+  assert (len(train), len(test)) == (20, 6)
+  assert info.augment == "cifar" and info.image_shape == (12, 14, 3)
+  cfg = DataConfig(
+    name="image_folder", dir=str(tmp_path / "d"), cache_dir="", val_fraction=0.2, eval_split="val"
+  )
+  train, val, _ = data.load(cfg)
+  assert (len(train), len(val)) == (16, 4)
+
+
+def test_the_batch_of_a_step_depends_only_on_seed_and_step():
+  train = data.load_digits("train")
+  _, _, info = data.load(DataConfig(name="digits"))
+  a = data.Batches(train, info, 32, seed=3)
+  b = data.Batches(train, info, 32, seed=3)
+  for step in (0, 5, a.steps_per_epoch + 1):
+    np.testing.assert_array_equal(a.train(step)["image"], b.train(step)["image"])
+  # Within an epoch every example appears at most once; epochs reshuffle.
+  seen = np.concatenate([a.train(s)["label"] for s in range(a.steps_per_epoch)])
+  assert len(seen) == 32 * a.steps_per_epoch
+  assert not np.array_equal(a.train(0)["label"], a.train(a.steps_per_epoch)["label"])
+  c = data.Batches(train, info, 32, seed=4)
+  assert not np.array_equal(a.train(0)["label"], c.train(0)["label"])
+
+
+def test_processes_take_disjoint_slices_of_the_global_batch():
+  train = data.load_digits("train")
+  _, _, info = data.load(DataConfig(name="digits"))
+  whole = data.Batches(train, info, 32).train(7)["label"]
+  halves = [
+    data.Batches(train, info, 32, process_index=p, process_count=2).train(7)["label"]
+    for p in range(2)
+  ]
+  np.testing.assert_array_equal(np.concatenate(halves), whole)
+
+
+def test_evaluation_covers_every_example_once_with_a_mask():
+  test = data.load_digits("test")
+  _, _, info = data.load(DataConfig(name="digits"))
+  batches = list(data.Batches(test, info, 100).evaluation())
+  assert len(batches) == 4 and all(len(b["label"]) == 100 for b in batches)
+  assert sum(int(b["mask"].sum()) for b in batches) == 360
+
+
+def test_augmentations_keep_shapes_and_are_seeded():
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  a = augment.pad_crop_flip(images, np.random.default_rng(1))
+  b = augment.pad_crop_flip(images, np.random.default_rng(1))
+  assert a.shape == images.shape and np.array_equal(a, b)
+  image = Image.fromarray(np.zeros((50, 80, 3), np.uint8))
+  assert augment.random_resized_crop(image, 24, np.random.default_rng(0)).shape == (24, 24, 3)
+  assert augment.center_crop(image, 24).shape == (24, 24, 3)
+
+
+def test_large_images_are_read_lazily_with_imagenet_transforms(tmp_path):
+  write_image_folder(str(tmp_path / "d" / "train"), per_class=4, size=80, ext=".jpg")
+  cfg = DataConfig(
+    name="image_folder", dir=str(tmp_path / "d"), image_size=32, val_fraction=0.25, eval_split="val"
+  )
+  train, val, info = data.load(cfg)
+  assert isinstance(train, data.FileDataset) and info.augment == "imagenet"
+  batches = data.Batches(train, info, 4, seed=0)
+  batch = batches.train(0)
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  np.testing.assert_array_equal(batch["image"], data.Batches(train, info, 4).train(0)["image"])
+  assert next(data.Batches(val, info, 4).evaluation())["image"].shape == (4, 32, 32, 3)
+
+
+def test_worker_processes_decode_the_same_batches(tmp_path):
+  write_image_folder(str(tmp_path / "d" / "train"), per_class=4, size=80, ext=".jpg")
+  cfg = DataConfig(
+    name="image_folder",
+    dir=str(tmp_path / "d"),
+    image_size=32,
+    val_fraction=0.25,
+    eval_split="val",
+  )
+  train, _, info = data.load(cfg)
+  local = data.Batches(train, info, 4, seed=0).train(1)["image"]
+  pooled = data.Batches(train, info, 4, seed=0, workers=2)
+  try:
+    np.testing.assert_array_equal(pooled.train(1)["image"], local)
+  finally:
+    pooled.close()
+
+
+def test_prefetch_yields_in_order_and_reraises_errors():
+  assert list(data.prefetch(iter(range(5)), 2, lambda x: x * 10)) == [0, 10, 20, 30, 40]
+
+  def broken():
+    yield 1
+    raise ValueError("cannot read image x.jpg")
+
+  with pytest.raises(ValueError, match=r"x.jpg"):
+    list(data.prefetch(broken(), 2))
