@@ -1,0 +1,21 @@
+"""MobileNetV2 on ImageNet with DAQ (torchvision's recipe: 300 epochs, SGD 0.036 per 256,
+weight decay 4e-5, cosine).
+
+    python train.py --config configs/imagenet_mobilenetv2.py --workdir runs/imagenet_mnv2 \
+        --config.data.dir=/data/imagenet
+
+Not run here: cost unmeasured.
+"""
+
+from configs import imagenet_resnet50
+
+
+def get_config():
+  config = imagenet_resnet50.get_config()
+  config.model.name = "mobilenetv2"
+  config.optim.base_learning_rate = 0.036
+  config.optim.weight_decay = 4e-5
+  config.optim.warmup_epochs = 0.0
+  config.num_epochs = 300.0
+  config.label_smoothing = 0.0
+  return config

@@ -1,0 +1,172 @@
+"""The training config as frozen, keyword-only dataclasses, built from a plain dict.
+
+`train.py` turns its ml_collections config into a dict (`config.to_dict()`) and calls
+`from_dict`; the library itself never imports ml_collections. Unknown keys and bad values
+are errors that name the key, and the dict is saved in the workdir (`config.json`) so that
+evaluation and resumption rebuild exactly the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from daq_jax.data.loader import DataConfig
+from daq_jax.quant import config as quant_config
+
+DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Attributes:
+  name: a key of `daq_jax.models.MODELS`.
+  dtype: compute dtype of the float parts (BN, pooling, the float layers).
+  """
+
+  name: str = "small_cnn"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    from daq_jax.models import MODELS
+
+    if self.name not in MODELS:
+      raise ValueError(f"config model.name={self.name!r} is unknown; known: {', '.join(MODELS)}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"config model.dtype={self.dtype!r} is not one of {DTYPES}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantSettings:
+  """Attributes:
+  method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
+  impl: xla (int8 lax ops), pallas (the GPU kernels) or simulate (float emulation).
+  quantize_first_conv: quantize the model's first conv (`stem_conv`) too.
+  quantize_last_dense: quantize the classifier (`head`) too.
+  """
+
+  method: str = "daq"
+  impl: str = "xla"
+  quantize_first_conv: bool = True
+  quantize_last_dense: bool = True
+
+  def __post_init__(self):
+    if self.method not in quant_config.METHODS:
+      raise ValueError(f"config quant.method={self.method!r} is not one of {quant_config.METHODS}")
+    if self.impl not in quant_config.IMPLS:
+      raise ValueError(f"config quant.impl={self.impl!r} is not one of {quant_config.IMPLS}")
+
+  def layer_config(self) -> quant_config.QuantConfig | None:
+    cfg = quant_config.preset(self.method)
+    return None if cfg is None else cfg.replace(impl=self.impl)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+  """SGD with momentum; the peak learning rate is base_learning_rate * batch / base_batch_size.
+
+  Attributes:
+    base_learning_rate: the learning rate at batch size `base_batch_size`.
+    base_batch_size: the batch size that `base_learning_rate` is quoted for.
+    momentum: heavy-ball momentum.
+    nesterov: Nesterov momentum.
+    weight_decay: L2 on conv and dense kernels (not on biases or BN parameters).
+    schedule: cosine (to 0), step (x decay_factor at each of decay_epochs) or constant.
+    warmup_epochs: linear warmup from 0 (fractions allowed).
+    decay_epochs: the step schedule's boundaries, in epochs.
+    decay_factor: the step schedule's factor.
+  """
+
+  base_learning_rate: float = 0.1
+  base_batch_size: int = 256
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 1e-4
+  schedule: str = "cosine"
+  warmup_epochs: float = 0.0
+  decay_epochs: tuple[float, ...] = ()
+  decay_factor: float = 0.1
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"config optim.schedule={self.schedule!r} is not one of {SCHEDULES}")
+    if self.base_learning_rate <= 0 or self.base_batch_size <= 0:
+      raise ValueError("config optim.base_learning_rate and optim.base_batch_size must be > 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+  """One training run.
+
+  Attributes:
+    seed: parameters, data order, augmentation and stochastic rounding all derive from it.
+    model, quant, data, optim: see their classes.
+    batch_size: the global batch, split over all devices.
+    num_epochs: training length in epochs (fractions allowed); num_steps > 0 overrides it.
+    num_steps: training length in steps.
+    label_smoothing: the label smoothing of the cross-entropy.
+    log_every_steps: metrics cadence (JSON lines, TensorBoard, terminal).
+    eval_every_epochs: evaluation cadence; 0 evaluates at the end only.
+    checkpoint_every_steps: checkpoint cadence; 0 checkpoints every epoch. One is always
+      written at the end.
+    keep_checkpoints: how many of the latest checkpoints stay on disk.
+    num_devices: devices the batch is sharded over (0: all of them).
+  """
+
+  seed: int = 0
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  quant: QuantSettings = dataclasses.field(default_factory=QuantSettings)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  batch_size: int = 128
+  num_epochs: float = 1.0
+  num_steps: int = 0
+  label_smoothing: float = 0.0
+  log_every_steps: int = 50
+  eval_every_epochs: float = 0.0
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 3
+  num_devices: int = 0
+
+  def __post_init__(self):
+    for key in ("batch_size", "log_every_steps", "keep_checkpoints"):
+      if getattr(self, key) <= 0:
+        raise ValueError(f"config {key}={getattr(self, key)} must be > 0")
+    if self.num_steps <= 0 and self.num_epochs <= 0:
+      raise ValueError("config num_epochs or num_steps must be > 0")
+    if not 0 <= self.label_smoothing < 1:
+      raise ValueError(f"config label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+def _build(cls, values: Any, prefix: str):
+  if not isinstance(values, dict):
+    raise ValueError(f"config {prefix.rstrip('.')} must be a dict of {cls.__name__} fields")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(
+      f"config keys {[prefix + k for k in unknown]} are unknown; known: "
+      f"{[prefix + k for k in fields]}"
+    )
+  kwargs = {}
+  for name, value in values.items():
+    hint = hints[name]
+    if dataclasses.is_dataclass(hint):
+      kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+    elif typing.get_origin(hint) is tuple:
+      kwargs[name] = tuple(value)
+    else:
+      kwargs[name] = value
+  return cls(**kwargs)
+
+
+def from_dict(values: dict) -> TrainConfig:
+  """A `TrainConfig` from nested dicts; unknown keys and bad values raise ValueError."""
+  return _build(TrainConfig, values, "")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+  return dataclasses.asdict(cfg)

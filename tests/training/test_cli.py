@@ -1,0 +1,77 @@
+"""The command lines a user types, run as subprocesses: `python train.py` (2 steps of the
+default config), misspelt and invalid config keys, and the same run on 1 and 4 CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4), which must agree within float
+tolerance, quantization statistics included."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Largest relative differences, 4 devices vs 1, after 4 steps. Reductions (BN statistics,
+# gradients, the clip statistics) are summed in another order; relative to |y| + 1e-6, so
+# parameters near zero dominate the parameter figure.
+SHARDED_RTOL = {"params": 1e-3, "batch_stats": 1e-5, "quant_state": 1e-5}
+
+
+def _run(args, env=None, timeout=300):
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    env={**os.environ, **(env or {})},
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
+
+
+def test_train_py_runs_the_default_config_end_to_end(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = _run(["train.py", f"--workdir={workdir}", "--config.num_steps=2"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final: small_cnn daq step 2: test top-1" in proc.stderr
+  assert {"config.json", "dataset.json", "metrics.jsonl", "summary.json", "checkpoints"} <= set(
+    os.listdir(workdir)
+  )
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["num_steps"] == 2
+  # Started again, it finds the finished run and only evaluates.
+  again = _run(["train.py", f"--workdir={workdir}", "--config.num_steps=2"])
+  assert again.returncode == 0 and "resumed from" in again.stderr
+
+
+@pytest.mark.parametrize(
+  ("flag", "message"),
+  [
+    ("--config.quant.mehtod=fp32", 'Did you mean "method" instead of "mehtod"?'),
+    ("--config.quant.method=int4", "quant.method='int4' is not one of"),
+    ("--config.model.name=resnet21", "model.name='resnet21' is unknown"),
+    ("--config.data.name=cifar10", "data.dir is empty"),
+    ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
+    ("--config.batch_size=many", "--config.batch_size=many: invalid literal for int()"),
+  ],
+)
+def test_bad_config_values_are_clear_errors(tmp_path, flag, message):
+  proc = _run(["train.py", f"--workdir={tmp_path}", flag])
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+
+
+def test_one_and_four_devices_train_the_same_model():
+  proc = _run(
+    ["-m", "tests.training.multidevice_run"],
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "on 4 cpu device(s)" in proc.stderr and "on 1 cpu device(s)" in proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key, rtol in SHARDED_RTOL.items():
+    assert result[key] <= rtol, (key, result)
+  assert result["top1"][0] == pytest.approx(result["top1"][1], abs=1 / 360)
+  assert "batch_size=6 is not divisible by the 4 devices" in result["error"]

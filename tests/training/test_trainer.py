@@ -1,0 +1,185 @@
+"""The training loop in-process on the embedded digits: a run writes what it promises
+(checkpoints, metrics, TensorBoard events, summary), a resumed run is bit-identical to an
+uninterrupted one, a non-finite loss stops the run naming the step, UI8 scales per layer,
+layer selection and bf16 compute reach the model, and evaluation reproduces the run's score."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from daq_jax import data
+from daq_jax.evaluate import evaluate_workdir
+from daq_jax.evaluate import main as evaluate_main
+from daq_jax.training import NonFiniteLossError, optim, steps, train_and_evaluate, trainer
+from daq_jax.training.checkpoint import Checkpoints
+from daq_jax.training.config import from_dict
+from daq_jax.training.tensorboard import read_scalars
+from tests.training.common import tiny
+
+
+def _restore(workdir, cfg_dict, step=None):
+  cfg = from_dict(cfg_dict)
+  _, _, info = data.load(cfg.data)
+  model = steps.create_model(cfg, info.num_classes)
+  tx, _ = trainer.build_optimizer(cfg, 1, 1)
+  target = jax.jit(lambda: steps.init_state(model, tx, info, cfg.seed))()
+  ckpts = Checkpoints(workdir)
+  try:
+    return ckpts.restore(target, step)
+  finally:
+    ckpts.close()
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  summary = train_and_evaluate(tiny(), workdir)
+  return workdir, summary
+
+
+def test_a_run_writes_checkpoints_metrics_and_a_summary(finished_run):
+  workdir, summary = finished_run
+  assert summary["step"] == 6 and summary["eval_examples"] == 360
+  assert 0 <= summary["eval_top1"] <= 1
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    lines = [json.loads(x) for x in f]
+  train_lines = [x for x in lines if "train/loss" in x]
+  assert [x["step"] for x in train_lines] == [2, 4, 6]
+  for key in ("train/accuracy", "train/learning_rate", "train/step_time_s", "train/images_per_s"):
+    assert all(np.isfinite(x[key]) for x in train_lines), key
+  assert lines[-1]["test/top1"] == summary["eval_top1"]
+  (events,) = os.listdir(os.path.join(workdir, "tensorboard"))
+  scalars = read_scalars(os.path.join(workdir, "tensorboard", events))
+  losses = [(s, v) for s, tag, v in scalars if tag == "train/loss"]
+  assert [s for s, _ in losses] == [2, 4, 6]
+  np.testing.assert_allclose(
+    [v for _, v in losses], [x["train/loss"] for x in train_lines], rtol=1e-6
+  )
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f) == summary
+
+
+def test_the_quantization_state_is_checkpointed(finished_run):
+  workdir, _ = finished_run
+  state = _restore(workdir, tiny())
+  assert int(state.step) == 6
+  clips = state.quant_state["stem_conv"]["wgrad_clip"]
+  assert clips.shape == (32,) and float(clips.min()) > 0  # it came out of 6 backward passes
+
+
+def test_evaluation_of_the_workdir_reproduces_the_final_score(finished_run, tmp_path, capsys):
+  workdir, summary = finished_run
+  result = evaluate_workdir(workdir)
+  assert result["top1"] == summary["eval_top1"] and result["examples"] == 360
+  # The same images as a folder of grey PNGs given on the command line.
+  test = data.load_digits("test")
+  for i, (image, label) in enumerate(zip(test.images, test.labels)):
+    os.makedirs(tmp_path / str(label), exist_ok=True)
+    Image.fromarray(image[..., 0]).save(tmp_path / str(label) / f"{i}.png")
+  assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert f"top-1 {summary['eval_top1']:.4f}" in out and "(360 examples)" in out
+
+
+def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
+  workdir, _ = finished_run
+  assert evaluate_main(["--workdir", str(tmp_path)]) == 1
+  assert "config.json is missing" in capsys.readouterr().err
+  assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path / "nowhere")]) == 1
+  assert "no such directory" in capsys.readouterr().err
+  os.makedirs(tmp_path / "dogs")
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dogs" / "a.png")
+  assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path)]) == 1
+  assert "classes ['dogs'] are not among the model's" in capsys.readouterr().err
+
+
+def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
+  finished_run, tmp_path, monkeypatch
+):
+  workdir, summary = finished_run
+  compile_steps = steps.compile_steps
+  calls = {"n": 0}
+
+  def interrupting(*args, **kwargs):
+    train, evaluate = compile_steps(*args, **kwargs)
+
+    def train_then_interrupt(state, batch):
+      calls["n"] += 1
+      if calls["n"] == 5:
+        raise KeyboardInterrupt
+      return train(state, batch)
+
+    return train_then_interrupt, evaluate
+
+  interrupted = str(tmp_path / "interrupted")
+  monkeypatch.setattr(steps, "compile_steps", interrupting)
+  with pytest.raises(KeyboardInterrupt):
+    train_and_evaluate(tiny(), interrupted)
+  monkeypatch.undo()
+  assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["3", "4"]
+  resumed = train_and_evaluate(tiny(), interrupted)
+  assert resumed == summary
+  _assert_trees_equal(_restore(interrupted, tiny()), _restore(workdir, tiny()))
+
+
+def test_a_workdir_of_another_run_is_refused(finished_run):
+  workdir, _ = finished_run
+  with pytest.raises(ValueError, match=r"quant=.*use another --workdir"):
+    train_and_evaluate(tiny(**{"quant.method": "fp32"}), workdir)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  cfg = tiny(
+    **{"optim.base_learning_rate": 1e30, "checkpoint_every_steps": 1, "quant.method": "fp32"}
+  )
+  with pytest.raises(
+    NonFiniteLossError,
+    match=r"(loss is|parameters became).* at step \d+: stopping.*last good checkpoint",
+  ):
+    train_and_evaluate(cfg, str(tmp_path))
+  kept = Checkpoints(str(tmp_path))
+  latest = kept.latest_step()
+  kept.close()
+  state = _restore(str(tmp_path), cfg)
+  assert latest is not None and int(state.step) == latest
+  assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
+
+
+def test_ui8_scales_each_quantized_layer_by_its_deviation(tmp_path):
+  cfg = tiny(**{"quant.method": "ui8", "num_steps": 2, "checkpoint_every_steps": 2})
+  train_and_evaluate(cfg, str(tmp_path))
+  state = _restore(str(tmp_path), cfg)
+  factors = next(s.factors for s in state.opt_state if isinstance(s, optim.DeviationScaleState))
+  deviation = float(state.quant_state["conv1"]["deviation"])
+  expected = max(np.exp(-20 * deviation), 0.1)
+  np.testing.assert_allclose(float(factors["conv1"]["kernel"]), expected, rtol=1e-6)
+  assert 0.1 <= float(factors["conv1"]["kernel"]) < 1
+  assert float(factors["bn0"]["scale"]) == 1.0  # not a quantized layer
+
+
+def test_layer_selection_and_bf16_reach_the_model():
+  cfg = from_dict(
+    tiny(
+      **{
+        "quant.quantize_first_conv": False,
+        "quant.quantize_last_dense": False,
+        "model.dtype": "bfloat16",
+      }
+    )
+  )
+  model = steps.create_model(cfg, 10)
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((2, 8, 8, 1), np.float32), train=False)
+  )
+  assert set(variables["quant_state"]) == {"conv1", "conv2"}
+  assert model.dtype == jax.numpy.bfloat16

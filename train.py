@@ -1,0 +1,70 @@
+"""Trains a model with INT8 (DAQ) or float layers; the logic lives in daq_jax.training.
+
+    python train.py                                   # configs/default.py: digits, ~1 min
+    python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 \
+        --config.data.dir=../shared/data/cifar10/train --config.quant.method=fp32
+
+Every config key can be overridden (`--config.optim.base_learning_rate=0.05`); a misspelt key
+is an error. Run again with the same --workdir to resume from its latest checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from daq_jax.training import NonFiniteLossError, parallel, train_and_evaluate
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default runs/<config>).")
+_FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
+
+
+def _flag_error(e: Exception):
+  message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  if isinstance(e, (KeyError, AttributeError)):
+    message = f"unknown config key {message}"
+  sys.exit(f"error: bad command line {sys.argv[1:]}: {message}")
+
+
+try:  # ml_collections reads the --config.* overrides already here
+  config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "A configs/*.py file.", lock_config=True
+  )
+except _FLAG_ERRORS as e:
+  _flag_error(e)
+
+
+def _parse_flags(argv):
+  """absl's parser, with config override errors (a misspelt key) as one clear line."""
+  try:
+    return FLAGS(argv)
+  except _FLAG_ERRORS as e:
+    _flag_error(e)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
+  if parallel.distributed_requested():
+    parallel.initialize_distributed()
+  config_file = FLAGS["config"].config_filename
+  try:
+    config = FLAGS.config.to_dict()
+  except OSError as e:  # ml_collections defers a failed config load to the first access
+    sys.exit(f"error: --config={config_file} cannot be loaded: {e}")
+  workdir = FLAGS.workdir or os.path.join(
+    "runs", os.path.splitext(os.path.basename(config_file))[0]
+  )
+  try:
+    train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse_flags)
