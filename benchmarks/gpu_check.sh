@@ -3,7 +3,7 @@
 #   device run:  bash benchmarks/gpu_check.sh        (carry: [".whl"]; timeout_s 600; about 9 min at most)
 # Prepare the wheels here first (the GPU machine has no ml_collections and no internet):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 pillow
 # It installs the carried wheels, runs the Pallas kernel tests compiled for the GPU (their
 # interpret-mode twins run too), then benchmarks/gpu_bench.py; everything lands in $OUT
 # (or benchmarks/results/gpu/ when $OUT is unset). Copy $OUT's files into
@@ -28,6 +28,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # what else it says on the GPU is worth reading in the log rather than failing on.
 timeout 150 python3 -m pytest -q -p no:cacheprovider -W default tests/pallas \
   2>&1 | tee "$OUT/pytest_gpu.txt"
-timeout 360 python3 -m benchmarks.gpu_bench --out "$OUT/gpu_bench.json" 2>&1 \
+timeout 300 python3 -m benchmarks.gpu_bench --out "$OUT/gpu_bench.json" 2>&1 \
   | tee "$OUT/gpu_bench.txt"
+# The whole training step of the training code (ResNet-20, batch 128): fp32, bf16, per_tensor,
+# DAQ. Needs pillow (daq_jax.data) among the carried wheels.
+timeout 90 python3 -m benchmarks.train_step --repeats 5 --out "$OUT/train_step.json" 2>&1 \
+  | tee "$OUT/train_step.txt"
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -13,6 +13,7 @@ import pytest
   "module, args, keys",
   [
     ("benchmarks.ops", ["--batch", "2", "--repeats", "1"], ["rows", "net"]),
+    ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
     ("benchmarks.gpu_bench", ["--smoke", "--repeats", "1", "--sections", "gemm,conv"], ["gemm"]),
   ],
 )
@@ -31,3 +32,5 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
   assert {"machine", "versions", "command", "date"} <= set(result)
   for key in keys:
     assert isinstance(result[key], (list, dict)) and "error" not in result[key]
+  if module == "benchmarks.train_step":
+    assert all("ms" in row for row in result["rows"].values()), result["rows"]

@@ -1,0 +1,104 @@
+"""One whole training step of ResNet-20 on CIFAR-10-shaped data (batch 128), with the real
+training code (daq_jax.training: model, SGD with momentum, BN, label handling): float32,
+bfloat16 (float layers, bf16 compute), per-tensor INT8, DAQ INT8, and DAQ INT8 with the float
+parts (BN, ReLU, pooling) in bf16, side by side in one run.
+
+    python -m benchmarks.train_step                  # about 3 minutes on 2 CPU cores
+    python -m benchmarks.train_step --batch 16 --repeats 2 --out /tmp/step.json   # quick
+
+Prints the median step time of each method and its ratio to float32 and bfloat16; writes
+benchmarks/results/train_step_<backend>.json with the machine, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import numpy as np
+
+from benchmarks.common import environment, median_ms, write_json
+from daq_jax.data.loader import DatasetInfo
+from daq_jax.training import parallel, steps, trainer
+from daq_jax.training.config import from_dict
+
+# name, quant.method, model.dtype
+VARIANTS = [
+  ("fp32", "fp32", "float32"),
+  ("bf16", "fp32", "bfloat16"),
+  ("per_tensor", "per_tensor", "float32"),
+  ("daq", "daq", "float32"),
+  ("daq_bf16", "daq", "bfloat16"),  # int8 layers, bf16 BN and elementwise work
+]
+
+
+def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> float:
+  cfg = from_dict(
+    {
+      "model": {"name": model, "dtype": dtype},
+      "quant": {"method": method},
+      "batch_size": batch,
+      "optim": {"base_batch_size": 128, "weight_decay": 1e-4},
+    }
+  )
+  info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
+  mesh = parallel.make_mesh(1, batch)
+  model_def = steps.create_model(cfg, 10)
+  tx, _ = trainer.build_optimizer(cfg, 390, 64_000)
+  replicated = parallel.replicated(mesh)
+  state = jax.jit(lambda: steps.init_state(model_def, tx, info, 0), out_shardings=replicated)()
+  train_fn, _ = steps.compile_steps(model_def, tx, info, cfg, replicated, donate=False)
+  rng = np.random.default_rng(0)
+  batch_data = parallel.put_batch(
+    {
+      "image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+      "label": rng.integers(0, 10, batch).astype(np.int32),
+    },
+    mesh,
+  )
+  return median_ms(lambda s, b: train_fn(s, b)[1], state, batch_data, repeats=repeats)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args(argv)
+  rows = {}
+  for name, method, dtype in VARIANTS:
+    try:
+      rows[name] = {"ms": time_step(method, dtype, args.model, args.batch, args.repeats)}
+    except Exception as e:  # one failing variant must not hide the others
+      rows[name] = {"error": f"{type(e).__name__}: {e}"}
+    print(name, rows[name], flush=True)
+  for row in rows.values():
+    for ref in ("fp32", "bf16"):
+      if "ms" in row and "ms" in rows.get(ref, {}):
+        row[f"vs_{ref}"] = round(row["ms"] / rows[ref]["ms"], 3)
+  print(
+    f"\n{args.model} training step, batch {args.batch}, {jax.default_backend()}, medians of "
+    f"{args.repeats}:"
+  )
+  for name, row in rows.items():
+    if "ms" in row:
+      print(
+        f"  {name:11s} {row['ms']:9.1f} ms   x{row['vs_fp32']:.2f} fp32   "
+        f"x{row['vs_bf16']:.2f} bf16"
+      )
+    else:
+      print(f"  {name:11s} {row['error']}")
+  out = args.out or f"benchmarks/results/train_step_{jax.default_backend()}.json"
+  payload = {
+    **environment("benchmarks.train_step"),
+    "model": args.model,
+    "batch": args.batch,
+    "repeats": args.repeats,
+    "rows": rows,
+  }
+  print("wrote", write_json(out, payload))
+
+
+if __name__ == "__main__":
+  main()
