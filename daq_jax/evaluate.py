@@ -87,7 +87,7 @@ def evaluate_workdir(
   batches.close()
   result = {"step": int(state.step), "data": data_dir or name, **result}
   if parallel.is_main_process():
-    trainer._write_json(os.path.join(workdir, f"eval-{name}.json"), result)
+    trainer.write_json(os.path.join(workdir, f"eval-{name}.json"), result)
   return result
 
 

@@ -122,8 +122,17 @@ def read_dir(
 def _statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
   if isinstance(train, FileDataset):
     return IMAGENET_MEAN, IMAGENET_STD
-  pixels = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255
-  return tuple(pixels.mean(0).round(4).tolist()), tuple(pixels.std(0).round(4).tolist())
+  # Exact per-channel moments, a chunk of images at a time (no float copy of the dataset).
+  channels = train.images.shape[-1]
+  total, squares, count = np.zeros(channels), np.zeros(channels), 0
+  for start in range(0, len(train), 1024):
+    chunk = train.images[start : start + 1024].reshape(-1, channels).astype(np.int64)
+    total += chunk.sum(0)
+    squares += (chunk * chunk).sum(0)
+    count += len(chunk)
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean**2, 0))
+  return tuple((mean / 255).round(4).tolist()), tuple((std / 255).round(4).tolist())
 
 
 def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:

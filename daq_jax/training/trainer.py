@@ -44,7 +44,8 @@ def _lookup(d: dict, dotted: str):
   return d
 
 
-def _write_json(path: str, value) -> None:
+def write_json(path: str, value) -> None:
+  """Writes `value` as JSON atomically (a temporary file renamed over `path`)."""
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     json.dump(value, f, indent=2, sort_keys=True)
@@ -129,8 +130,8 @@ class Trainer:
       )
     self.num_steps = total_steps(cfg, self.steps_per_epoch)
     if parallel.is_main_process():
-      _write_json(os.path.join(self.workdir, "config.json"), to_dict(cfg))
-      _write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
+      write_json(os.path.join(self.workdir, "config.json"), to_dict(cfg))
+      write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
     self.model = steps.create_model(cfg, self.info.num_classes)
     self.tx, self.learning_rate = build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
     self.ckpts = checkpoint.Checkpoints(self.workdir, cfg.keep_checkpoints)
@@ -253,5 +254,5 @@ class Trainer:
       f"examples, loss {result['loss']:.4f}"
     )
     if parallel.is_main_process():
-      _write_json(os.path.join(self.workdir, "summary.json"), summary)
+      write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary

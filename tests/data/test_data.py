@@ -59,6 +59,26 @@ def test_cifar_pickles_are_read_channels_last(tmp_path):
   assert train.class_names[3] == "c3"
 
 
+def test_cifar100_pickles_use_the_fine_labels(tmp_path):
+  root = tmp_path / "cifar-100-python"
+  os.makedirs(root)
+  rng = np.random.default_rng(0)
+  for name, n in (("train", 30), ("test", 10)):
+    batch = {
+      b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+      b"fine_labels": list(rng.integers(0, 100, n)),
+      b"coarse_labels": [0] * n,
+    }
+    with open(root / name, "wb") as f:
+      pickle.dump(batch, f)
+  with open(root / "meta", "wb") as f:
+    pickle.dump({b"fine_label_names": [f"f{i}".encode() for i in range(100)]}, f)
+  train, _, info = data.load(DataConfig(name="cifar100", dir=str(root)))
+  assert len(train) == 30 and info.num_classes == 100
+  with open(root / "train", "rb") as f:
+    assert list(train.labels) == pickle.load(f, encoding="bytes")[b"fine_labels"]
+
+
 def test_validation_split_is_stratified_deterministic_and_disjoint():
   labels = np.repeat(np.arange(4), 10)
   train, val = data.validation_split(labels, 0.2)

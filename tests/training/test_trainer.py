@@ -14,6 +14,7 @@ from PIL import Image
 from daq_jax import data
 from daq_jax.evaluate import evaluate_workdir
 from daq_jax.evaluate import main as evaluate_main
+from daq_jax.quant import lowering
 from daq_jax.training import NonFiniteLossError, optim, steps, train_and_evaluate, trainer
 from daq_jax.training.checkpoint import Checkpoints
 from daq_jax.training.config import from_dict
@@ -183,3 +184,39 @@ def test_layer_selection_and_bf16_reach_the_model():
   )
   assert set(variables["quant_state"]) == {"conv1", "conv2"}
   assert model.dtype == jax.numpy.bfloat16
+
+
+@pytest.mark.parametrize("quantize_ends", [True, False])
+def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends):
+  """Every conv and dot of the lowered train step (forward, dgrad, wgrad) is i8 x i8 -> i32,
+  except the first conv and the classifier when the config keeps them in float."""
+  cfg = from_dict(
+    tiny(**{"quant.quantize_first_conv": quantize_ends, "quant.quantize_last_dense": quantize_ends})
+  )
+  _, _, info = data.load(cfg.data)
+  model = steps.create_model(cfg, info.num_classes)
+  tx, _ = trainer.build_optimizer(cfg, 10, 100)
+  state = jax.jit(lambda: steps.init_state(model, tx, info, 0))()
+  batch = {"image": np.zeros((32, 8, 8, 1), np.uint8), "label": np.zeros(32, np.int32)}
+
+  def step(state, batch):
+    return steps.train_step(
+      state,
+      batch,
+      model=model,
+      tx=tx,
+      info=info,
+      label_smoothing=0.0,
+      input_dtype=jax.numpy.float32,
+    )
+
+  found = lowering.hlo_contractions(step, state, batch)
+  floats = [c for c in found if c[1] != ("i8", "i8")]
+  int8 = [c for c in found if c[1] == ("i8", "i8")]
+  assert all(out == "i32" for _, _, out in int8)
+  if quantize_ends:
+    assert int8 and not floats, floats
+  else:
+    # stem conv: forward and wgrad (its dgrad is not needed); head: forward, dgrad, wgrad.
+    assert len(floats) == 5, floats
+    assert len(int8) >= 9  # conv1 and conv2: forward, dgrad and wgrad each
