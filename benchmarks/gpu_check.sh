@@ -26,7 +26,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 } 2>&1 | tee "$OUT/env.txt"
 # Warnings are shown, not errors, here: JAX 0.11 deprecates Pallas's Triton lowering, and
 # what else it says on the GPU is worth reading in the log rather than failing on.
-timeout 150 python3 -m pytest -q -p no:cacheprovider -W default tests/pallas \
+# `-o addopts=-ra` drops pyproject's `-n 2`: the GPU machine has no pytest-xdist.
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts=-ra -W default tests/pallas \
   2>&1 | tee "$OUT/pytest_gpu.txt"
 timeout 300 python3 -m benchmarks.gpu_bench --out "$OUT/gpu_bench.json" 2>&1 \
   | tee "$OUT/gpu_bench.txt"

@@ -186,15 +186,17 @@ def test_layer_selection_and_bf16_reach_the_model():
   assert model.dtype == jax.numpy.bfloat16
 
 
-@pytest.mark.parametrize("quantize_ends", [True, False])
-def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends):
+@pytest.mark.parametrize(
+  ("quantize_ends", "dtype"), [(True, "float32"), (False, "float32"), (True, "bfloat16")]
+)
+def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dtype):
   """Every conv and dot of the lowered train step (forward, dgrad, wgrad) is i8 x i8 -> i32,
   except the first conv and the classifier when the config keeps them in float."""
-  cfg = from_dict(
-    tiny(**{"quant.quantize_first_conv": quantize_ends, "quant.quantize_last_dense": quantize_ends})
-  )
+  ends = {"quant.quantize_first_conv": quantize_ends, "quant.quantize_last_dense": quantize_ends}
+  cfg = from_dict(tiny(**ends, **{"model.dtype": dtype}))
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
+  assert model.dtype == jax.numpy.dtype(dtype)
   tx, _ = trainer.build_optimizer(cfg, 10, 100)
   state = jax.jit(lambda: steps.init_state(model, tx, info, 0))()
   batch = {"image": np.zeros((32, 8, 8, 1), np.uint8), "label": np.zeros(32, np.int32)}
@@ -207,7 +209,7 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends):
       tx=tx,
       info=info,
       label_smoothing=0.0,
-      input_dtype=jax.numpy.float32,
+      input_dtype=jax.numpy.dtype(dtype),
     )
 
   found = lowering.hlo_contractions(step, state, batch)
