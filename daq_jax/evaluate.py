@@ -21,7 +21,6 @@ import sys
 import jax
 
 from daq_jax import data as data_lib
-from daq_jax.data import image_folder
 from daq_jax.data.loader import DatasetInfo
 from daq_jax.training import checkpoint, parallel, steps, trainer
 from daq_jax.training.config import from_dict
@@ -40,13 +39,9 @@ def _dataset(path: str, cfg, info: DatasetInfo):
     raise FileNotFoundError(f"--data_dir {path}: no such directory")
   data_cfg = dataclasses.replace(cfg.data, dir=path)
   channels = info.image_shape[-1]
-  if data_lib.arrays.is_cifar_pickle_dir(path) or image_folder.split_dir(path, "test"):
-    dataset = data_lib.read_dir(path, "test", data_cfg, info.class_names, channels)
-  else:
-    files = image_folder.list_images(path, info.class_names)
-    cache = os.path.expanduser(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    small = image_folder.is_small(files)
-    dataset = image_folder.decode_all(files, cache, cfg.data.workers, channels) if small else files
+  dataset = data_lib.read_dir(
+    path, "test", data_cfg, info.class_names, channels, classes_at_top=True
+  )
   if tuple(dataset.class_names) != tuple(info.class_names):
     raise ValueError(
       f"--data_dir {path} has classes {dataset.class_names}, the model {info.class_names}"

@@ -103,13 +103,23 @@ def _data_dir(cfg: DataConfig) -> str:
 
 
 def read_dir(
-  path: str, split: str, cfg: DataConfig, class_names=None, channels: int = 3
+  path: str,
+  split: str,
+  cfg: DataConfig,
+  class_names=None,
+  channels: int = 3,
+  classes_at_top: bool = False,
 ) -> Dataset:
-  """The `split` of a CIFAR pickle directory or an image folder at `path`; `class_names`
-  fixes the labels (evaluation), `channels` is 3 (RGB) or 1 (grey)."""
+  """The `split` of a CIFAR pickle directory or an image folder at `path`.
+
+  Args:
+    class_names: fixes the label of each class folder (evaluation of a trained model).
+    channels: 3 (RGB) or 1 (grey).
+    classes_at_top: a test split may also be the class folders right under `path`.
+  """
   if arrays.is_cifar_pickle_dir(path):
     return arrays.load_cifar_pickle(path, split)
-  folder = image_folder.split_dir(path, split)
+  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
   if folder is None:
     raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
   files = image_folder.list_images(folder, class_names)

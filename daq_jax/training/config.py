@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from daq_jax.data.loader import DataConfig
+from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
 
 DTYPES = ("float32", "bfloat16")
@@ -21,17 +22,17 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  """Attributes:
-  name: a key of `daq_jax.models.MODELS`.
-  dtype: compute dtype of the float parts (BN, pooling, the float layers).
+  """Which model is trained.
+
+  Attributes:
+    name: a key of `daq_jax.models.MODELS`.
+    dtype: compute dtype of the float parts (BN, pooling, the float layers).
   """
 
   name: str = "small_cnn"
   dtype: str = "float32"
 
   def __post_init__(self):
-    from daq_jax.models import MODELS
-
     if self.name not in MODELS:
       raise ValueError(f"config model.name={self.name!r} is unknown; known: {', '.join(MODELS)}")
     if self.dtype not in DTYPES:
@@ -40,11 +41,13 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantSettings:
-  """Attributes:
-  method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
-  impl: xla (int8 lax ops), pallas (the GPU kernels) or simulate (float emulation).
-  quantize_first_conv: quantize the model's first conv (`stem_conv`) too.
-  quantize_last_dense: quantize the classifier (`head`) too.
+  """Which quantization method, and on which layers.
+
+  Attributes:
+    method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
+    impl: xla (int8 lax ops), pallas (the GPU kernels) or simulate (float emulation).
+    quantize_first_conv: quantize the model's first conv (`stem_conv`) too.
+    quantize_last_dense: quantize the classifier (`head`) too.
   """
 
   method: str = "daq"
