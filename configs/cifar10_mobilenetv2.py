@@ -5,7 +5,7 @@ are grouped int8 convs.
         --config.data.dir=PATH
 
 200 epochs, batch 128, SGD 0.1 with a cosine schedule and weight decay 4e-5 (as the paper).
-Several times ResNet-20's cost per step: a GPU job.
+Not timed here: a GPU job.
 """
 
 from configs import cifar10_resnet20

@@ -8,8 +8,9 @@ PATH is either the official `cifar-10-batches-py` directory or an image folder
 each class (5,000) validate; with the pickle directory, `--config.data.val_fraction=0
 --config.data.eval_split=test` trains on all 50,000 and reports the official test set.
 164 epochs (64k steps) of batch 128, SGD 0.1 divided by 10 at epochs 82 and 123.
-Cost on the 2-core CPU: see README "Training" (about 1.9 s a DAQ step, ~11 min an epoch);
-this is a GPU job.
+Cost on the 2-core CPU: about 0.7 s a step for fp32 and DAQ alike (benchmarks/train_step.py),
+4-4.5 min an epoch, some 12 hours for the whole recipe: a GPU job. Measured short-run results
+are in the README ("Results").
 """
 
 from configs import default

@@ -3,7 +3,8 @@
     python train.py --config configs/cifar10_vgg16.py --workdir runs/cifar10_vgg16 \
         --config.data.dir=PATH
 
-200 epochs, batch 128, SGD 0.05 with a cosine schedule and weight decay 5e-4. A GPU job.
+200 epochs, batch 128, SGD 0.05 with a cosine schedule and weight decay 5e-4. Not timed
+here: a GPU job.
 """
 
 from configs import cifar10_resnet20
