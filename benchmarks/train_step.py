@@ -46,7 +46,7 @@ def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> 
   model_def = steps.create_model(cfg, 10)
   tx, _ = trainer.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
-  state = jax.jit(lambda: steps.init_state(model_def, tx, info, 0), out_shardings=replicated)()
+  state = steps.init_state(model_def, tx, info, 0, replicated)
   train_fn, _ = steps.compile_steps(model_def, tx, info, cfg, replicated, donate=False)
   rng = np.random.default_rng(0)
   batch_data = parallel.put_batch(

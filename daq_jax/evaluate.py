@@ -65,7 +65,7 @@ def evaluate_workdir(
   model = steps.create_model(cfg, info.num_classes)
   tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
   replicated = parallel.replicated(mesh)
-  target = jax.jit(lambda: steps.init_state(model, tx, info, cfg.seed), out_shardings=replicated)()
+  target = steps.init_state(model, tx, info, cfg.seed, replicated)
   ckpts = checkpoint.Checkpoints(workdir)
   state = ckpts.restore(target, step)
   ckpts.close()

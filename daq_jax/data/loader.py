@@ -184,7 +184,8 @@ class Batches:
   """Host batches of one dataset for one process: `train(step)` and `evaluation()`.
 
   Each batch is a dict of `image` (B, H, W, C) uint8, `label` (B,) int32 and, in evaluation,
-  `mask` (B,) bool marking the examples that pad the last batch.
+  `mask` (B,) bool marking the examples that pad the last batch. Images on disk are decoded by
+  `decoder` when given (one worker pool serving train and eval), else by `workers` processes.
   """
 
   def __init__(
@@ -195,6 +196,7 @@ class Batches:
     *,
     seed: int = 0,
     workers: int = 0,
+    decoder: image_folder.Decoder | None = None,
     process_index: int = 0,
     process_count: int = 1,
   ):
@@ -205,7 +207,9 @@ class Batches:
       process_index * global_batch // process_count,
       (process_index + 1) * global_batch // process_count,
     )
-    self._decoder = image_folder.Decoder(workers) if isinstance(dataset, FileDataset) else None
+    # A FileDataset decodes in `decoder` (shared, closed by its owner) or in a pool of its own.
+    self._owns_decoder = decoder is None and isinstance(dataset, FileDataset)
+    self._decoder = image_folder.Decoder(workers) if self._owns_decoder else decoder
     self._order: tuple[int, np.ndarray] | None = None
 
   @property
@@ -262,7 +266,7 @@ class Batches:
       }
 
   def close(self) -> None:
-    if self._decoder is not None:
+    if self._owns_decoder:
       self._decoder.close()
 
 

@@ -60,8 +60,16 @@ class TrainState:
   key: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, info: DatasetInfo, seed: int):
-  """A fresh `TrainState` (call under jit with the replicated sharding as out_shardings)."""
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, info: DatasetInfo, seed: int, sharding=None
+) -> TrainState:
+  """A fresh `TrainState`, initialised under jit and placed with `sharding` (the replicated
+  sharding of the mesh in training; None leaves placement to JAX)."""
+  placement = {} if sharding is None else {"out_shardings": sharding}
+  return jax.jit(functools.partial(_fresh_state, model, tx, info, seed), **placement)()
+
+
+def _fresh_state(model, tx, info, seed):
   key = jax.random.PRNGKey(seed)
   params_key, dropout_key, train_key = jax.random.split(key, 3)
   dummy = jnp.zeros((2, *info.image_shape), jnp.float32)

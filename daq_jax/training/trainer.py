@@ -17,6 +17,8 @@ import jax
 import numpy as np
 
 from daq_jax import data as data_lib
+from daq_jax.data import image_folder
+from daq_jax.data.image_folder import FileDataset
 from daq_jax.training import checkpoint, optim, parallel, steps
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
 from daq_jax.training.metrics import MetricWriter
@@ -117,9 +119,19 @@ class Trainer:
     self.mesh = parallel.make_mesh(cfg.num_devices, cfg.batch_size)
     train_set, eval_set, self.info = data_lib.load(cfg.data)
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    # One pool of decoding processes serves training and evaluation.
+    self.decoder = (
+      image_folder.Decoder(cfg.data.workers) if isinstance(train_set, FileDataset) else None
+    )
     self.train_batches, self.eval_batches = (
       data_lib.Batches(
-        d, self.info, cfg.batch_size, seed=cfg.seed, workers=cfg.data.workers, **process
+        d,
+        self.info,
+        cfg.batch_size,
+        seed=cfg.seed,
+        workers=cfg.data.workers,
+        decoder=self.decoder,
+        **process,
       )
       for d in (train_set, eval_set)
     )
@@ -144,13 +156,13 @@ class Trainer:
     self.ckpts.close()
     self.train_batches.close()
     self.eval_batches.close()
+    if self.decoder is not None:
+      self.decoder.close()
 
   def _initial_state(self) -> steps.TrainState:
-    replicated = parallel.replicated(self.mesh)
-    state = jax.jit(
-      lambda: steps.init_state(self.model, self.tx, self.info, self.cfg.seed),
-      out_shardings=replicated,
-    )()
+    state = steps.init_state(
+      self.model, self.tx, self.info, self.cfg.seed, parallel.replicated(self.mesh)
+    )
     if self.ckpts.latest_step() is not None:
       state = self.ckpts.restore(state)
       self.writer.message(f"resumed from {self.ckpts.directory}/{self.ckpts.latest_step()}")
