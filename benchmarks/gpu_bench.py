@@ -117,7 +117,7 @@ def bench_gemm(shapes, repeats: int, interpret: bool) -> list[dict]:
   return rows
 
 
-def bench_conv(shapes, repeats: int, interpret: bool) -> list[dict]:
+def bench_conv(shapes, repeats: int) -> list[dict]:
   rows = []
   for name, batch, size, c_in, c_out, ksize, stride in shapes:
     keys = jax.random.split(jax.random.key(1), 3)
@@ -150,8 +150,8 @@ def bench_conv(shapes, repeats: int, interpret: bool) -> list[dict]:
         jax.jit(functools.partial(float_step, dtype=jnp.bfloat16)), x, w, g, repeats=repeats
       ),
     }
-    for impl in ("xla", "pallas"):
-      cfg = quant.daq(impl=impl, interpret=interpret if impl == "pallas" else None)
+    for impl in ("xla", "im2col", "pallas"):
+      cfg = quant.daq(impl=impl)  # pallas: compiled on a GPU, interpreted elsewhere
       ms[f"daq_{impl}"] = _timed(
         jax.jit(functools.partial(daq_step, cfg=cfg)), x, w, g, repeats=repeats
       )
@@ -167,7 +167,8 @@ def bench_resnet_step(batch: int, size: int, smoke: bool, repeats: int) -> list[
     "fp32": (None, jnp.float32),
     "bf16": (None, jnp.bfloat16),
     "daq_xla": (quant.daq(), jnp.float32),
-    "daq_pallas": (quant.daq(impl="pallas", interpret=True if smoke else None), jnp.float32),
+    "daq_im2col": (quant.daq(impl="im2col"), jnp.float32),
+    "daq_pallas": (quant.daq(impl="pallas"), jnp.float32),
   }
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
   y = jnp.arange(batch) % 10
@@ -236,11 +237,12 @@ def format_tables(result: dict) -> str:
   conv_rows = result.get("conv") or []
   if isinstance(conv_rows, list) and conv_rows:
     lines.append(
-      f"{'conv fwd+bwd (ms)':<24} {'f32':>8} {'bf16':>8} {'daq xla':>8} {'daq pal':>8} "
-      f"{'pal/bf16':>8}"
+      f"{'conv fwd+bwd (ms)':<24} {'f32':>8} {'bf16':>8} {'daq xla':>8} {'daq i2c':>8} "
+      f"{'daq pal':>8} {'pal/bf16':>8}"
     )
     for r in conv_rows:
-      cells = [_fmt(r["ms"][k], "8.2f") for k in ("f32", "bf16", "daq_xla", "daq_pallas")]
+      keys = ("f32", "bf16", "daq_xla", "daq_im2col", "daq_pallas")
+      cells = [_fmt(r["ms"][k], "8.2f") for k in keys]
       cells.append(_fmt(r["daq_pallas_over_bf16"], "8.2f"))
       lines.append(f"{r['name']:<24} " + " ".join(f"{c:>8}" for c in cells))
   step_rows = result.get("resnet50_step") or []
@@ -262,7 +264,7 @@ def format_tables(result: dict) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="benchmarks/results/gpu_bench.json")
-  parser.add_argument("--smoke", action="store_true", help="tiny shapes; kernels interpreted")
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--sections", default="gemm,conv,resnet50_step")
@@ -273,9 +275,7 @@ def main():
     "gemm": lambda: bench_gemm(
       SMOKE_GEMMS if args.smoke else RESNET50_GEMMS, args.repeats, interpret
     ),
-    "conv": lambda: bench_conv(
-      SMOKE_CONVS if args.smoke else RESNET50_CONVS, args.repeats, interpret
-    ),
+    "conv": lambda: bench_conv(SMOKE_CONVS if args.smoke else RESNET50_CONVS, args.repeats),
     "resnet50_step": lambda: bench_resnet_step(
       2 if args.smoke else args.batch, 32 if args.smoke else 224, args.smoke, args.repeats
     ),

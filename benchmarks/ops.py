@@ -21,7 +21,7 @@ from jax import lax
 
 from benchmarks.common import environment, median_ms, write_json
 from daq_jax import quant
-from daq_jax.quant import contract, conv_op, gradient
+from daq_jax.quant import backends, conv_op, geometry, gradient
 
 # (name, input spatial size, C_in, C_out, stride, uses in ResNet-20)
 RESNET20_CONVS = [
@@ -42,7 +42,7 @@ def _float_step(spec, dtype):
         b,
         spec.window_strides,
         spec.padding,
-        dimension_numbers=contract.channels_last_dimension_numbers(a.ndim),
+        dimension_numbers=geometry.channels_last_dimension_numbers(a.ndim),
       ),
       x.astype(dtype),
       w.astype(dtype),
@@ -67,16 +67,17 @@ def _daq_parts(cfg, spec, state, x, w, g):
   fwd = jax.jit(lambda x, w: conv_op._conv_fwd(cfg, spec, x, w, state, None))
   quantize_g = jax.jit(lambda g: gradient.quantize_gradient(g, state, cfg))
   _, res = fwd(x, w)
-  x_t, w_d, _, _ = res.saved
   gq = quantize_g(g)
-  dgrad = jax.jit(lambda gd, wd: conv_op.dgrad_int8(gd, wd, x.shape, w.shape, spec))
-  wgrad = jax.jit(lambda xt, gw: conv_op.wgrad_int8(xt, gw, w.shape, spec))
+  (impl,) = set(cfg.impls)
+  backend = backends.get(impl)
+  dgrad = jax.jit(lambda gd, wd: backend.conv_dgrad(gd, wd, x.shape, w.shape, spec))
+  wgrad = jax.jit(lambda xt, gw: backend.conv_wgrad(xt, gw, x.shape, w.shape, spec))
   return {
     "full": (jax.jit(full), (x, w, g)),
     "fwd": (fwd, (x, w)),
     "quantize_g": (quantize_g, (g,)),
-    "dgrad": (dgrad, (gq.dgrad_q, w_d)),
-    "wgrad": (wgrad, (x_t, gq.wgrad_q)),
+    "dgrad": (dgrad, (gq.dgrad, res.kernel)),
+    "wgrad": (wgrad, (res.inputs, gq.wgrad)),
   }
 
 

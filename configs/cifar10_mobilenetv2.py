@@ -8,15 +8,10 @@ are grouped int8 convs.
 Not timed here: a GPU job.
 """
 
-from configs import cifar10_resnet20
+from configs import base_cifar10
 
 
 def get_config():
-  config = cifar10_resnet20.get_config()
+  config = base_cifar10.get_config()
   config.model.name = "mobilenetv2_cifar"
-  config.optim.weight_decay = 4e-5
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 1.0
-  config.optim.decay_epochs = ()
-  config.num_epochs = 200.0
-  return config
+  return base_cifar10.cosine_recipe(config, num_epochs=200.0, weight_decay=4e-5)

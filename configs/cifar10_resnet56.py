@@ -1,4 +1,4 @@
-"""ResNet-56 on CIFAR-10 with DAQ: configs/cifar10_resnet20.py with 56 layers.
+"""ResNet-56 on CIFAR-10 with DAQ: the recipe of He et al. 2016 (configs/base_cifar10.py).
 
     python train.py --config configs/cifar10_resnet56.py --workdir runs/cifar10_resnet56 \
         --config.data.dir=PATH
@@ -6,10 +6,10 @@
 Three times ResNet-20's convolutions (55 against 19); not timed here: a GPU job.
 """
 
-from configs import cifar10_resnet20
+from configs import base_cifar10
 
 
 def get_config():
-  config = cifar10_resnet20.get_config()
+  config = base_cifar10.get_config()
   config.model.name = "resnet56"
   return config

@@ -1,4 +1,4 @@
-"""AlexNet on ImageNet with DAQ: configs/imagenet_vgg16.py's schedule with AlexNet.
+"""AlexNet on ImageNet with DAQ: VGG's schedule (`base_imagenet.step_recipe`).
 
     python train.py --config configs/imagenet_alexnet.py --workdir runs/imagenet_alexnet \
         --config.data.dir=/data/imagenet
@@ -6,10 +6,10 @@
 Not run here: cost unmeasured.
 """
 
-from configs import imagenet_vgg16
+from configs import base_imagenet
 
 
 def get_config():
-  config = imagenet_vgg16.get_config()
+  config = base_imagenet.get_config()
   config.model.name = "alexnet"
-  return config
+  return base_imagenet.step_recipe(config)

@@ -1,4 +1,5 @@
-"""Inception-v3 on ImageNet with DAQ, at 299x299 (without the auxiliary classifier).
+"""Inception-v3 on ImageNet with DAQ, at 299x299 (without the auxiliary classifier), 100
+epochs of configs/base_imagenet.py's recipe.
 
     python train.py --config configs/imagenet_inceptionv3.py --workdir runs/imagenet_incv3 \
         --config.data.dir=/data/imagenet
@@ -6,11 +7,11 @@
 Not run here: cost unmeasured.
 """
 
-from configs import imagenet_resnet50
+from configs import base_imagenet
 
 
 def get_config():
-  config = imagenet_resnet50.get_config()
+  config = base_imagenet.get_config()
   config.model.name = "inceptionv3"
   config.data.image_size = 299
   config.num_epochs = 100.0

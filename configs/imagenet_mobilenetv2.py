@@ -1,5 +1,5 @@
 """MobileNetV2 on ImageNet with DAQ (torchvision's recipe: 300 epochs, SGD 0.036 per 256,
-weight decay 4e-5, cosine).
+weight decay 4e-5, cosine, no warmup, no label smoothing).
 
     python train.py --config configs/imagenet_mobilenetv2.py --workdir runs/imagenet_mnv2 \
         --config.data.dir=/data/imagenet
@@ -7,11 +7,11 @@ weight decay 4e-5, cosine).
 Not run here: cost unmeasured.
 """
 
-from configs import imagenet_resnet50
+from configs import base_imagenet
 
 
 def get_config():
-  config = imagenet_resnet50.get_config()
+  config = base_imagenet.get_config()
   config.model.name = "mobilenetv2"
   config.optim.base_learning_rate = 0.036
   config.optim.weight_decay = 4e-5

@@ -1,4 +1,5 @@
-"""ResNet-18 on ImageNet with DAQ: configs/imagenet_resnet50.py with ResNet-18.
+"""ResNet-18 on ImageNet with DAQ: the recipe of configs/base_imagenet.py without label
+smoothing.
 
     python train.py --config configs/imagenet_resnet18.py --workdir runs/imagenet_resnet18 \
         --config.data.dir=/data/imagenet
@@ -6,11 +7,11 @@
 Not run here: cost unmeasured.
 """
 
-from configs import imagenet_resnet50
+from configs import base_imagenet
 
 
 def get_config():
-  config = imagenet_resnet50.get_config()
+  config = base_imagenet.get_config()
   config.model.name = "resnet18"
   config.label_smoothing = 0.0
   return config

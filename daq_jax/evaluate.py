@@ -7,101 +7,55 @@
 `--data_dir` takes a CIFAR python-pickle directory (its test batch), an image folder with
 `val/` or `test/` inside, or the class folders themselves; class folders are matched to the
 model's classes by name. Prints top-1 (and top-5 for more than 10 classes) and writes them to
-`<workdir>/eval-<name>.json`.
+`<workdir>/eval-<name>.json`. absl flags, like train.py; the work is
+`daq_jax.training.evaluation.evaluate_workdir`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import os
 import sys
 
-import jax
+from absl import flags
 
-from daq_jax import data as data_lib
-from daq_jax.data.loader import DatasetInfo
-from daq_jax.training import checkpoint, parallel, steps, trainer
-from daq_jax.training.config import from_dict
+from daq_jax.training.evaluation import evaluate_workdir
 
+__all__ = ["evaluate_workdir", "main"]
 
-def _read_json(path: str):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: is {os.path.dirname(path)} a training workdir?")
-  with open(path) as f:
-    return json.load(f)
-
-
-def _dataset(path: str, cfg, info: DatasetInfo):
-  path = os.path.expanduser(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"--data_dir {path}: no such directory")
-  data_cfg = dataclasses.replace(cfg.data, dir=path)
-  channels = info.image_shape[-1]
-  dataset = data_lib.read_dir(
-    path, "test", data_cfg, info.class_names, channels, classes_at_top=True
-  )
-  if tuple(dataset.class_names) != tuple(info.class_names):
-    raise ValueError(
-      f"--data_dir {path} has classes {dataset.class_names}, the model {info.class_names}"
-    )
-  return dataset
+# Flags of their own (not absl's global FLAGS), so that importing this module next to
+# train.py or another absl program defines nothing twice.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "A train.py workdir.", flag_values=FLAGS)
+flags.DEFINE_string(
+  "data_dir", None, "Data to evaluate on (default: the run's).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+  "batch_size", 0, "Evaluation batch (default: the run's).", lower_bound=0, flag_values=FLAGS
+)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
-def evaluate_workdir(
-  workdir: str, data_dir: str | None = None, batch_size: int = 0, step: int | None = None
-) -> dict:
-  """Restores the latest (or `step`) checkpoint of `workdir` and evaluates it."""
-  cfg = from_dict(_read_json(os.path.join(workdir, "config.json")))
-  info = DatasetInfo.from_json(_read_json(os.path.join(workdir, "dataset.json")))
-  batch_size = batch_size or cfg.batch_size
-  if data_dir:
-    dataset, name = _dataset(data_dir, cfg, info), os.path.basename(os.path.normpath(data_dir))
-  else:
-    _, dataset, _ = data_lib.load(cfg.data)
-    name = cfg.data.eval_split
-  mesh = parallel.make_mesh(0, batch_size)
-  model = steps.create_model(cfg, info.num_classes)
-  tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
-  replicated = parallel.replicated(mesh)
-  target = steps.init_state(model, tx, info, cfg.seed, replicated)
-  ckpts = checkpoint.Checkpoints(workdir)
-  state = ckpts.restore(target, step)
-  ckpts.close()
-  _, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated, donate=False)
-  batches = data_lib.Batches(
-    dataset,
-    info,
-    batch_size,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    workers=cfg.data.workers,
-  )
-  result = trainer.evaluate(eval_fn, state, batches, mesh)
-  batches.close()
-  result = {"step": int(state.step), "data": data_dir or name, **result}
-  if parallel.is_main_process():
-    trainer.write_json(os.path.join(workdir, f"eval-{name}.json"), result)
-  return result
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a train.py workdir")
-  parser.add_argument("--data_dir", default=None, help="data to evaluate on (default: the run's)")
-  parser.add_argument("--batch_size", type=int, default=0, help="default: the run's")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-  args = parser.parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+  """Parses `argv` (default: the command line), evaluates, prints; returns the exit status."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if {"-h", "--help", "--helpshort"} & set(argv):
+    print(__doc__.split("\n\n")[0] + "\n\n" + FLAGS.get_help())
+    return 0
+  FLAGS.unparse_flags()
   try:
-    result = evaluate_workdir(args.workdir, args.data_dir, args.batch_size, args.step)
+    FLAGS(["daq_jax.evaluate", *argv])
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    result = evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.batch_size, FLAGS.step)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   top5 = f"  top-5 {result['top5']:.4f}" if "top5" in result else ""
   print(
-    f"{args.workdir} step {result['step']} on {result['data']} ({result['examples']} examples): "
-    f"top-1 {result['top1']:.4f}{top5}  loss {result['loss']:.4f}"
+    f"{FLAGS.workdir} step {result['step']} on {result['data']} ({result['examples']} "
+    f"examples): top-1 {result['top1']:.4f}{top5}  loss {result['loss']:.4f}"
   )
   return 0
 

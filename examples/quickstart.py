@@ -22,7 +22,8 @@ import jax.numpy as jnp
 
 import daq_jax.nn as qnn
 from daq_jax import quant
-from daq_jax.quant import inspect, lowering
+from daq_jax.analysis import inspect
+from daq_jax.quant import lowering
 
 
 class SmallCNN(nn.Module):

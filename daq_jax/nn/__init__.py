@@ -1,7 +1,14 @@
 """Flax layers: drop-ins for `flax.linen.Conv` and `flax.linen.Dense` with INT8 training."""
 
-from daq_jax.nn.common import RNG_STREAM, STATE_COLLECTION
 from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
+from daq_jax.nn.ops import RNG_STREAM, STATE_COLLECTION, QuantConvOp, QuantDotGeneralOp
 
-__all__ = ["RNG_STREAM", "STATE_COLLECTION", "QConv", "QDense"]
+__all__ = [
+  "RNG_STREAM",
+  "STATE_COLLECTION",
+  "QConv",
+  "QDense",
+  "QuantConvOp",
+  "QuantDotGeneralOp",
+]

@@ -1,35 +1,31 @@
-"""What QConv and QDense share: their quantization state variables and PRNG stream."""
+"""What QConv and QDense share: installing the op module in the layer's Flax hook."""
 
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 
-from daq_jax.quant import gradient
+from daq_jax.nn.ops import OpFactory, QuantOp
 from daq_jax.quant.config import QuantConfig
 
-STATE_COLLECTION = "quant_state"
-RNG_STREAM = "quant"
 
+def install_op(
+  layer: nn.Module, quant: QuantConfig | None, hook: str, plain: str, op: type[QuantOp]
+) -> None:
+  """Sets `layer.<hook>` to make `op` with `quant` (None: the float contraction). A user's own
+  contraction in `hook` or `plain` is refused, since the quantized op replaces it.
 
-def quant_inputs(
-  module: nn.Module, cfg: QuantConfig, features: int
-) -> tuple[gradient.State, jax.Array | None]:
-  """The layer's quantization state (created at init) and its PRNG key for stochastic rounding.
-
-  The state lives in the `quant_state` collection, one variable per entry of
-  `gradient.init_state`. The forward pass never changes it: the new state is the cotangent of
-  these variables under `jax.grad` (see `daq_jax.quant.value_and_grad`).
+  QConv/QDense call it before Flax's own `__post_init__`; `daq_jax.nn.quantize` on the bound
+  `nn.Conv`/`nn.Dense` of one model application, before its `__call__` runs.
   """
-  init = gradient.init_state(cfg, features)
-  if not module.is_initializing() and not module.has_variable(STATE_COLLECTION, next(iter(init))):
+  current = getattr(layer, hook)
+  if quant is None:
+    if isinstance(current, OpFactory):  # a clone(quant=None) of a quantized layer
+      object.__setattr__(layer, hook, None)
+    return
+  if getattr(layer, plain) is not None or not (current is None or isinstance(current, OpFactory)):
+    where = f" {'/'.join(layer.path)}" if getattr(layer, "scope", None) is not None else ""
     raise ValueError(
-      f"{type(module).__name__} {module.path}: quantized layers need the '{STATE_COLLECTION}' "
-      "collection in the variables passed to apply (take it from model.init)"
+      f"{type(layer).__name__}{where} with quant set replaces the contraction: leave {plain} "
+      f"and {hook} unset"
     )
-  state = {
-    name: module.variable(STATE_COLLECTION, name, lambda v=value: v).value
-    for name, value in init.items()
-  }
-  key = module.make_rng(RNG_STREAM) if cfg.stochastic and module.has_rng(RNG_STREAM) else None
-  return state, key
+  object.__setattr__(layer, hook, OpFactory(op, quant))

@@ -188,16 +188,6 @@ def quantize_gradient(
   )
 
 
-def quantize_gradient_for(
-  g: jax.Array, state: gradient.State, cfg: QuantConfig, key: jax.Array | None
-) -> gradient.QuantizedGradient:
-  """impl="pallas"'s gradient quantizer: the fused kernels where they implement `cfg`, else
-  the jnp quantizer."""
-  if supports(cfg):
-    return quantize_gradient(g, state, cfg, interpret=cfg.pallas_interpret)
-  return gradient.quantize_gradient(g, state, cfg, key)
-
-
 def quantize_gradient_reference(g, state, cfg, *, block_sizes=None, interpret=False):
   """The jnp quantizer with the same signature (`block_sizes`, `interpret` ignored)."""
   del block_sizes, interpret

@@ -1,5 +1,6 @@
-"""Quantization: numerics, the DAQ gradient quantizer and baselines, configs, and the quantized
-conv and dense ops with their custom VJPs."""
+"""Quantization: numerics, the DAQ gradient quantizer and baselines, configs, the
+implementations of the int8 products (`backends`), and the quantized conv and dense ops with
+their custom VJPs."""
 
 from daq_jax.quant.config import (
   METHODS,
@@ -15,11 +16,12 @@ from daq_jax.quant.config import (
 from daq_jax.quant.conv_op import conv_general
 from daq_jax.quant.dense_op import dense
 from daq_jax.quant.gradient import init_state, quantize_gradient
-from daq_jax.quant.numerics import dequantize, fake_quantize, quantize
+from daq_jax.quant.numerics import QTensor, dequantize, fake_quantize, quantize
 from daq_jax.quant.state import split_grads, value_and_grad
 
 __all__ = [
   "METHODS",
+  "QTensor",
   "QuantConfig",
   "conv_general",
   "daq",

@@ -12,12 +12,22 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
-IMPLS = ("xla", "simulate", "pallas")
+# The registered implementations of the int8 products (daq_jax.quant.backends).
+IMPLS = ("xla", "simulate", "im2col", "pallas")
+CONTRACTIONS = ("forward", "dgrad", "wgrad")
 GRANULARITIES = ("per_channel", "per_tensor")
 CLIPS = ("max", "mcs", "dsgc")
 ROUNDINGS = ("nearest", "stochastic")
 METHODS = ("fp32", "per_tensor", "daq", "ui8", "gvq", "mcs")
+
+
+_MOVED = {
+  "lr_scale_alpha": "set training.config.OptimConfig.lr_scale_alpha (optim.lr_scale_alpha)",
+  "lr_scale_beta": "set training.config.OptimConfig.lr_scale_beta (optim.lr_scale_beta)",
+  "interpret": "impl='pallas' compiles its kernels for a GPU and interprets them elsewhere",
+}
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -33,13 +43,20 @@ class QuantConfig:
   the output gradient g is quantized twice, once for the weight gradient (wgrad) and once with
   a single global scale for the input gradient (dgrad).
 
+  Only numerics live here (and which implementation computes them): the optimizer's UI8
+  learning-rate scaling is `training.config.OptimConfig`'s, and `name` is a label that takes
+  no part in equality or hashing, so two configs with the same numerics are one custom VJP.
+
   Attributes:
-    name: the method's name, for reports only.
+    name: the method's name, for reports only (not compared).
     bits: the integer width; only 8 is implemented.
-    impl: `xla` runs int8 x int8 -> int32 lax ops; `simulate` runs the same numerics in float
-      (quantize-dequantize, then float convs): the oracle for tests; `pallas` runs the
-      products and, for DAQ/GVQ, the gradient quantization on daq_jax.pallas's kernels (in
-      Pallas's interpreter where there is no GPU).
+    impl: which implementation computes the int8 products (daq_jax.quant.backends): one name
+      for all three, or three comma-separated names for the forward product, dgrad and wgrad
+      ("xla,xla,im2col"). `xla`: int8 lax convs and NN dots in the layouts XLA's CPU backend
+      runs fast; `im2col`: XLA int8 dot_general on im2col views; `pallas`: the Pallas int8
+      GEMM on im2col views, and for DAQ/GVQ the fused gradient quantizer (compiled on a GPU,
+      interpreted elsewhere); `simulate`: the same numerics in float (quantize-dequantize,
+      then float products), the oracle of the tests. All give the same int8 values.
     wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
       wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
     wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`
@@ -54,13 +71,12 @@ class QuantConfig:
       |g| > sigma exceeds it (a Gaussian gives 0.317, a Laplace 0.243).
     mcs_k, mcs_a: the inverted-T update s(t) = (1 - k*A) * s(t-1) + A * max|g(t)|.
     dsgc_ratios: candidate clip values for `dsgc`, as fractions of max|g|.
-    lr_scale_alpha, lr_scale_beta: UI8's deviation-counteractive learning-rate scaling,
-      max(exp(-alpha * d), beta) with d the cosine distance; applied by the training loop.
-    interpret: for impl `pallas`, run the kernels in Pallas's interpreter; None: wherever the
-      default backend is not a GPU.
+    lr_scale_alpha, lr_scale_beta, interpret: deprecated and ignored (a DeprecationWarning):
+      UI8's learning-rate scaling is set in the optimizer config, and the Pallas kernels are
+      interpreted wherever the program is not lowered for a GPU.
   """
 
-  name: str = "custom"
+  name: str = dataclasses.field(default="custom", compare=False)
   bits: int = 8
   impl: str = "xla"
   wgrad_granularity: str = "per_channel"
@@ -71,14 +87,33 @@ class QuantConfig:
   mcs_k: float = 1.0
   mcs_a: float = 0.8
   dsgc_ratios: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
-  lr_scale_alpha: float = 20.0
-  lr_scale_beta: float = 0.1
-  interpret: bool | None = None
+  lr_scale_alpha: dataclasses.InitVar[float | None] = None
+  lr_scale_beta: dataclasses.InitVar[float | None] = None
+  interpret: dataclasses.InitVar[bool | None] = None
 
-  def __post_init__(self):
+  def __post_init__(self, lr_scale_alpha, lr_scale_beta, interpret):
+    for key, value in (
+      ("lr_scale_alpha", lr_scale_alpha),
+      ("lr_scale_beta", lr_scale_beta),
+      ("interpret", interpret),
+    ):
+      if value is not None:
+        warnings.warn(
+          f"QuantConfig({key}=...) is deprecated and ignored; {_MOVED[key]}",
+          DeprecationWarning,
+          stacklevel=3,
+        )
     if self.bits != 8:
       raise ValueError(f"quant config: bits={self.bits!r} is not supported; only 8 bits are")
-    _check_choice("impl", self.impl, IMPLS)
+    impls = tuple(name.strip() for name in str(self.impl).split(","))
+    if len(impls) not in (1, 3):
+      raise ValueError(
+        f"quant config: impl={self.impl!r} must name one implementation or three, for "
+        f"{', '.join(CONTRACTIONS)}"
+      )
+    for name in impls:
+      _check_choice("impl", name, IMPLS)
+    object.__setattr__(self, "impl", ",".join(impls))
     _check_choice("wgrad_granularity", self.wgrad_granularity, GRANULARITIES)
     _check_choice("wgrad_clip", self.wgrad_clip, CLIPS)
     _check_choice("dgrad_clip", self.dgrad_clip, CLIPS)
@@ -96,13 +131,10 @@ class QuantConfig:
     object.__setattr__(self, "dsgc_ratios", ratios)
 
   @property
-  def pallas_interpret(self) -> bool:
-    """Whether impl `pallas` interprets its kernels (resolved at trace time)."""
-    if self.interpret is None:
-      import jax  # imported here: the config module itself needs no jax
-
-      return jax.default_backend() != "gpu"
-    return self.interpret
+  def impls(self) -> tuple[str, str, str]:
+    """The implementation of the forward product, dgrad and wgrad."""
+    names = tuple(name.strip() for name in self.impl.split(","))
+    return names * 3 if len(names) == 1 else names
 
   @property
   def stochastic(self) -> bool:
@@ -182,7 +214,7 @@ def preset(method: str, **overrides) -> QuantConfig | None:
     if overrides:
       raise ValueError(f"method 'fp32' takes no options, got {sorted(overrides)}")
     return None
-  fields = {f.name for f in dataclasses.fields(QuantConfig)}
+  fields = {f.name for f in dataclasses.fields(QuantConfig)} | set(_MOVED)
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"unknown quantization option(s) {unknown}; known: {sorted(fields)}")

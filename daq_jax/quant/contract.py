@@ -1,20 +1,20 @@
 """Overflow-safe int8 contractions on XLA: int8 operands, int32 accumulation, float32 result.
 
 An int8 x int8 product is at most 127 * 127 in magnitude, so an int32 accumulator is safe for
-reductions of up to `MAX_INT32_REDUCTION` (133,143) terms. Longer reductions (the weight
+reductions of up to `MAX_INT32_REDUCTION` (133,144) terms. Longer reductions (the weight
 gradient of a large batch, say) are cut into chunks that each fit; every chunk accumulates in
 int32 and the chunk results are summed in float32.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from daq_jax.quant.geometry import channels_last_dimension_numbers, patches
 from daq_jax.quant.numerics import MAX_INT32_REDUCTION
 
 
@@ -54,48 +54,12 @@ def int8_dot_general(
   return total
 
 
-def channels_last_dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
-  """NHWC / HWIO / NHWC (and their 1-D and 3-D forms) for rank-`ndim` operands."""
-  spatial = tuple(range(1, ndim - 1))
-  lhs = (0, ndim - 1) + spatial
-  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
-  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
-
-
 # XLA's CPU backend runs an int8 conv fast (its YNNPACK fusion) only when the input or the
 # output has at least this many channels; below it the conv is 5-10x slower than float32.
 # Measured with jax 0.10.2 on this project's CPU machines (see benchmarks/ops.py).
 FAST_CONV_MIN_CHANNELS = 32
 # Below this many taps * channels a narrow conv is cheaper as one im2col int8 dot (the stem).
 IM2COL_MAX_REDUCTION = 64
-
-
-def patches(x: jax.Array, ksize, *, window_strides, padding, lhs_dilation, rhs_dilation):
-  """im2col of a channels-last input: (N, *spatial, C) -> (N * prod(out), T * C), taps major
-  and channels minor, the order of a (*ksize, C, C_out) kernel reshaped to (T * C, C_out).
-
-  Args:
-    x: the input; `padding` are explicit (low, high) pairs.
-
-  Returns:
-    (patches, output spatial sizes).
-  """
-  pad_cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dilation)]
-  x_p = lax.pad(x, jnp.zeros((), x.dtype), [*pad_cfg, (0, 0, 0)])
-  out = [
-    (size - ((k - 1) * d + 1)) // s + 1
-    for size, k, d, s in zip(x_p.shape[1:-1], ksize, rhs_dilation, window_strides)
-  ]
-  cols = []
-  for tap in itertools.product(*(range(k) for k in ksize)):
-    start = [0, *(t * d for t, d in zip(tap, rhs_dilation)), 0]
-    limit = [
-      x_p.shape[0],
-      *(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, window_strides)),
-      x_p.shape[-1],
-    ]
-    cols.append(lax.slice(x_p, start, limit, [1, *window_strides, 1]))
-  return jnp.stack(cols, axis=-2).reshape(-1, len(cols) * x.shape[-1]), out
 
 
 def _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation) -> jax.Array:
@@ -131,51 +95,70 @@ def int8_conv(
   group. If that exceeds `max_reduction`, the input channels are cut into chunks (only for
   feature_group_count == 1: a grouped conv that long has no known use).
 
-  Narrow convs (fewer than `FAST_CONV_MIN_CHANNELS` channels on both sides, groups = 1, no
-  input dilation) are reshaped for the CPU's fast path: tiny reductions become one im2col dot,
-  the others get their input channels zero-padded up to the threshold (exact: zeros add
-  nothing).
+  On the CPU, narrow convs (fewer than `FAST_CONV_MIN_CHANNELS` channels on both sides,
+  groups = 1, no input dilation) are reshaped for XLA's fast path: tiny reductions become one
+  im2col dot, the others get their input channels zero-padded up to the threshold (exact:
+  zeros add nothing). The choice is `lax.platform_dependent`, resolved when the program is
+  lowered for its platform, so other platforms get the plain conv.
   """
   if isinstance(padding, str):
     dilated_k = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:-2], rhs_dilation)]
     dilated_in = [(n - 1) * d + 1 for n, d in zip(lhs.shape[1:-1], lhs_dilation)]
     padding = lax.padtype_to_pads(dilated_in, dilated_k, window_strides, padding)
-  padding = tuple(tuple(p) for p in padding)
+  geometry = dict(
+    window_strides=tuple(window_strides),
+    padding=tuple(tuple(p) for p in padding),
+    lhs_dilation=tuple(lhs_dilation),
+    rhs_dilation=tuple(rhs_dilation),
+    feature_group_count=feature_group_count,
+  )
+
+  def plain(a, b):
+    return _chunked_conv(a, b, max_reduction=max_reduction, **geometry)
+
   c_in, c_out = rhs.shape[-2], rhs.shape[-1]
-  taps = math.prod(rhs.shape[:-2])
   narrow = (
     feature_group_count == 1
     and max(c_in, c_out) < FAST_CONV_MIN_CHANNELS
     and all(d == 1 for d in lhs_dilation)
-    and jax.default_backend() == "cpu"
   )
-  if narrow and taps * c_in <= IM2COL_MAX_REDUCTION:
-    return _im2col_conv(lhs, rhs, window_strides, padding, rhs_dilation).astype(jnp.float32)
-  if narrow:
+  if not narrow:
+    return plain(lhs, rhs)
+
+  def cpu(a, b):
+    if math.prod(b.shape[:-2]) * c_in <= IM2COL_MAX_REDUCTION:
+      return _im2col_conv(
+        a, b, geometry["window_strides"], geometry["padding"], geometry["rhs_dilation"]
+      ).astype(jnp.float32)
     extra = FAST_CONV_MIN_CHANNELS - c_in
-    lhs = jnp.pad(lhs, [(0, 0)] * (lhs.ndim - 1) + [(0, extra)])
-    rhs = jnp.pad(rhs, [(0, 0)] * (rhs.ndim - 2) + [(0, extra), (0, 0)])
+    a = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)])
+    b = jnp.pad(b, [(0, 0)] * (b.ndim - 2) + [(0, extra), (0, 0)])
+    return plain(a, b)
+
+  return lax.platform_dependent(lhs, rhs, cpu=cpu, default=plain)
+
+
+def _chunked_conv(lhs, rhs, *, max_reduction: int, **geometry) -> jax.Array:
+  """int8 conv, int32 accumulation; input channels chunked past `max_reduction` terms."""
+  groups = geometry["feature_group_count"]
 
   def conv(a, b):
     return lax.conv_general_dilated(
       a,
       b,
-      window_strides=window_strides,
-      padding=padding,
-      lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation,
       dimension_numbers=channels_last_dimension_numbers(lhs.ndim),
-      feature_group_count=feature_group_count,
       preferred_element_type=jnp.int32,
+      **geometry,
     )
 
+  taps = math.prod(rhs.shape[:-2])
   k = taps * rhs.shape[-2]
   if k <= max_reduction:
     return conv(lhs, rhs).astype(jnp.float32)
-  if feature_group_count != 1:
+  if groups != 1:
     raise ValueError(
       f"grouped int8 conv reduces over {k} terms per output, more than int32 holds safely "
-      f"({max_reduction}); feature_group_count={feature_group_count} cannot be chunked"
+      f"({max_reduction}); feature_group_count={groups} cannot be chunked"
     )
   per_chunk = max(1, max_reduction // taps)
   total = None

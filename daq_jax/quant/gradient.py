@@ -58,6 +58,16 @@ class QuantizedGradient(NamedTuple):
   new_state: State
   wgrad_stats: ClipStats
 
+  @property
+  def dgrad(self) -> numerics.QTensor:
+    """The dgrad-path g with its global scale."""
+    return numerics.QTensor(self.dgrad_q, self.dgrad_scale)
+
+  @property
+  def wgrad(self) -> numerics.QTensor:
+    """The wgrad-path g, (M, C), with its per-channel (or per-tensor) scale."""
+    return numerics.QTensor(self.wgrad_q, self.wgrad_scale)
+
   def dequantized(self, shape) -> tuple[jax.Array, jax.Array]:
     """(dgrad-path g, wgrad-path g) back in float32, both of g's `shape` (the float twin)."""
     return (
@@ -148,13 +158,13 @@ def dsgc_clip(g2d: jax.Array, stats: ClipStats, cfg: QuantConfig) -> tuple[jax.A
 
 
 def _clip(rule: str, view, stats: ClipStats, prev, cfg):
-  """(clip, carried state, deviation or None) of one rule on the columns of `view`."""
+  """(clip, carried state) of one rule on the columns of `view`."""
   if rule == "max":
-    return stats.gmax, stats.gmax, None
+    return stats.gmax, stats.gmax
   if rule == "mcs":
-    return (*mcs_clip(stats, prev, cfg), None)
-  clip, deviation = dsgc_clip(view, stats, cfg)
-  return clip, clip, deviation
+    return mcs_clip(stats, prev, cfg)
+  clip, _ = dsgc_clip(view, stats, cfg)
+  return clip, clip
 
 
 def quantize_gradient(
@@ -183,29 +193,33 @@ def quantize_gradient(
   # Statistics XLA finds unused (std for a `max` rule, say) are dead code and cost nothing.
   tensor_stats = clip_stats(flat)
 
-  dclip, dstate, ddev = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
+  dclip, dstate = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
   dgrad_scale = dclip[0]
   dgrad_q = numerics.quantize(g, dgrad_scale, rounding=cfg.grad_rounding, key=dkey)
   new_state = {"dgrad_clip": dstate[0]}
 
+  per_channel = cfg.wgrad_granularity == "per_channel"
   if cfg.shared_gradient:
     wgrad_scale, wgrad_q = dgrad_scale, dgrad_q.reshape(g2d.shape)
-    wstate, wdev, wstats = dstate[0], ddev, tensor_stats
+    wstate, wstats = dstate[0], tensor_stats
   else:
-    per_channel = cfg.wgrad_granularity == "per_channel"
     view = g2d if per_channel else flat
     wstats = clip_stats(g2d) if per_channel else tensor_stats
     prev = state["wgrad_clip"] if per_channel else state["wgrad_clip"][None]
-    wclip, wstate, wdev = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
+    wgrad_scale, wstate = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
     if not per_channel:
-      wclip, wstate = wclip[0], wstate[0]
-      wdev = None if wdev is None else wdev[0]
-    wgrad_scale = wclip
+      wgrad_scale, wstate = wgrad_scale[0], wstate[0]
     wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.grad_rounding, key=wkey)
   new_state["wgrad_clip"] = wstate
   if "deviation" in state:
-    # UI8 scales a layer's learning rate by one deviation: average per-channel ones.
-    deviation = wdev if wdev is not None else ddev
+    # UI8 scales a layer's learning rate by the deviation of the gradient the layer actually
+    # used (after stochastic rounding, where it rounds so), not of the clip search's nearest
+    # rounding; per-channel deviations are averaged into the layer's one.
+    if cfg.wgrad_clip == "dsgc":
+      used = numerics.dequantize(wgrad_q, wgrad_scale)
+      deviation = cosine_distance(g2d, used, axis=0 if per_channel else None)
+    else:
+      deviation = cosine_distance(g, numerics.dequantize(dgrad_q, dgrad_scale))
     new_state["deviation"] = jnp.mean(deviation)
   return QuantizedGradient(
     wgrad_q=wgrad_q,
@@ -215,14 +229,3 @@ def quantize_gradient(
     new_state={k: new_state[k] for k in state},
     wgrad_stats=wstats,
   )
-
-
-def quantize_gradient_for_impl(
-  g: jax.Array, state: State, cfg: QuantConfig, key: jax.Array | None = None
-) -> QuantizedGradient:
-  """`quantize_gradient`, or for impl `pallas` its fused kernels where they cover `cfg`."""
-  if cfg.impl == "pallas":
-    from daq_jax.pallas import grad_quant  # Pallas only loads when asked for
-
-    return grad_quant.quantize_gradient_for(g, state, cfg, key)
-  return quantize_gradient(g, state, cfg, key)

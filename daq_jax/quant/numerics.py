@@ -9,6 +9,8 @@ visible downstream instead of turning into finite numbers.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -82,3 +84,27 @@ def rescale(acc: jax.Array, *scales: jax.Array) -> jax.Array:
   for s in scales:
     factor = factor * (jnp.asarray(s, jnp.float32) / QMAX)
   return acc.astype(jnp.float32) * factor
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QTensor:
+  """An int8 tensor and its clip value: the operand every int8 contraction takes.
+
+  Attributes:
+    q: int8 values in [-127, 127].
+    scale: float32 clip value s (v_hat = q * s / 127): () for one scale, (C,) for one per
+      channel of the last axis.
+  """
+
+  q: jax.Array
+  scale: jax.Array
+
+  @classmethod
+  def of(cls, v: jax.Array, scale: jax.Array, **kwargs) -> QTensor:
+    """`v` quantized with `scale` (keyword arguments as for `quantize`)."""
+    return cls(quantize(v, scale, **kwargs), scale)
+
+  def dequantize(self) -> jax.Array:
+    """q * s / 127 in float32."""
+    return dequantize(self.q, self.scale)

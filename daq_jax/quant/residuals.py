@@ -11,16 +11,18 @@ import jax
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Residuals:
-  """The residuals of a quantized op: arrays (int8 operands, scales, the layer's state, the
-  PRNG key) plus the primal operands' static shapes and dtypes.
+  """The residuals of a quantized op: int8 operands with their scales, the layer's state and
+  PRNG key, and the primal operands' static shapes and dtypes.
 
   Attributes:
-    saved: a tuple of arrays specific to the op and its `impl`.
+    kernel: what the dgrad implementation keeps of the kernel (`Backend.*_keep_kernel`).
+    inputs: what the wgrad implementation keeps of the input (`Backend.*_keep_input`).
     state: the layer's quantization state, read by the gradient quantizer.
     key: the PRNG key for stochastic rounding, or None.
   """
 
-  saved: tuple
+  kernel: Any
+  inputs: Any
   state: Any
   key: Any
   lhs_shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
@@ -29,5 +31,5 @@ class Residuals:
   rhs_dtype: Any = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def of(cls, saved, state, key, lhs, rhs) -> Residuals:
-    return cls(saved, state, key, lhs.shape, lhs.dtype, rhs.shape, rhs.dtype)
+  def of(cls, kernel, inputs, state, key, lhs, rhs) -> Residuals:
+    return cls(kernel, inputs, state, key, lhs.shape, lhs.dtype, rhs.shape, rhs.dtype)

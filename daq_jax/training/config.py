@@ -1,5 +1,7 @@
 """The training config as frozen, keyword-only dataclasses, built from a plain dict.
 
+The field defaults are the one source of defaults: they are the default run (configs/default.py
+is built from them), and every other config is a delta from it or from a per-dataset base.
 `train.py` turns its ml_collections config into a dict (`config.to_dict()`) and calls
 `from_dict`; the library itself never imports ml_collections. Unknown keys and bad values
 are errors that name the key, and the dict is saved in the workdir (`config.json`) so that
@@ -45,7 +47,10 @@ class QuantSettings:
 
   Attributes:
     method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
-    impl: xla (int8 lax ops), pallas (the GPU kernels) or simulate (float emulation).
+    impl: which implementation computes the int8 products: xla (int8 lax ops in the CPU's
+      fast layouts), im2col (XLA int8 dots on im2col views), pallas (the GPU kernels) or
+      simulate (float emulation); or three of them, comma-separated, for the forward
+      product, dgrad and wgrad (`QuantConfig.impl`).
     quantize_first_conv: quantize the model's first conv (`stem_conv`) too.
     quantize_last_dense: quantize the classifier (`head`) too.
   """
@@ -58,8 +63,12 @@ class QuantSettings:
   def __post_init__(self):
     if self.method not in quant_config.METHODS:
       raise ValueError(f"config quant.method={self.method!r} is not one of {quant_config.METHODS}")
-    if self.impl not in quant_config.IMPLS:
-      raise ValueError(f"config quant.impl={self.impl!r} is not one of {quant_config.IMPLS}")
+    names = [name.strip() for name in str(self.impl).split(",")]
+    if len(names) not in (1, 3) or any(n not in quant_config.IMPLS for n in names):
+      raise ValueError(
+        f"config quant.impl={self.impl!r} must be one of {quant_config.IMPLS}, or three of "
+        "them comma-separated (forward, dgrad, wgrad)"
+      )
 
   def layer_config(self) -> quant_config.QuantConfig | None:
     cfg = quant_config.preset(self.method)
@@ -71,7 +80,8 @@ class OptimConfig:
   """SGD with momentum; the peak learning rate is base_learning_rate * batch / base_batch_size.
 
   Attributes:
-    base_learning_rate: the learning rate at batch size `base_batch_size`.
+    base_learning_rate: the learning rate at batch size `base_batch_size`; the peak rate is
+      scaled linearly with `batch_size`.
     base_batch_size: the batch size that `base_learning_rate` is quoted for.
     momentum: heavy-ball momentum.
     nesterov: Nesterov momentum.
@@ -80,17 +90,22 @@ class OptimConfig:
     warmup_epochs: linear warmup from 0 (fractions allowed).
     decay_epochs: the step schedule's boundaries, in epochs.
     decay_factor: the step schedule's factor.
+    lr_scale_alpha, lr_scale_beta: UI8's deviation-counteractive learning-rate scaling, used
+      with quant.method=ui8: each quantized layer's rate is multiplied by
+      max(exp(-alpha * d), beta), d the cosine distance of its int8 gradient (Zhu et al. 2020).
   """
 
   base_learning_rate: float = 0.1
-  base_batch_size: int = 256
+  base_batch_size: int = 128
   momentum: float = 0.9
   nesterov: bool = False
-  weight_decay: float = 1e-4
+  weight_decay: float = 5e-4
   schedule: str = "cosine"
-  warmup_epochs: float = 0.0
+  warmup_epochs: float = 1.0
   decay_epochs: tuple[float, ...] = ()
   decay_factor: float = 0.1
+  lr_scale_alpha: float = 20.0
+  lr_scale_beta: float = 0.1
 
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
@@ -101,7 +116,8 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-  """One training run.
+  """One training run. The defaults are the default run: DAQ on the embedded 8x8 digits with a
+  small CNN, 30 epochs of batch 64 (about half a minute on 2 CPU cores).
 
   Attributes:
     seed: parameters, data order, augmentation and stochastic rounding all derive from it.
@@ -123,12 +139,12 @@ class TrainConfig:
   quant: QuantSettings = dataclasses.field(default_factory=QuantSettings)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-  batch_size: int = 128
-  num_epochs: float = 1.0
+  batch_size: int = 64
+  num_epochs: float = 30.0
   num_steps: int = 0
   label_smoothing: float = 0.0
   log_every_steps: int = 50
-  eval_every_epochs: float = 0.0
+  eval_every_epochs: float = 10.0
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
   num_devices: int = 0

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from daq_jax.training.tensorboard import SummaryWriter
+from tensorboardX import SummaryWriter
 
 
 def _format_duration(seconds: float) -> str:
@@ -42,7 +42,8 @@ class MetricWriter:
     }
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    self._tb.scalars(step, {f"{prefix}/{k}": v for k, v in values.items()})
+    for k, v in values.items():
+      self._tb.add_scalar(f"{prefix}/{k}", v, step)
     if prefix == "train":
       self._progress(step, values)
     else:
@@ -79,4 +80,4 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      self._tb.close()  # flushes the events file

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from daq_jax.nn.ops import OP_NAME
 from daq_jax.training.config import OptimConfig
 
 
@@ -52,11 +53,13 @@ class DeviationScaleState(NamedTuple):
 
 def _layer_factors(updates: Any, quant_state: Any, alpha: float, beta: float) -> Any:
   """A pytree like `updates` holding max(exp(-alpha * d), beta) for every parameter of a layer
-  whose quantization state has a `deviation` d, and 1 elsewhere."""
+  whose quantization state has a `deviation` d, and 1 elsewhere. A layer's state sits in its
+  op module's child (`quant_state/<layer>/quant/deviation`)."""
   if isinstance(updates, dict):
     state = quant_state if isinstance(quant_state, dict) else {}
-    if "deviation" in state:
-      factor = jnp.maximum(jnp.exp(-alpha * state["deviation"]), beta)
+    op_state = state.get(OP_NAME, {})
+    if isinstance(op_state, dict) and "deviation" in op_state:
+      factor = jnp.maximum(jnp.exp(-alpha * op_state["deviation"]), beta)
       return jax.tree.map(lambda _: factor, updates)
     return {k: _layer_factors(v, state.get(k, {}), alpha, beta) for k, v in updates.items()}
   return jax.tree.map(lambda _: jnp.ones((), jnp.float32), updates)

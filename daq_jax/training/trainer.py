@@ -78,7 +78,7 @@ def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, num_steps: int):
   layer_cfg = cfg.quant.layer_config()
   ui8 = None
   if layer_cfg is not None and layer_cfg.wgrad_clip == "dsgc":
-    ui8 = (layer_cfg.lr_scale_alpha, layer_cfg.lr_scale_beta)
+    ui8 = (cfg.optim.lr_scale_alpha, cfg.optim.lr_scale_beta)
   learning_rate = optim.schedule(cfg.optim, cfg.batch_size, steps_per_epoch, num_steps)
   return optim.make_optimizer(cfg.optim, learning_rate, ui8_scaling=ui8), learning_rate
 

@@ -6,6 +6,9 @@ parameters and stay close to the float layer; a training step through them must 
 the lowered program for 2-D, depthwise, strided, 1-D and 3-D convs and for dense layers.
 """
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -101,8 +104,7 @@ def test_quantized_layer_has_flax_params_and_stays_close(layer_cls, flax_cls, na
   for a, b in zip(jax.tree.leaves(v_f["params"]), jax.tree.leaves(v_q["params"]), strict=True):
     np.testing.assert_array_equal(a, b)  # same names, shapes, initial values
   assert jax.tree.map(jnp.shape, v_q["quant_state"]) == {
-    "dgrad_clip": (),
-    "wgrad_clip": (kw["features"],),
+    "quant": {"dgrad_clip": (), "wgrad_clip": (kw["features"],)}
   }
   assert y_q.dtype == y_f.dtype and y_q.shape == y_f.shape
   floor = TOLERANCE["cosine_vs_float"] if "bf16" not in name else 0.99  # bf16 rounding on top
@@ -169,3 +171,61 @@ def test_stochastic_rounding_without_rng_is_a_clear_error():
     lambda p: layer.apply({**v, "params": p}, x, rngs={"quant": jax.random.key(1)}).sum()
   )(v["params"])
   assert np.isfinite(np.asarray(grads["kernel"])).all()
+
+
+class _Twice(nn.Module):
+  layer: nn.Module
+
+  @nn.compact
+  def __call__(self, x):
+    return self.layer(self.layer(x))
+
+
+@pytest.mark.parametrize(
+  "layer", [qnn.QConv(4, (3, 3), quant=quant.daq()), qnn.QDense(4, quant=quant.daq())]
+)
+def test_a_quantized_layer_applied_twice_is_refused(layer):
+  # Its state would be the sum of two updates: refused, at init and at apply alike.
+  x = jnp.ones((2, 5, 5, 4))
+  with pytest.raises(ValueError, match=r"Twice_0|layer_0|applied twice in one call"):
+    _Twice(layer).init(jax.random.key(0), x)
+  # Two calls of the model (separate applies) are fine, and so is one float layer twice.
+  v = _Twice(layer.clone(quant=None)).init(jax.random.key(0), x)
+  _Twice(layer.clone(quant=None)).apply(v, x)
+
+
+def test_quantized_layers_are_flax_layers_with_the_hook_set():
+  conv = qnn.QConv(4, (3, 3), quant=quant.daq())
+  assert isinstance(conv, nn.Conv) and isinstance(conv.conv_general_dilated_cls(), qnn.QuantConvOp)
+  dense = qnn.QDense(4, quant=quant.daq())
+  assert isinstance(dense.dot_general_cls(), qnn.QuantDotGeneralOp)
+  assert qnn.QConv(4, (3, 3)).conv_general_dilated_cls is None  # quant=None: nn.Conv itself
+  assert conv.clone(quant=None).conv_general_dilated_cls is None
+  with pytest.raises(ValueError, match="leave conv_general_dilated and conv_general_dilated_cls"):
+    qnn.QConv(4, (3, 3), quant=quant.daq(), conv_general_dilated=jax.lax.conv_general_dilated)
+  with pytest.raises(ValueError, match="leave dot_general and dot_general_cls unset"):
+    qnn.QDense(4, quant=quant.daq(), dot_general=jax.lax.dot_general)
+
+
+def test_a_float_checkpoint_loads_into_the_quantized_model():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+
+  class Net(nn.Module):
+    conv: Any = nn.Conv
+    dense: Any = nn.Dense
+
+    @nn.compact
+    def __call__(self, x):
+      # Named layers, as the zoo's: auto names would differ (Conv_0 against QConv_0).
+      x = nn.relu(self.conv(8, (3, 3), padding="CIRCULAR", name="conv")(x))
+      return self.dense(5, name="head")(x.reshape(x.shape[0], -1))
+
+  float_params = Net().init(jax.random.key(1), x)["params"]
+  cfg = quant.daq()
+  qnet = Net(
+    conv=functools.partial(qnn.QConv, quant=cfg), dense=functools.partial(qnn.QDense, quant=cfg)
+  )
+  q_vars = qnet.init(jax.random.key(2), x)
+  assert jax.tree.structure(q_vars["params"]) == jax.tree.structure(float_params)
+  y = qnet.apply({"params": float_params, "quant_state": q_vars["quant_state"]}, x)
+  assert cosine(y, Net().apply({"params": float_params}, x)) > TOLERANCE["cosine_vs_float"]

@@ -15,7 +15,7 @@ import pytest
 
 from daq_jax import quant
 from daq_jax.pallas import grad_quant
-from daq_jax.quant import gradient
+from daq_jax.quant import backends, gradient
 from tests.helpers import CompiledOrInterpreted
 
 SCALE_RTOL = 1e-6  # one float32 rounding in the MCS recursion
@@ -107,7 +107,7 @@ def test_other_configs_use_the_jnp_quantizer_and_direct_calls_are_refused():
   g = _mixed(64, 4)
   cfg = quant.ui8()
   state = gradient.init_state(cfg, 4)
-  out = grad_quant.quantize_gradient_for(g, state, cfg, jax.random.key(0))
+  out = backends.get("pallas").quantize_gradient(g, state, cfg, jax.random.key(0))
   want = gradient.quantize_gradient(g, state, cfg, jax.random.key(0))
   np.testing.assert_array_equal(out.wgrad_q, want.wgrad_q)
   with pytest.raises(ValueError, match="does not implement config"):

@@ -1,13 +1,14 @@
 """impl="pallas": the quantized ops on the Pallas GEMM give the results of impl="xla".
 
-Strategy: `TestPallasPath` runs the compiled kernels (skipped without a GPU) and
-`TestPallasPathInterpret` reruns it in Pallas's interpreter on the CPU. For every geometry
+Strategy: `TestPallasPath` runs on a GPU, where the kernels are compiled (skipped elsewhere),
+and `TestPallasPathInterpret` reruns it on the CPU, where the same program interprets them
+(the choice is `lax.platform_dependent`, made when the program is lowered). For every geometry
 (grouped and depthwise included) the forward output and both gradients match the xla path to
 float32 rounding (the int8 values and integer sums are identical; only the order of the float
 scaling differs) and the new state is identical on a first step; a QConv/QDense training step
 agrees too (state to float32 rounding: see test_grad_quant.py). The lowered step keeps
-int8 x int8 -> int32 inside the kernels, and with compiled kernels it lowers for CUDA to
-Triton calls.
+int8 x int8 -> int32 inside the kernels; lowered for CUDA it is Triton calls, lowered for the
+CPU it has none.
 """
 
 import flax.linen as nn
@@ -38,8 +39,8 @@ GEOMETRIES = {
 }
 
 
-def _conv_vjp(impl, method, x, w, g, interpret=None, **kw):
-  cfg = quant.preset(method, impl=impl, **({"interpret": interpret} if impl == "pallas" else {}))
+def _conv_vjp(impl, method, x, w, g, **kw):
+  cfg = quant.preset(method, impl=impl)
   state = gradient.init_state(cfg, w.shape[-1])
   key = jax.random.key(5) if cfg.stochastic else None
 
@@ -68,7 +69,7 @@ class TestPallasPath(CompiledOrInterpreted):
     x, w = jax.random.normal(keys[0], xs), jax.random.normal(keys[1], ws)
     spec = conv_op.make_spec(xs, ws, **kw)
     g = jax.random.normal(keys[2], jax.eval_shape(spec.float_conv, x, w).shape)
-    got = _conv_vjp("pallas", method, x, w, g, interpret=self.interpret, **kw)
+    got = _conv_vjp("pallas", method, x, w, g, **kw)
     want = _conv_vjp(self.reference, method, x, w, g, **kw)
     for a, b in zip(got[:3], want[:3], strict=True):
       assert_close(a, b, RTOL)
@@ -83,7 +84,7 @@ class TestPallasPath(CompiledOrInterpreted):
       jax.random.normal(keys[2], (3, 5, 12)),
     )
     results = []
-    for cfg in (quant.daq(impl="pallas", interpret=self.interpret), quant.daq(impl=self.reference)):
+    for cfg in (quant.daq(impl="pallas"), quant.daq(impl=self.reference)):
       y, vjp = jax.vjp(
         lambda a, b, s, c=cfg: quant.dense(a, b, s, cfg=c), x, w, gradient.init_state(cfg, 12)
       )
@@ -92,7 +93,7 @@ class TestPallasPath(CompiledOrInterpreted):
       assert_close(a, b, RTOL)
 
   def test_training_step_gives_the_xla_gradients_and_state(self):
-    (step_p, v), (step_x, _) = _step("pallas", interpret=self.interpret), _step(self.reference)
+    (step_p, v), (step_x, _) = _step("pallas"), _step(self.reference)
     loss_p, grads_p, state_p = jax.jit(step_p)(v["params"], v["quant_state"])
     loss_x, grads_x, state_x = jax.jit(step_x)(v["params"], v["quant_state"])
     assert_close(loss_p, loss_x, RTOL)
@@ -117,8 +118,8 @@ class _Net(nn.Module):
     return qnn.QDense(10, quant=self.quant)(x.reshape(x.shape[0], -1))
 
 
-def _step(impl, **overrides):
-  net = _Net(quant.daq(impl=impl, **overrides))
+def _step(impl):
+  net = _Net(quant.daq(impl=impl))
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   # The parameters do not depend on the config: initialise through the float oracle, so that
   # no compiled kernel has to run where there is no GPU.
@@ -134,7 +135,10 @@ def test_kernels_contract_int8_and_lower_to_triton_for_cuda():
   step, v = _step("pallas")
   found = lowering.contractions(step, v["params"], v["quant_state"])
   assert found and all(c.is_int8 for c in found), found
-  step, v = _step("pallas", interpret=False)  # compiled kernels, lowered for a GPU
+  # Lowered for a GPU, the same program takes the compiled kernels (lax.platform_dependent).
   lowered = jax.jit(step).trace(v["params"], v["quant_state"]).lower(lowering_platforms=("cuda",))
   # forward of 3 layers, wgrad of 3, dgrad of the 2 layers whose input gradient is needed
-  assert lowered.as_text().count("xla.gpu.triton") >= 8
+  text = lowered.as_text()
+  assert text.count("xla.gpu.triton") >= 8
+  # ... and the CPU lowering only the interpreted ones.
+  assert "xla.gpu.triton" not in jax.jit(step).lower(v["params"], v["quant_state"]).as_text()

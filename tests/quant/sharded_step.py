@@ -49,7 +49,7 @@ def main():
     jax.device_put(y, batch),
   )
   sharded = step(*args)
-  assert len(sharded[2]["QConv_0"]["wgrad_clip"].sharding.device_set) == 4
+  assert len(sharded[2]["QConv_0"]["quant"]["wgrad_clip"].sharding.device_set) == 4
 
   def diff(a, b):
     return max(

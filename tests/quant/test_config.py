@@ -46,3 +46,27 @@ def test_preset_by_name_with_overrides_and_hashable():
 def test_bad_config_names_the_problem(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+def test_name_is_a_label_not_part_of_the_numerics():
+  a, b = quant.daq(), quant.daq(name="my run")
+  assert a == b and hash(a) == hash(b)
+  assert quant.daq() != quant.gvq()
+
+
+def test_impl_names_one_implementation_or_one_per_contraction():
+  assert quant.daq().impls == ("xla", "xla", "xla")
+  cfg = quant.daq(impl="simulate, xla ,im2col")
+  assert cfg.impls == ("simulate", "xla", "im2col") and cfg.impl == "simulate,xla,im2col"
+  with pytest.raises(ValueError, match="must name one implementation or three"):
+    quant.daq(impl="xla,pallas")
+  with pytest.raises(ValueError, match="impl='cuda' is not one of"):
+    quant.daq(impl="xla,cuda,xla")
+
+
+@pytest.mark.parametrize("field", ["lr_scale_alpha", "lr_scale_beta", "interpret"])
+def test_moved_fields_are_deprecated_and_ignored(field):
+  value = True if field == "interpret" else 1.0
+  with pytest.warns(DeprecationWarning, match=f"{field}=...\\) is deprecated"):
+    cfg = quant.preset("ui8", **{field: value})
+  assert cfg == quant.ui8()

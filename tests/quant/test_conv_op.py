@@ -1,7 +1,8 @@
 """The quantized convolution op.
 
-Strategy: (1) the int8 `xla` path equals the float `simulate` oracle bit for bit when every
-scale is a power of two, for outputs, both gradients and the new state, over 1-D/2-D/3-D,
+Strategy: (1) the int8 `xla` and `im2col` implementations (alone and mixed per contraction)
+equal the float `simulate` oracle bit for bit when every scale is a power of two, for
+outputs, both gradients and the new state, over 1-D/2-D/3-D,
 strided, dilated, grouped and depthwise geometries; (2) for every method on Gaussian data the
 two paths agree to float rounding and both stay close to the float convolution; (3) the
 lowered program's forward, dgrad and wgrad contractions are int8 x int8 -> int32; (4) long
@@ -88,15 +89,16 @@ def _float_vjp(x, w, g, **kw):
   return run(x, w, g)
 
 
+@pytest.mark.parametrize("impl", ["xla", "im2col", "xla,im2col,xla"])
 @pytest.mark.parametrize("name", GEOMETRIES)
-def test_xla_equals_simulate_exactly_with_power_of_two_scales(name):
+def test_int8_equals_simulate_exactly_with_power_of_two_scales(name, impl):
   xs, ws, kw = GEOMETRIES[name]
   keys = jax.random.split(jax.random.key(0), 3)
   x, w = pow2_tensor(keys[0], xs, -3), pow2_tensor(keys[1], ws, -6)
   spec = conv_op.make_spec(xs, ws, **kw)
   out_shape = jax.eval_shape(spec.float_conv, x, w).shape
   g = pow2_tensor(keys[2], out_shape, -2, per_channel_max=True)
-  cfg = quant.daq()
+  cfg = quant.daq(impl=impl)
   got = _vjp(cfg, x, w, g, **kw)
   want = _vjp(cfg.replace(impl="simulate"), x, w, g, **kw)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
@@ -133,20 +135,24 @@ def _assert_int8_program(fn, *args, at_least: int):
   assert all(ops == ("i8", "i8") and out == "i32" for _, ops, out in hlo), hlo
 
 
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_forward_dgrad_and_wgrad_are_int8_in_the_lowered_program(name):
+@pytest.mark.parametrize(
+  "name, impl", [(name, "xla") for name in GEOMETRIES] + [("strided", "im2col"), ("3d", "im2col")]
+)
+def test_forward_dgrad_and_wgrad_are_int8_in_the_lowered_program(name, impl):
   xs, ws, kw = GEOMETRIES[name]
-  cfg = quant.daq()
+  cfg = quant.daq(impl=impl)
   x, w = jnp.ones(xs), jnp.ones(ws)
   state = gradient.init_state(cfg, ws[-1])
 
   def loss(a, b, s):
     return jnp.sum(quant.conv_general(a, b, s, cfg=cfg, **kw) ** 2)
 
-  # Forward and dgrad are convolutions (or im2col dots for narrow ones); wgrad is one dot per
-  # kernel tap: at least 1 + 1 + taps contractions, every one int8 x int8 -> int32.
+  # xla: forward and dgrad are convolutions (or im2col dots for narrow ones); wgrad is one dot
+  # per kernel tap: at least 1 + 1 + taps contractions. im2col: one GEMM each. Every one is
+  # int8 x int8 -> int32.
   taps = int(np.prod(ws[:-2]))
-  _assert_int8_program(jax.value_and_grad(loss, argnums=(0, 1, 2)), x, w, state, at_least=2 + taps)
+  at_least = 2 + taps if impl == "xla" else 3
+  _assert_int8_program(jax.value_and_grad(loss, argnums=(0, 1, 2)), x, w, state, at_least=at_least)
 
 
 def test_residuals_are_int8():
@@ -154,9 +160,10 @@ def test_residuals_are_int8():
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
   spec = conv_op.make_spec(x.shape, w.shape)
   _, res = conv_op._conv_fwd(cfg, spec, x, w, gradient.init_state(cfg, 8), None)
-  x_t, w_d, sx, sw = res.saved
-  assert x_t.dtype == w_d.dtype == jnp.int8 and x_t.shape == (4, 2, 8, 8)
-  assert sx.dtype == sw.dtype == jnp.float32 and sx.shape == sw.shape == ()
+  x_t, w_d = res.inputs, res.kernel  # the xla implementation keeps x channels first
+  assert x_t.q.dtype == w_d.q.dtype == jnp.int8 and x_t.q.shape == (4, 2, 8, 8)
+  assert x_t.scale.dtype == w_d.scale.dtype == jnp.float32
+  assert x_t.scale.shape == w_d.scale.shape == ()
 
 
 def test_wgrad_longer_than_the_int32_bound_is_exact():

@@ -139,3 +139,16 @@ def test_stochastic_config_needs_a_key_and_state_must_fit():
     gradient.quantize_gradient(g, gradient.init_state(quant.ui8(), 2), quant.ui8())
   with pytest.raises(ValueError, match="quantization state has shapes"):
     gradient.check_state(gradient.init_state(quant.mcs(), 2), quant.daq(), 2)
+
+
+def test_ui8_deviation_is_that_of_the_stochastically_rounded_gradient():
+  # METHOD.md: the learning rate is scaled by the deviation of the gradient the layer used.
+  cfg = quant.ui8()
+  g = jax.random.laplace(jax.random.key(4), (4096, 16)) * 1e-3
+  out = gradient.quantize_gradient(g, gradient.init_state(cfg, 16), cfg, jax.random.key(5))
+  used = numerics.dequantize(out.wgrad_q, out.wgrad_scale)
+  np.testing.assert_allclose(
+    out.new_state["deviation"], gradient.cosine_distance(g, used), rtol=1e-5
+  )
+  nearest = gradient.cosine_distance(g, numerics.fake_quantize(g, out.wgrad_scale))
+  assert out.new_state["deviation"] > 1.5 * nearest  # stochastic rounding adds about as much

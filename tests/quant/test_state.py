@@ -41,8 +41,10 @@ def test_new_state_is_what_the_quantizer_makes_of_g_and_carries_across_steps():
     )(params, state)
 
   _, _, s1 = step(v["params"], v["quant_state"], g1)
-  want1 = gradient.quantize_gradient(g1, v["quant_state"], cfg).new_state
-  _, grads, s2 = step(v["params"], s1, g2)
+  s1 = s1["quant"]  # the state lives in the layer's op module, `quant`
+  want1 = gradient.quantize_gradient(g1, v["quant_state"]["quant"], cfg).new_state
+  _, grads, s2 = step(v["params"], {"quant": s1}, g2)
+  s2 = s2["quant"]
   want2 = gradient.quantize_gradient(g2, want1, cfg).new_state
   for got, want in ((s1, want1), (s2, want2)):
     for k in want:
@@ -57,7 +59,7 @@ def test_split_grads_separates_params_from_state():
   layer, x, v = _layer_and_vars(cfg)
   grads = jax.grad(lambda var: jnp.sum(layer.apply(var, x) ** 2))(v)
   rest, state = quant.split_grads(grads)
-  assert set(rest) == {"params"} and set(state) == {"dgrad_clip", "wgrad_clip"}
+  assert set(rest) == {"params"} and set(state["quant"]) == {"dgrad_clip", "wgrad_clip"}
 
 
 class _Block(nn.Module):

@@ -1,19 +1,23 @@
 """Every config file builds, converts into the library's dataclasses, names a known model and
-method, and documents its run command; `--config.quant.method` changes nothing else."""
+method, and documents its run command; `--config.quant.method` changes nothing else. The
+dataclass defaults are the one source of defaults: the default config is exactly them, and
+every other config derives from it or from a per-dataset base, never from a sibling."""
 
+import ast
 import glob
 import importlib
 import os
 
 import pytest
 
-from daq_jax.training.config import from_dict
+from daq_jax.training.config import TrainConfig, from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(
   p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py")
 )
-EXPECTED = {
+BASES = {"base_cifar10", "base_imagenet"}
+EXPECTED = BASES | {
   "default",
   "cifar10_resnet20",
   "cifar10_resnet56",
@@ -61,3 +65,23 @@ def test_unknown_keys_name_the_key():
     from_dict({"quant": {"mehtod": "daq"}})
   with pytest.raises(ValueError, match=r"optim.schedule='linear'"):
     from_dict({"optim": {"schedule": "linear"}})
+
+
+def test_default_config_is_the_dataclass_defaults():
+  assert from_dict(_load(os.path.join(ROOT, "configs", "default.py")).to_dict()) == TrainConfig()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_configs_derive_from_default_or_a_dataset_base(path):
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  parents = {
+    alias.name
+    for node in ast.walk(tree)
+    if isinstance(node, ast.ImportFrom) and node.module == "configs"
+    for alias in node.names
+  }
+  name = os.path.basename(path)[:-3]
+  allowed = set() if name == "default" else {"default"} if name in BASES else BASES
+  assert parents <= allowed, f"{name} derives from {parents - allowed}"
+  assert name == "default" or len(parents) == 1

@@ -18,8 +18,8 @@ from daq_jax.quant import lowering
 from daq_jax.training import NonFiniteLossError, optim, steps, train_and_evaluate, trainer
 from daq_jax.training.checkpoint import Checkpoints
 from daq_jax.training.config import from_dict
-from daq_jax.training.tensorboard import read_scalars
 from tests.training.common import tiny
+from tests.training.events import read_scalars
 
 
 def _restore(workdir, cfg_dict, step=None):
@@ -74,7 +74,7 @@ def test_the_quantization_state_is_checkpointed(finished_run):
   workdir, _ = finished_run
   state = _restore(workdir, tiny())
   assert int(state.step) == 6
-  clips = state.quant_state["stem_conv"]["wgrad_clip"]
+  clips = state.quant_state["stem_conv"]["quant"]["wgrad_clip"]
   assert clips.shape == (32,) and float(clips.min()) > 0  # it came out of 6 backward passes
 
 
@@ -87,9 +87,13 @@ def test_evaluation_of_the_workdir_reproduces_the_final_score(finished_run, tmp_
   for i, (image, label) in enumerate(zip(test.images, test.labels)):
     os.makedirs(tmp_path / str(label), exist_ok=True)
     Image.fromarray(image[..., 0]).save(tmp_path / str(label) / f"{i}.png")
-  assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path)]) == 0
+  # Activations are quantized with one scale per batch, so a quantized model's outputs depend
+  # on which images share a batch, and the folder lists the images class by class: compare
+  # both in one batch of all 360.
+  whole = evaluate_workdir(workdir, batch_size=360)
+  assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path), "--batch_size=360"]) == 0
   out = capsys.readouterr().out
-  assert f"top-1 {summary['eval_top1']:.4f}" in out and "(360 examples)" in out
+  assert f"top-1 {whole['top1']:.4f}" in out and "(360 examples)" in out
 
 
 def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
@@ -161,7 +165,7 @@ def test_ui8_scales_each_quantized_layer_by_its_deviation(tmp_path):
   train_and_evaluate(cfg, str(tmp_path))
   state = _restore(str(tmp_path), cfg)
   factors = next(s.factors for s in state.opt_state if isinstance(s, optim.DeviationScaleState))
-  deviation = float(state.quant_state["conv1"]["deviation"])
+  deviation = float(state.quant_state["conv1"]["quant"]["deviation"])
   expected = max(np.exp(-20 * deviation), 0.1)
   np.testing.assert_allclose(float(factors["conv1"]["kernel"]), expected, rtol=1e-6)
   assert 0.1 <= float(factors["conv1"]["kernel"]) < 1
@@ -222,3 +226,30 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
     # stem conv: forward and wgrad (its dgrad is not needed); head: forward, dgrad, wgrad.
     assert len(floats) == 5, floats
     assert len(int8) >= 9  # conv1 and conv2: forward, dgrad and wgrad each
+
+
+def test_each_step_compiles_once_over_a_run(tmp_path, monkeypatch):
+  """Eight steps with evaluations every two and at the end: one train-step and one eval-step
+  compilation (a state, batch or sharding that changes between calls would add entries)."""
+  compile_steps = steps.compile_steps
+  made = []
+
+  def recording(*args, **kwargs):
+    made.append(compile_steps(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(steps, "compile_steps", recording)
+  calls = {"eval": 0}
+  evaluate = trainer.evaluate
+
+  def counting(*args, **kwargs):
+    calls["eval"] += 1
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(trainer, "evaluate", counting)
+  # 1,437 training digits in batches of 32: 44 steps an epoch, so 0.05 epochs is 2 steps.
+  train_and_evaluate(tiny(num_steps=8, eval_every_epochs=0.05), str(tmp_path))
+  ((train, evaluate_fn),) = made
+  assert calls["eval"] == 4  # after steps 2, 4 and 6, and the final one
+  assert train._cache_size() == 1
+  assert evaluate_fn._cache_size() == 1

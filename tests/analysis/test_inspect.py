@@ -9,7 +9,7 @@ import pytest
 
 import daq_jax.nn as qnn
 from daq_jax import quant
-from daq_jax.quant import inspect
+from daq_jax.analysis import inspect
 
 
 class _Net(nn.Module):

@@ -1,0 +1,89 @@
+"""The interface every implementation of the quantized ops' int8 products implements.
+
+A quantized conv or dense layer has three contractions: the forward product, the input
+gradient (dgrad) and the weight gradient (wgrad). Each takes int8 operands with their float32
+clip values (`numerics.QTensor`) and returns the float32, rescaled result. An implementation
+may keep its operand for the backward pass in a layout of its own (a pre-flipped kernel, a
+channels-first input): the forward pass asks the implementation chosen for dgrad what it
+keeps of the kernel, and the one chosen for wgrad what it keeps of the input, so the three
+contractions can come from different implementations.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+
+from daq_jax.quant import gradient
+from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.geometry import ConvSpec
+from daq_jax.quant.numerics import QTensor
+
+
+class Backend(abc.ABC):
+  """One way of computing the int8 products of the quantized conv and dense ops.
+
+  Shapes: conv lhs (N, *spatial, C_in), rhs (*spatial, C_in / G, C_out), g (N, *out, C_out);
+  dense x (M, K), w (K, N), g (M, N). The wgrad-path g is a 2-D view (M, C_out) whose scale is
+  () or (C_out,) (per output channel); every other operand has one scale.
+  """
+
+  name: str
+
+  # Conv ------------------------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def conv_forward(self, x: QTensor, w: QTensor, spec: ConvSpec) -> jax.Array:
+    """The convolution, float32 (N, *out, C_out)."""
+
+  def conv_keep_kernel(self, rhs: jax.Array, w: QTensor, spec: ConvSpec) -> Any:
+    """What `conv_dgrad` gets of the kernel (float `rhs`, quantized `w`): `w` by default."""
+    del rhs, spec
+    return w
+
+  @abc.abstractmethod
+  def conv_dgrad(self, g: QTensor, kernel: Any, lhs_shape, rhs_shape, spec: ConvSpec):
+    """The input gradient, float32 (N, *spatial, C_in)."""
+
+  def conv_keep_input(self, lhs: jax.Array, x: QTensor, spec: ConvSpec) -> Any:
+    """What `conv_wgrad` gets of the input (float `lhs`, quantized `x`): `x` by default."""
+    del lhs, spec
+    return x
+
+  @abc.abstractmethod
+  def conv_wgrad(self, inputs: Any, g: QTensor, lhs_shape, rhs_shape, spec: ConvSpec):
+    """The weight gradient, float32 (*spatial, C_in / G, C_out)."""
+
+  # Dense -----------------------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def dense_forward(self, x: QTensor, w: QTensor) -> jax.Array:
+    """x @ w, float32 (M, N)."""
+
+  def dense_keep_kernel(self, w: jax.Array, wq: QTensor) -> Any:
+    """What `dense_dgrad` gets of the kernel: `wq` by default."""
+    del w
+    return wq
+
+  @abc.abstractmethod
+  def dense_dgrad(self, g: QTensor, kernel: Any) -> jax.Array:
+    """g @ w^T, float32 (M, K)."""
+
+  def dense_keep_input(self, x: jax.Array, xq: QTensor) -> Any:
+    """What `dense_wgrad` gets of the input: `xq` by default."""
+    del x
+    return xq
+
+  @abc.abstractmethod
+  def dense_wgrad(self, inputs: Any, g: QTensor) -> jax.Array:
+    """x^T @ g, float32 (K, N)."""
+
+  # The gradient quantizer ------------------------------------------------------------------
+
+  def quantize_gradient(
+    self, g: jax.Array, state: gradient.State, cfg: QuantConfig, key: jax.Array | None
+  ) -> gradient.QuantizedGradient:
+    """Both quantizations of g (the wgrad implementation's is used): the jnp quantizer."""
+    return gradient.quantize_gradient(g, state, cfg, key)
