@@ -15,6 +15,7 @@ import pytest
     ("benchmarks.ops", ["--batch", "2", "--repeats", "1"], ["rows", "net"]),
     ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
     ("benchmarks.gpu_bench", ["--smoke", "--repeats", "1", "--sections", "gemm,conv"], ["gemm"]),
+    ("benchmarks.any_model", ["--batch", "2", "--repeats", "1"], ["resnet20_ms", "cnn_ms"]),
   ],
 )
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):

@@ -53,6 +53,7 @@ LAYERS = {
   "daq_jax.pallas": 2,
   "daq_jax.quant": 3,  # the ops (conv_op, dense_op, state) and the package's re-exports
   "daq_jax.nn": 4,
+  "daq_jax.nnx": 4,
   "daq_jax.models": 5,
   "daq_jax.data": 5,
   "daq_jax.analysis": 6,

@@ -3,6 +3,7 @@
 from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
 from daq_jax.nn.ops import RNG_STREAM, STATE_COLLECTION, QuantConvOp, QuantDotGeneralOp
+from daq_jax.nn.rules import QuantizedModel, quantize
 
 __all__ = [
   "RNG_STREAM",
@@ -11,4 +12,6 @@ __all__ = [
   "QDense",
   "QuantConvOp",
   "QuantDotGeneralOp",
+  "QuantizedModel",
+  "quantize",
 ]

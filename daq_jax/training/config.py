@@ -17,6 +17,7 @@ from typing import Any
 from daq_jax.data.loader import DataConfig
 from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
+from daq_jax.training import user_model
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "step", "constant")
@@ -27,7 +28,8 @@ class ModelConfig:
   """Which model is trained.
 
   Attributes:
-    name: a key of `daq_jax.models.MODELS`.
+    name: a key of `daq_jax.models.MODELS`, or the dotted import path of a user's
+      flax.linen Module class ("my_pkg.models.MyNet", see `training.user_model`).
     dtype: compute dtype of the float parts (BN, pooling, the float layers).
   """
 
@@ -35,8 +37,13 @@ class ModelConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.name not in MODELS:
-      raise ValueError(f"config model.name={self.name!r} is unknown; known: {', '.join(MODELS)}")
+    if user_model.is_import_path(self.name):
+      user_model.import_model_class(self.name)  # a one-line error if it is not one
+    elif self.name not in MODELS:
+      raise ValueError(
+        f"config model.name={self.name!r} is unknown; known: {', '.join(MODELS)}, or a "
+        "dotted path to a flax.linen Module class"
+      )
     if self.dtype not in DTYPES:
       raise ValueError(f"config model.dtype={self.dtype!r} is not one of {DTYPES}")
 
@@ -51,14 +58,20 @@ class QuantSettings:
       fast layouts), im2col (XLA int8 dots on im2col views), pallas (the GPU kernels) or
       simulate (float emulation); or three of them, comma-separated, for the forward
       product, dgrad and wgrad (`QuantConfig.impl`).
-    quantize_first_conv: quantize the model's first conv (`stem_conv`) too.
-    quantize_last_dense: quantize the classifier (`head`) too.
+    quantize_first_conv: quantize the model's first conv (the zoo's `stem_conv`; a user
+      model's first conv called) too.
+    quantize_last_dense: quantize the classifier (the zoo's `head`; a user model's last dense
+      called) too.
+    rules: "regex:method;regex:method": per-layer methods by layer path, the first full match
+      deciding (`daq_jax.quantize`); "" quantizes every layer with `method`, as the two flags
+      above allow. Layers no rule matches stay float.
   """
 
   method: str = "daq"
   impl: str = "xla"
   quantize_first_conv: bool = True
   quantize_last_dense: bool = True
+  rules: str = ""
 
   def __post_init__(self):
     if self.method not in quant_config.METHODS:
@@ -69,10 +82,20 @@ class QuantSettings:
         f"config quant.impl={self.impl!r} must be one of {quant_config.IMPLS}, or three of "
         "them comma-separated (forward, dgrad, wgrad)"
       )
+    self.rule_list()  # a bad rule is an error naming it
 
   def layer_config(self) -> quant_config.QuantConfig | None:
     cfg = quant_config.preset(self.method)
     return None if cfg is None else cfg.replace(impl=self.impl)
+
+  def rule_list(self) -> list[tuple[str, quant_config.QuantConfig | None]]:
+    """`rules` parsed into (regex, config or None) pairs."""
+    return user_model.parse_rules(self.rules, self.impl)
+
+  def configs(self) -> list[quant_config.QuantConfig]:
+    """Every quantization config this run's layers may use."""
+    cfgs = [self.layer_config(), *(cfg for _, cfg in self.rule_list())]
+    return [cfg for cfg in cfgs if cfg is not None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -51,7 +51,7 @@ def evaluate_workdir(
     _, dataset, _ = data_lib.load(cfg.data)
     name = cfg.data.eval_split
   mesh = parallel.make_mesh(0, batch_size)
-  model = steps.create_model(cfg, info.num_classes)
+  model = steps.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
   replicated = parallel.replicated(mesh)
   target = steps.init_state(model, tx, info, cfg.seed, replicated)

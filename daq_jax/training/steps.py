@@ -14,6 +14,7 @@ import optax
 import daq_jax.nn as qnn
 from daq_jax import models, quant
 from daq_jax.data.loader import DatasetInfo
+from daq_jax.training import user_model
 from daq_jax.training.config import TrainConfig
 
 AUX_LOSS_WEIGHT = 0.4  # Inception-v3's auxiliary classifier (torchvision's reference recipe)
@@ -28,24 +29,48 @@ def _layer(cls, cfg: quant.QuantConfig | None, float_names: frozenset[str]):
   return make
 
 
-def create_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-  """The config's model with QConv/QDense layers of the config's method."""
+def create_model(cfg: TrainConfig, num_classes: int, input_shape=None):
+  """The config's model: a zoo model with QConv/QDense layers of the config's method, or, for
+  a user's model (`model.name` an import path) or `quant.rules`, the float model quantized by
+  rules (`daq_jax.quantize`). `input_shape` (H, W, C) is needed to find a user model's first
+  conv and last dense."""
   layer_cfg = cfg.quant.layer_config()
-  float_names = frozenset(
-    name
-    for name, quantized in (
-      ("stem_conv", cfg.quant.quantize_first_conv),
-      ("head", cfg.quant.quantize_last_dense),
+  dtype = jnp.dtype(cfg.model.dtype)
+  if not (user_model.is_import_path(cfg.model.name) or cfg.quant.rules):
+    float_names = frozenset(
+      name
+      for name, quantized in (
+        ("stem_conv", cfg.quant.quantize_first_conv),
+        ("head", cfg.quant.quantize_last_dense),
+      )
+      if not quantized
     )
-    if not quantized
-  )
-  return models.create(
-    cfg.model.name,
-    num_classes=num_classes,
-    dtype=jnp.dtype(cfg.model.dtype),
-    conv=_layer(qnn.QConv, layer_cfg, float_names),
-    dense=_layer(qnn.QDense, layer_cfg, float_names),
-  )
+    return models.create(
+      cfg.model.name,
+      num_classes=num_classes,
+      dtype=dtype,
+      conv=_layer(qnn.QConv, layer_cfg, float_names),
+      dense=_layer(qnn.QDense, layer_cfg, float_names),
+    )
+  if user_model.is_import_path(cfg.model.name):
+    model = user_model.build(user_model.import_model_class(cfg.model.name), num_classes, dtype)
+  else:  # a zoo model with float layers, quantized by the rules
+    model = models.create(cfg.model.name, num_classes=num_classes, dtype=dtype)
+  rules = cfg.quant.rule_list()
+  if not rules:
+    if input_shape is None:
+      raise ValueError("create_model: a user model needs input_shape to find its first conv")
+    rules = user_model.default_rules(
+      model,
+      layer_cfg,
+      input_shape,
+      first_conv=cfg.quant.quantize_first_conv,
+      last_dense=cfg.quant.quantize_last_dense,
+    )
+  wrapped = user_model.TrainingModel(qnn.quantize(model, rules))
+  if input_shape is not None:
+    user_model.check_outputs(wrapped, cfg.model.name, input_shape, num_classes)
+  return wrapped
 
 
 @flax.struct.dataclass

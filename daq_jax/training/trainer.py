@@ -75,9 +75,8 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, num_steps: int):
   """(optax transformation, learning-rate schedule) of a config; UI8 gets its LR scaling."""
-  layer_cfg = cfg.quant.layer_config()
   ui8 = None
-  if layer_cfg is not None and layer_cfg.wgrad_clip == "dsgc":
+  if any(layer_cfg.wgrad_clip == "dsgc" for layer_cfg in cfg.quant.configs()):
     ui8 = (cfg.optim.lr_scale_alpha, cfg.optim.lr_scale_beta)
   learning_rate = optim.schedule(cfg.optim, cfg.batch_size, steps_per_epoch, num_steps)
   return optim.make_optimizer(cfg.optim, learning_rate, ui8_scaling=ui8), learning_rate
@@ -144,7 +143,7 @@ class Trainer:
     if parallel.is_main_process():
       write_json(os.path.join(self.workdir, "config.json"), to_dict(cfg))
       write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
-    self.model = steps.create_model(cfg, self.info.num_classes)
+    self.model = steps.create_model(cfg, self.info.num_classes, self.info.image_shape)
     self.tx, self.learning_rate = build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
     self.ckpts = checkpoint.Checkpoints(self.workdir, cfg.keep_checkpoints)
     self.writer = MetricWriter(self.workdir, self.num_steps, enabled=parallel.is_main_process())

@@ -1,0 +1,73 @@
+"""train.py trains a user's own linen model, named by its import path and quantized by rules.
+
+Strategy: a few steps of a plain linen CNN through the training code; its quantization state
+shows which layers were quantized (the first conv and the classifier float by the flags, or
+by explicit rules); it lowers to int8 in those layers only; bad paths and rules are one-line
+errors naming the key.
+"""
+
+import jax
+import pytest
+
+from daq_jax.training import steps, train_and_evaluate
+from daq_jax.training.config import from_dict
+from tests.training.common import tiny
+
+USER = "tests.training.user_models.PlainCNN"
+
+
+def test_a_user_model_trains_with_its_ends_float(tmp_path):
+  cfg = tiny(
+    **{
+      "model.name": USER,
+      "num_steps": 2,
+      "quant.quantize_first_conv": False,
+      "quant.quantize_last_dense": False,
+    }
+  )
+  summary = train_and_evaluate(cfg, str(tmp_path))
+  assert summary["step"] == 2 and 0 <= summary["eval_top1"] <= 1
+  model = steps.create_model(from_dict(cfg), 10, (8, 8, 1))
+  layers = model.layers({"params": jax.random.key(0)}, jax.numpy.zeros((2, 8, 8, 1)))
+  assert {path: cfg is not None for path, (_, cfg) in layers.items()} == {
+    "first": False,
+    "second": True,
+    "Dense_0": True,
+    "classifier": False,
+  }
+
+
+def test_rules_choose_each_layers_method():
+  cfg = from_dict(tiny(**{"model.name": USER, "quant.rules": "first:fp32; Dense_0:ui8; .*:daq"}))
+  model = steps.create_model(cfg, 10, (8, 8, 1))
+  layers = model.layers({"params": jax.random.key(0)}, jax.numpy.zeros((2, 8, 8, 1)))
+  names = {path: None if c is None else c.name for path, (_, c) in layers.items()}
+  assert names == {"first": None, "second": "daq", "Dense_0": "ui8", "classifier": "daq"}
+  # Rules reach the zoo's models too (their layers are then quantized by path).
+  zoo = from_dict(tiny(**{"quant.rules": "stem_conv:fp32;.*:per_tensor"}))
+  layers = steps.create_model(zoo, 10).layers(
+    {"params": jax.random.key(0)}, jax.numpy.zeros((2, 8, 8, 1))
+  )
+  assert layers["stem_conv"][1] is None and layers["conv1"][1].name == "per_tensor"
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    ({"model.name": "tests.training.nowhere.Net"}, "does not import: ModuleNotFoundError"),
+    ({"model.name": "tests.training.user_models.Missing"}, "has no 'Missing'"),
+    ({"model.name": "tests.training.user_models.NOT_A_MODULE"}, "not a flax.linen Module"),
+    ({"quant.rules": "conv0"}, "'conv0' is not 'regex:method'"),
+    ({"quant.rules": "conv0:int4"}, "names method 'int4'"),
+    ({"quant.rules": "(:daq"}, "is not a regex"),
+  ],
+)
+def test_bad_models_and_rules_are_one_line_errors(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    from_dict(tiny(**overrides))
+
+
+def test_a_model_with_the_wrong_number_of_logits_is_refused(tmp_path):
+  cfg = tiny(**{"model.name": "tests.training.user_models.WrongWidth"})
+  with pytest.raises(ValueError, match=r"to \(2, 3\), not to \(2, 10\) logits"):
+    train_and_evaluate(cfg, str(tmp_path))
