@@ -60,6 +60,24 @@ def quant_inputs(module: nn.Module, cfg: QuantConfig, features: int):
   return state, key
 
 
+def check_dense_call(where: str, lhs, rhs, dimension_numbers, preferred_element_type) -> None:
+  """Refuses a dot_general call that is not x (..., K) @ w (K, N), the quantized dense op's."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  if (
+    tuple(lc) != (lhs.ndim - 1,)
+    or tuple(rc) != (0,)
+    or lb
+    or rb
+    or rhs.ndim != 2
+    or preferred_element_type is not None
+  ):
+    raise ValueError(
+      f"quantized dense {where}: only x (..., K) @ w (K, N) is supported, got x {lhs.shape}, "
+      f"w {rhs.shape}, dimension_numbers={dimension_numbers}, "
+      f"preferred_element_type={preferred_element_type}"
+    )
+
+
 class QuantOp(nn.Module):
   """What both op modules are: a contraction with a quantization config and the layer's state.
 
@@ -124,19 +142,7 @@ class QuantDotGeneralOp(QuantOp):
     preferred_element_type=None,
   ) -> jax.Array:
     del precision
-    (lc, rc), (lb, rb) = dimension_numbers
-    if (
-      tuple(lc) != (lhs.ndim - 1,)
-      or tuple(rc) != (0,)
-      or lb
-      or rb
-      or rhs.ndim != 2
-      or preferred_element_type is not None
-    ):
-      raise ValueError(
-        f"quantized dense {_layer_path(self)}: only x (..., K) @ w (K, N) is supported, got "
-        f"x {lhs.shape}, w {rhs.shape}, dimension_numbers={dimension_numbers}"
-      )
+    check_dense_call(_layer_path(self), lhs, rhs, dimension_numbers, preferred_element_type)
     state, key = quant_inputs(self, self.quant, rhs.shape[-1])
     return dense_op.dense(lhs, rhs, state, key, cfg=self.quant)
 

@@ -18,6 +18,7 @@ import weakref
 import jax
 from flax import nnx
 
+from daq_jax.nn.ops import check_dense_call
 from daq_jax.quant import conv_op, dense_op, gradient
 from daq_jax.quant.config import QuantConfig
 
@@ -79,10 +80,7 @@ def _conv_hook(lhs, rhs, window_strides, padding, *, state, key, cfg, **kwargs):
 
 
 def _dense_hook(lhs, rhs, dimension_numbers, *, state, key, cfg, **kwargs):
-  if kwargs.get("preferred_element_type") is not None:
-    raise ValueError("quantized nnx.Linear: preferred_element_type is not supported")
-  if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())):
-    raise ValueError(f"quantized nnx.Linear: dimension_numbers={dimension_numbers} unsupported")
+  check_dense_call("nnx.Linear", lhs, rhs, dimension_numbers, kwargs.get("preferred_element_type"))
   return dense_op.dense(lhs, rhs, state, key, cfg=cfg)
 
 

@@ -30,6 +30,23 @@ _MOVED = {
 }
 
 
+def parse_impls(impl: str) -> tuple[str, ...]:
+  """The implementation names of an `impl` string: one, or three for forward, dgrad, wgrad.
+
+  Raises:
+    ValueError: for another count or an unregistered name.
+  """
+  names = tuple(name.strip() for name in str(impl).split(","))
+  if len(names) not in (1, 3):
+    raise ValueError(
+      f"quant config: impl={impl!r} must name one implementation or three, for "
+      f"{', '.join(CONTRACTIONS)}"
+    )
+  for name in names:
+    _check_choice("impl", name, IMPLS)
+  return names
+
+
 def _check_choice(name: str, value, allowed) -> None:
   if value not in allowed:
     raise ValueError(f"quant config: {name}={value!r} is not one of {allowed}")
@@ -105,15 +122,7 @@ class QuantConfig:
         )
     if self.bits != 8:
       raise ValueError(f"quant config: bits={self.bits!r} is not supported; only 8 bits are")
-    impls = tuple(name.strip() for name in str(self.impl).split(","))
-    if len(impls) not in (1, 3):
-      raise ValueError(
-        f"quant config: impl={self.impl!r} must name one implementation or three, for "
-        f"{', '.join(CONTRACTIONS)}"
-      )
-    for name in impls:
-      _check_choice("impl", name, IMPLS)
-    object.__setattr__(self, "impl", ",".join(impls))
+    object.__setattr__(self, "impl", ",".join(parse_impls(self.impl)))
     _check_choice("wgrad_granularity", self.wgrad_granularity, GRANULARITIES)
     _check_choice("wgrad_clip", self.wgrad_clip, CLIPS)
     _check_choice("dgrad_clip", self.dgrad_clip, CLIPS)
@@ -133,7 +142,7 @@ class QuantConfig:
   @property
   def impls(self) -> tuple[str, str, str]:
     """The implementation of the forward product, dgrad and wgrad."""
-    names = tuple(name.strip() for name in self.impl.split(","))
+    names = parse_impls(self.impl)
     return names * 3 if len(names) == 1 else names
 
   @property

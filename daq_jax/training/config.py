@@ -76,12 +76,10 @@ class QuantSettings:
   def __post_init__(self):
     if self.method not in quant_config.METHODS:
       raise ValueError(f"config quant.method={self.method!r} is not one of {quant_config.METHODS}")
-    names = [name.strip() for name in str(self.impl).split(",")]
-    if len(names) not in (1, 3) or any(n not in quant_config.IMPLS for n in names):
-      raise ValueError(
-        f"config quant.impl={self.impl!r} must be one of {quant_config.IMPLS}, or three of "
-        "them comma-separated (forward, dgrad, wgrad)"
-      )
+    try:
+      quant_config.parse_impls(self.impl)
+    except ValueError as e:
+      raise ValueError(f"config quant.impl: {e}") from None
     self.rule_list()  # a bad rule is an error naming it
 
   def layer_config(self) -> quant_config.QuantConfig | None:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from daq_jax.nn.rules import QuantizedModel, quantize
+from daq_jax.nn.rules import QuantizedModel, compile_rules, quantize
 from daq_jax.quant import config as quant_config
 
 
@@ -62,10 +62,6 @@ def parse_rules(text: str, impl: str) -> list[tuple[str, quant_config.QuantConfi
     pattern, sep, method = item.rpartition(":")
     if not sep or not pattern:
       raise ValueError(f"config quant.rules: {item!r} is not 'regex:method'")
-    try:
-      re.compile(pattern)
-    except re.error as e:
-      raise ValueError(f"config quant.rules: {pattern!r} is not a regex: {e}") from None
     method = method.strip()
     if method not in quant_config.METHODS:
       raise ValueError(
@@ -73,6 +69,10 @@ def parse_rules(text: str, impl: str) -> list[tuple[str, quant_config.QuantConfi
       )
     cfg = quant_config.preset(method)
     rules.append((pattern, None if cfg is None else cfg.replace(impl=impl)))
+  try:
+    compile_rules(rules)  # a bad regex
+  except ValueError as e:
+    raise ValueError(f"config quant.rules: {e}") from None
   return rules
 
 
