@@ -5,20 +5,30 @@
         --config.data.dir=../shared/data/cifar10/train --config.quant.method=fp32
 
 Every config key can be overridden (`--config.optim.base_learning_rate=0.05`); a misspelt key
-is an error. Run again with the same --workdir to resume from its latest checkpoint.
+is an error. Run again with the same --workdir to resume from its newest intact checkpoint
+(`--restore_step N` picks another); SIGTERM and Ctrl-C save a checkpoint before they stop it.
 """
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from daq_jax.training import NonFiniteLossError, parallel, train_and_evaluate
+from daq_jax.training.stops import Stopped
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go (default runs/<config>).")
+flags.DEFINE_integer(
+  "restore_step",
+  None,
+  "Resume from this checkpoint step (default: the newest intact one); later steps are moved "
+  "to <workdir>/checkpoints_aside.",
+  lower_bound=0,
+)
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
 
 
@@ -61,8 +71,12 @@ def main(argv):
     "runs", os.path.splitext(os.path.basename(config_file))[0]
   )
   try:
-    train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+    train_and_evaluate(config, workdir, restore_step=FLAGS.restore_step)
+  except Stopped as e:  # a signal: the checkpoint is saved and the message printed
+    for signum in (signal.SIGINT, signal.SIGTERM):  # a late second one: no traceback on exit
+      signal.signal(signum, signal.SIG_IGN)
+    sys.exit(e.exit_status)
+  except (ValueError, OSError, NonFiniteLossError) as e:
     sys.exit(f"error: {e}")
 
 

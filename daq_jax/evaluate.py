@@ -31,7 +31,14 @@ flags.DEFINE_string(
 flags.DEFINE_integer(
   "batch_size", 0, "Evaluation batch (default: the run's).", lower_bound=0, flag_values=FLAGS
 )
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.DEFINE_integer(
+  "restore_step",
+  None,
+  "Checkpoint step (default: the newest intact one).",
+  lower_bound=0,
+  flag_values=FLAGS,
+)
+flags.DEFINE_alias("step", "restore_step", flag_values=FLAGS)
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -48,8 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   try:
-    result = evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.batch_size, FLAGS.step)
-  except (ValueError, FileNotFoundError) as e:
+    result = evaluate_workdir(
+      FLAGS.workdir,
+      FLAGS.data_dir,
+      FLAGS.batch_size,
+      FLAGS.restore_step,
+      report=lambda note: print(note, file=sys.stderr),
+    )
+  except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   top5 = f"  top-5 {result['top5']:.4f}" if "top5" in result else ""
@@ -57,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     f"{FLAGS.workdir} step {result['step']} on {result['data']} ({result['examples']} "
     f"examples): top-1 {result['top1']:.4f}{top5}  loss {result['loss']:.4f}"
   )
+  if result.get("written", "").startswith("not written"):
+    print(f"warning: the result was {result['written']}", file=sys.stderr)
   return 0
 
 

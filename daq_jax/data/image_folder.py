@@ -55,12 +55,21 @@ def split_dir(root: str, split: str) -> str | None:
 
 
 def list_images(root: str, class_names: tuple[str, ...] | None = None) -> FileDataset:
-  """All images under `root/<class>/`, sorted; `class_names` fixes the label of each folder."""
+  """All images under `root/<class>/`, sorted; `class_names` fixes the label of each folder.
+
+  Without `class_names` (a training split) there must be two classes or more; every class
+  folder must hold an image. The errors name the folder.
+  """
   if not os.path.isdir(root):
     raise FileNotFoundError(f"image folder {root} does not exist")
   found = sorted(d.name for d in os.scandir(root) if d.is_dir())
   if not found:
     raise ValueError(f"image folder {root} has no class subfolders (expected {root}/<class>/*.jpg)")
+  if class_names is None and len(found) == 1:
+    raise ValueError(
+      f"image folder {root} has a single class folder ({found[0]!r}): a classifier needs two "
+      "classes or more"
+    )
   names = tuple(found) if class_names is None else tuple(class_names)
   unknown = sorted(set(found) - set(names))
   if unknown:
@@ -70,10 +79,13 @@ def list_images(root: str, class_names: tuple[str, ...] | None = None) -> FileDa
   for name in found:
     folder = os.path.join(root, name)
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      raise ValueError(
+        f"image folder {root}: class folder {folder} holds no images "
+        f"({', '.join(IMAGE_EXTENSIONS)}): remove it or add its images"
+      )
     paths += [os.path.join(folder, f) for f in files]
     labels += [index[name]] * len(files)
-  if not paths:
-    raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
   return FileDataset(tuple(paths), np.asarray(labels, np.int32), names)
 
 
@@ -99,6 +111,14 @@ def _decode_small(path: str, channels: int = 3) -> np.ndarray:
   return image[..., None] if channels == 1 else image
 
 
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  if image.shape[:2] == (size, size):
+    return image
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  resized = np.asarray(pil.resize((size, size), Image.BILINEAR))
+  return resized.reshape(size, size, image.shape[-1])
+
+
 def _cache_key(files: FileDataset) -> str:
   digest = hashlib.sha1()
   for path, label in zip(files.paths, files.labels):
@@ -108,27 +128,43 @@ def _cache_key(files: FileDataset) -> str:
   return digest.hexdigest()[:20]
 
 
+def _side(shape: tuple[int, ...]) -> str:
+  return f"{shape[1]}x{shape[0]}"
+
+
+def _check_sizes(files: FileDataset, decoded: list[np.ndarray]) -> None:
+  """One size for all, or an error naming the first image of another size than most."""
+  shapes = [im.shape for im in decoded]
+  common = max(set(shapes), key=shapes.count)
+  for path, shape in zip(files.paths, shapes):
+    if shape != common:
+      raise ValueError(
+        f"image {path} is {_side(shape)}, but {shapes.count(common)} of the {len(shapes)} images "
+        f"are {_side(common)}: set config data.image_size to resize them all to one size"
+      )
+
+
 def decode_all(
-  files: FileDataset, cache_dir: str | None, workers: int = 0, channels: int = 3
+  files: FileDataset, cache_dir: str | None, workers: int = 0, channels: int = 3, size: int = 0
 ) -> ArrayDataset:
-  """Decodes every (small, equally sized) image once; reuses `cache_dir/<hash>.npz` later.
+  """Decodes every (small) image once; reuses `cache_dir/<hash>.npz` later.
+
+  Images of one size are kept as they are. Mixed sizes are resized to `size` x `size` when
+  `size` is given (config data.image_size), else refused naming the odd image.
 
   The cache key covers every path, size and modification time, so a changed folder is decoded
   again. The cache file is written to a temporary name and renamed (atomic).
   """
-  key = f"{_cache_key(files)}-{channels}"
+  key = f"{_cache_key(files)}-{channels}" + (f"-{size}" if size else "")
   cache = os.path.join(cache_dir, f"images-{key}.npz") if cache_dir else None
   if cache and os.path.exists(cache):
     with np.load(cache) as data:
       return ArrayDataset(data["images"], data["labels"], files.class_names)
-  if workers > 1:
-    with futures.ProcessPoolExecutor(workers, mp_context=_spawn()) as pool:
-      decoded = list(pool.map(_decode_small, files.paths, [channels] * len(files), chunksize=256))
-  else:
-    decoded = [_decode_small(p, channels) for p in files.paths]
-  shapes = {im.shape for im in decoded}
-  if len(shapes) != 1:
-    raise ValueError(f"images under {os.path.dirname(files.paths[0])} differ in size: {shapes}")
+  decoded = _decode_each(files.paths, channels, workers)
+  if len({im.shape for im in decoded}) > 1:
+    if not size:
+      _check_sizes(files, decoded)
+    decoded = [_resize(im, size) for im in decoded]
   images = np.stack(decoded)
   if cache:
     os.makedirs(cache_dir, exist_ok=True)
@@ -138,8 +174,32 @@ def decode_all(
   return ArrayDataset(images, files.labels, files.class_names)
 
 
+def _decode_each(paths, channels: int, workers: int) -> list[np.ndarray]:
+  if workers > 1:
+    with _pool(workers) as pool:
+      return list(pool.map(_decode_small, paths, [channels] * len(paths), chunksize=256))
+  return [_decode_small(p, channels) for p in paths]
+
+
+def survey(files: FileDataset, samples: int = 32) -> tuple[bool, str]:
+  """Whether the images are small enough to decode into memory, and why, in words.
+
+  Looks at up to `samples` files spread evenly over the sorted list (so over the classes):
+  small when the median of their longer sides is at most SMALL_IMAGE pixels.
+  """
+  picks = np.unique(np.linspace(0, len(files) - 1, min(samples, len(files))).round().astype(int))
+  sides = [max(image_size(files.paths[i])) for i in picks]
+  median = float(np.median(sides))
+  small = median <= SMALL_IMAGE
+  how = "decoded once into memory" if small else "decoded from disk every batch"
+  return small, (
+    f"{len(files)} images, {how}: the median longer side of {len(picks)} sampled files is "
+    f"{median:g} px ({min(sides)}-{max(sides)}), {'<=' if small else '>'} {SMALL_IMAGE}"
+  )
+
+
 def is_small(files: FileDataset) -> bool:
-  return max(image_size(files.paths[0])) <= SMALL_IMAGE
+  return survey(files)[0]
 
 
 def _spawn():
@@ -147,6 +207,19 @@ def _spawn():
 
   # Not fork: the parent runs JAX's threads, and a forked child could deadlock on their locks.
   return multiprocessing.get_context("spawn")
+
+
+def _ignore_stop_signals() -> None:
+  """Worker initializer: Ctrl-C reaches the whole process group, and a scheduler may signal
+  it too; the training process decides when to stop, and shuts its workers down itself."""
+  import signal
+
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _pool(workers: int) -> futures.ProcessPoolExecutor:
+  return futures.ProcessPoolExecutor(workers, mp_context=_spawn(), initializer=_ignore_stop_signals)
 
 
 def load_example(path: str, size: int, train: bool, seed: tuple[int, ...]) -> np.ndarray:
@@ -161,7 +234,7 @@ class Decoder:
   """Decodes batches of a `FileDataset`, in `workers` spawned processes (0: in this one)."""
 
   def __init__(self, workers: int):
-    self._pool = futures.ProcessPoolExecutor(workers, mp_context=_spawn()) if workers > 0 else None
+    self._pool = _pool(workers) if workers > 0 else None
 
   def __call__(self, paths, size: int, train: bool, seeds) -> np.ndarray:
     args = (paths, [size] * len(paths), [train] * len(paths), seeds)

@@ -64,19 +64,35 @@ class DataConfig:
     ):
       if value not in allowed:
         raise ValueError(f"config data.{key}={value!r} is not one of {allowed}")
+    for key in ("image_size", "workers", "prefetch"):
+      if not getattr(self, key) >= 0:
+        raise ValueError(f"config data.{key}={getattr(self, key)} must be >= 0")
+    if not 0 <= self.val_fraction < 1:
+      raise ValueError(f"config data.val_fraction={self.val_fraction} must be in [0, 1)")
     if self.eval_split == "val" and self.val_fraction <= 0:
       raise ValueError("config data.eval_split='val' needs data.val_fraction > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What a trained model needs to know of its data (saved in the workdir)."""
+  """What a trained model needs to know of its data, and which data it was (`dataset.json`).
+
+  Attributes:
+    class_names, image_shape, mean, std, augment: what the model and its input pipeline use.
+    dir: the data directory, absolute ("" for the embedded digits).
+    train_examples, eval_examples: the sizes of the two splits.
+    source: how the data is read, in words (logged at the start of a run).
+  """
 
   class_names: tuple[str, ...]
   image_shape: tuple[int, int, int]
   mean: tuple[float, ...]
   std: tuple[float, ...]
   augment: str
+  dir: str = ""
+  train_examples: int = 0
+  eval_examples: int = 0
+  source: str = ""
 
   @property
   def num_classes(self) -> int:
@@ -87,7 +103,9 @@ class DatasetInfo:
 
   @classmethod
   def from_json(cls, d: dict) -> DatasetInfo:
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """The info of a `dataset.json`, of this version or an older one (fewer fields)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
 
 
 Dataset = ArrayDataset | FileDataset
@@ -117,16 +135,24 @@ def read_dir(
     channels: 3 (RGB) or 1 (grey).
     classes_at_top: a test split may also be the class folders right under `path`.
   """
+  return _read_dir(path, split, cfg, class_names, channels, classes_at_top)[0]
+
+
+def _read_dir(path, split, cfg, class_names=None, channels=3, classes_at_top=False):
+  """`read_dir`, and how the data is read, in words."""
   if arrays.is_cifar_pickle_dir(path):
-    return arrays.load_cifar_pickle(path, split)
+    dataset = arrays.load_cifar_pickle(path, split)
+    return dataset, f"CIFAR python pickles in {path}, {len(dataset)} {split} images"
   folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
   if folder is None:
     raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
   files = image_folder.list_images(folder, class_names)
-  if image_folder.is_small(files):
+  small, how = image_folder.survey(files)
+  how = f"image folder {folder}: {how}"
+  if small:
     cache = os.path.expanduser(cfg.cache_dir) if cfg.cache_dir else None
-    return image_folder.decode_all(files, cache, cfg.workers, channels)
-  return files
+    return image_folder.decode_all(files, cache, cfg.workers, channels, cfg.image_size), how
+  return files, how
 
 
 def _statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -148,9 +174,9 @@ def _statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
   """(train, eval, info) for a config; eval is the validation or the test split."""
   if cfg.name == "digits":
-    train = arrays.load_digits("train")
+    train, source = arrays.load_digits("train"), "the embedded 8x8 digits"
   else:
-    train = read_dir(_data_dir(cfg), "train", cfg)
+    train, source = _read_dir(_data_dir(cfg), "train", cfg)
   if cfg.name in ("cifar10", "cifar100"):
     expected = 10 if cfg.name == "cifar10" else 100
     if len(train.class_names) != expected:
@@ -177,7 +203,18 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     small_default = "none" if cfg.name == "digits" else "cifar"
     kind = small_default if cfg.augment == "auto" else cfg.augment
   mean, std = _statistics(train)
-  return train, evaluation, DatasetInfo(train.class_names, tuple(shape), mean, std, kind)
+  info = DatasetInfo(
+    train.class_names,
+    tuple(shape),
+    mean,
+    std,
+    kind,
+    dir="" if cfg.name == "digits" else os.path.abspath(os.path.expanduser(cfg.dir)),
+    train_examples=len(train),
+    eval_examples=len(evaluation),
+    source=source,
+  )
+  return train, evaluation, info
 
 
 class Batches:

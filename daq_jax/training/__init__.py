@@ -1,6 +1,6 @@
 """The training loop: config dataclasses, optimizer, steps, checkpoints, metrics, parallelism."""
 
-from daq_jax.training.checkpoint import Checkpoints
+from daq_jax.training.checkpoint import CheckpointError, Checkpoints
 from daq_jax.training.config import (
   ModelConfig,
   OptimConfig,
@@ -10,15 +10,20 @@ from daq_jax.training.config import (
   to_dict,
 )
 from daq_jax.training.optim import make_optimizer, scale_by_deviation, schedule
+from daq_jax.training.stops import Stopped
 from daq_jax.training.trainer import NonFiniteLossError, evaluate, train_and_evaluate
+from daq_jax.training.workdir import WorkdirError
 
 __all__ = [
+  "CheckpointError",
   "Checkpoints",
   "ModelConfig",
   "NonFiniteLossError",
   "OptimConfig",
   "QuantSettings",
+  "Stopped",
   "TrainConfig",
+  "WorkdirError",
   "evaluate",
   "from_dict",
   "make_optimizer",

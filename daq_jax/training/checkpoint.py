@@ -1,58 +1,228 @@
-"""Checkpoints with Orbax: atomic, periodic and final, keeping the last N.
+"""Checkpoints with Orbax: atomic, verified, periodic and final, keeping the last N.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-
-write leaves the previous checkpoints intact and no half-written step is ever restored. A
-checkpoint holds the whole `TrainState` (parameters, optimizer state, BN statistics,
-quantization state, step, PRNG key); the data position is the step itself, because the batch
-order is a function of (seed, step) (daq_jax.data.loader).
+write leaves the previous checkpoints intact and no half-written step is ever restored; the
+temporary directories such a crash leaves are removed when the workdir is opened again. After
+a step is written, `MANIFEST` (in the step's directory) records the size and SHA-256 of each of
+its files, so that a checkpoint damaged later (a truncated or replaced file, a deleted one) is
+found before it is restored, and reported naming the file.
+
+A damaged step is never deleted: `restore` moves it to `<workdir>/checkpoints_aside/` and goes
+back to the newest intact step. A checkpoint holds the whole `TrainState` (parameters,
+optimizer state, BN statistics, quantization state, step, PRNG key); the data position is the
+step itself, because the batch order is a function of (seed, step) (daq_jax.data.loader).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import time
+from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
 
+MANIFEST = "MANIFEST"
+ASIDE = "checkpoints_aside"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be used; the message is one line naming the step and the cause."""
+
+
+def _files(step_dir: str) -> list[str]:
+  out = []
+  for root, _, names in os.walk(step_dir):
+    out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names if n != MANIFEST]
+  return sorted(out)
+
+
+def _digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(step_dir: str) -> None:
+  """Records every file of a written step (size, SHA-256); atomic."""
+  manifest = {
+    rel: [os.path.getsize(os.path.join(step_dir, rel)), _digest(os.path.join(step_dir, rel))]
+    for rel in _files(step_dir)
+  }
+  tmp = os.path.join(step_dir, f"{MANIFEST}.tmp-{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f)
+  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+# Without a manifest (a step from an older version, or a crash between Orbax's rename and the
+# manifest), at least these must be there.
+_REQUIRED = ("_CHECKPOINT_METADATA", "default/_METADATA", "default/manifest.ocdbt")
+
+
+def damage(step_dir: str) -> str | None:
+  """What is wrong with a step's files, naming the first bad one; None if they are intact."""
+  try:
+    with open(os.path.join(step_dir, MANIFEST)) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    missing = [rel for rel in _REQUIRED if not os.path.isfile(os.path.join(step_dir, rel))]
+    return f"file {missing[0]} is missing" if missing else None
+  except (OSError, ValueError) as e:
+    return f"file {MANIFEST} is unreadable ({e})"
+  for rel, (size, digest) in sorted(manifest.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      return f"file {rel} is missing"
+    if os.path.getsize(path) != size:
+      return f"file {rel} has {os.path.getsize(path)} bytes, not the {size} written"
+    if _digest(path) != digest:
+      return f"file {rel} is not the file written (its SHA-256 differs)"
+  return None
+
+
+def _key_name(key) -> str:  # a GetAttrKey, DictKey or SequenceKey
+  for attr in ("name", "key", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _tree_paths(tree) -> set[str]:
+  """The leaf paths of a state, spelt as Orbax's `_METADATA` spells them."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {str(tuple(_key_name(k) for k in path)) for path, _ in flat}
+
+
+def _saved_paths(step_dir: str) -> set[str]:
+  path = os.path.join(step_dir, "default", "_METADATA")
+  try:
+    with open(path) as f:
+      tree = json.load(f)["tree_metadata"]
+    # Empty nodes (an optimizer's None state) are recorded too, but they are not leaves.
+    return {k for k, v in tree.items() if not v["value_metadata"].get("skip_deserialize")}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise CheckpointError(f"file default/_METADATA is unreadable ({e})") from None
+
 
 class Checkpoints:
-  """The checkpoints of one workdir (`<workdir>/checkpoints/<step>`)."""
+  """The checkpoints of one workdir (`<workdir>/checkpoints/<step>`).
 
-  def __init__(self, workdir: str, keep: int = 3):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  Args:
+    workdir: the run's directory.
+    keep: how many of the latest steps stay on disk.
+    read_only: neither create, clean nor move anything (evaluation).
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.read_only = read_only
+    if not read_only:
+      self._remove_partial_steps()
+    # Not Orbax's read_only option, which logs warnings on every use; this one never saves.
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False
+      max_to_keep=keep, create=not read_only, enable_async_checkpointing=False
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _remove_partial_steps(self) -> None:
+    """Removes the temporary folders of saves that never completed (a killed process).
+
+    Orbax can do this too (`cleanup_tmp_directories`), but in a background thread that a
+    short-lived process (one whose config is refused) can exit under.
+    """
+    if not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state) -> None:
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      write_manifest(self.step_dir(step))
 
-  def restore(self, target, step: int | None = None):
-    """The checkpoint at `step` (default: the latest), shaped and sharded like `target`."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    if step not in self._manager.all_steps():
-      raise FileNotFoundError(
-        f"no checkpoint for step {step} in {self.directory}; there are {self.all_steps()}"
-      )
+  def set_aside(self, step: int, why: str) -> str:
+    """Moves a step out of the checkpoints (never deletes it); returns where it went."""
+    aside = os.path.join(self.workdir, ASIDE)
+    os.makedirs(aside, exist_ok=True)
+    target = os.path.join(aside, f"{step}-{why}-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(self.step_dir(step), target)
+    self._manager.reload()
+    return target
+
+  def _restore_step(self, target, step: int):
+    problem = damage(self.step_dir(step))
+    if problem:
+      raise CheckpointError(f"checkpoint step {step} is damaged: {problem}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError) as e:
+      saved = _saved_paths(self.step_dir(step))
+    except CheckpointError as e:
+      raise CheckpointError(f"checkpoint step {step} is damaged: {e}") from None
+    ours = _tree_paths(abstract)
+    if saved != ours:
       raise ValueError(
-        f"checkpoint {self.directory}/{step} does not match this model and config: {e}"
-      ) from e
+        f"checkpoint {self.step_dir(step)} does not match this model and config (first "
+        f"difference at {sorted(saved ^ ours)[0]}): use another --workdir"
+      )
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # Orbax and TensorStore raise bare Exceptions
+      # The files are intact (or, without a manifest, at least present): not damage, so no
+      # step is moved aside; most likely another shape of the same layers.
+      raise ValueError(
+        f"checkpoint {self.step_dir(step)} cannot be restored into this model and config "
+        f"({str(e).splitlines()[0][:300]}): use another --workdir, or --restore_step"
+      ) from None
+
+  def restore(self, target, step: int | None = None, report: Callable[[str], None] = print):
+    """The checkpoint at `step`, or the newest intact one, shaped and sharded like `target`.
+
+    Without `step`, a damaged newest step is reported, moved aside (or, read-only, skipped)
+    and the next older one is tried. A chosen `step` that is damaged is an error. A checkpoint
+    of another model is an error whatever the step.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(
+          f"no checkpoint for step {step} in {self.directory}; there are {steps}"
+        )
+      return self._restore_step(target, step)
+    for candidate in reversed(steps):
+      try:
+        return self._restore_step(target, candidate)
+      except CheckpointError as e:
+        if self.read_only:
+          report(f"{e}; it is left in place, trying the step before it")
+        else:
+          report(f"{e}; moved to {self.set_aside(candidate, 'damaged')}")
+    raise CheckpointError(
+      f"no intact checkpoint in {self.directory} (steps {steps} are damaged"
+      + (
+        ")"
+        if self.read_only
+        else f", moved to {os.path.join(self.workdir, ASIDE)}); run again to start afresh"
+      )
+    )
 
   def close(self) -> None:
     self._manager.close()

@@ -11,6 +11,7 @@ evaluation and resumption rebuild exactly the same run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -131,8 +132,14 @@ class OptimConfig:
   def __post_init__(self):
     if self.schedule not in SCHEDULES:
       raise ValueError(f"config optim.schedule={self.schedule!r} is not one of {SCHEDULES}")
-    if self.base_learning_rate <= 0 or self.base_batch_size <= 0:
-      raise ValueError("config optim.base_learning_rate and optim.base_batch_size must be > 0")
+    for key in ("base_learning_rate", "base_batch_size", "decay_factor"):
+      _positive(f"optim.{key}", getattr(self, key))
+    for key in ("weight_decay", "warmup_epochs", "lr_scale_alpha", "lr_scale_beta"):
+      _non_negative(f"optim.{key}", getattr(self, key))
+    if not 0 <= self.momentum < 1:
+      raise ValueError(f"config optim.momentum={self.momentum} must be in [0, 1)")
+    for epoch in self.decay_epochs:
+      _non_negative("optim.decay_epochs", epoch)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,12 +179,49 @@ class TrainConfig:
 
   def __post_init__(self):
     for key in ("batch_size", "log_every_steps", "keep_checkpoints"):
-      if getattr(self, key) <= 0:
-        raise ValueError(f"config {key}={getattr(self, key)} must be > 0")
+      _positive(key, getattr(self, key))
+    for key in (
+      "seed",
+      "num_epochs",
+      "num_steps",
+      "eval_every_epochs",
+      "checkpoint_every_steps",
+      "num_devices",
+    ):
+      _non_negative(key, getattr(self, key))
     if self.num_steps <= 0 and self.num_epochs <= 0:
       raise ValueError("config num_epochs or num_steps must be > 0")
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f"config label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+def _positive(key: str, value) -> None:
+  if not value > 0:  # NaN fails too
+    raise ValueError(f"config {key}={value} must be > 0")
+
+
+def _non_negative(key: str, value) -> None:
+  if not value >= 0:
+    raise ValueError(f"config {key}={value} must be >= 0")
+
+
+def _check_type(key: str, hint, value) -> None:
+  """Scalars as their field's type says: no str for an int, no NaN or inf for a float."""
+  if hint is bool:
+    ok = isinstance(value, bool)
+  elif hint is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif hint is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and not math.isfinite(value):
+      raise ValueError(f"config {key}={value} must be a finite number")
+  elif hint is str:
+    ok = isinstance(value, str)
+  else:
+    return
+  if not ok:
+    kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+    raise ValueError(f"config {key}={value!r} must be {kind}")
 
 
 def _build(cls, values: Any, prefix: str):
@@ -197,8 +241,14 @@ def _build(cls, values: Any, prefix: str):
     if dataclasses.is_dataclass(hint):
       kwargs[name] = _build(hint, value, f"{prefix}{name}.")
     elif typing.get_origin(hint) is tuple:
+      if not isinstance(value, (list, tuple)):
+        raise ValueError(f"config {prefix}{name}={value!r} must be a list")
+      item_hint = typing.get_args(hint)[0]
+      for item in value:
+        _check_type(f"{prefix}{name}", item_hint, item)
       kwargs[name] = tuple(value)
     else:
+      _check_type(prefix + name, hint, value)
       kwargs[name] = value
   return cls(**kwargs)
 

@@ -12,7 +12,7 @@ import jax
 from daq_jax import data as data_lib
 from daq_jax.data.loader import DatasetInfo
 from daq_jax.training import checkpoint, parallel, steps, trainer
-from daq_jax.training.config import from_dict
+from daq_jax.training.config import TrainConfig, from_dict
 
 
 def _read_json(path: str):
@@ -38,12 +38,51 @@ def _dataset(path: str, cfg, info: DatasetInfo):
   return dataset
 
 
-def evaluate_workdir(
-  workdir: str, data_dir: str | None = None, batch_size: int = 0, step: int | None = None
-) -> dict:
-  """Restores the latest (or `step`) checkpoint of `workdir` and evaluates it."""
+def read_run(workdir: str) -> tuple[TrainConfig, DatasetInfo]:
+  """The config and data record of a training workdir; clear errors if it is not one."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir}: no such directory")
   cfg = from_dict(_read_json(os.path.join(workdir, "config.json")))
   info = DatasetInfo.from_json(_read_json(os.path.join(workdir, "dataset.json")))
+  return cfg, info
+
+
+def restore_run(
+  workdir: str,
+  cfg: TrainConfig,
+  info: DatasetInfo,
+  step: int | None = None,
+  sharding=None,
+  report=print,
+):
+  """(model, tx, state) of a workdir's run at its newest intact (or the `step`) checkpoint.
+
+  A damaged newest checkpoint is reported through `report` and skipped, left in place (the
+  next training run moves it aside).
+  """
+  model = steps.create_model(cfg, info.num_classes, info.image_shape)
+  tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
+  target = steps.init_state(model, tx, info, cfg.seed, sharding)
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  try:
+    return model, tx, ckpts.restore(target, step, report=report)
+  finally:
+    ckpts.close()
+
+
+def evaluate_workdir(
+  workdir: str,
+  data_dir: str | None = None,
+  batch_size: int = 0,
+  step: int | None = None,
+  report=print,
+) -> dict:
+  """Restores the newest intact (or the `step`) checkpoint of `workdir` and evaluates it.
+
+  The result is written to `<workdir>/eval-<name>.json` where the workdir is writable;
+  `result["written"]` says where, or why not.
+  """
+  cfg, info = read_run(workdir)
   batch_size = batch_size or cfg.batch_size
   if data_dir:
     dataset, name = _dataset(data_dir, cfg, info), os.path.basename(os.path.normpath(data_dir))
@@ -51,13 +90,8 @@ def evaluate_workdir(
     _, dataset, _ = data_lib.load(cfg.data)
     name = cfg.data.eval_split
   mesh = parallel.make_mesh(0, batch_size)
-  model = steps.create_model(cfg, info.num_classes, info.image_shape)
-  tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
   replicated = parallel.replicated(mesh)
-  target = steps.init_state(model, tx, info, cfg.seed, replicated)
-  ckpts = checkpoint.Checkpoints(workdir)
-  state = ckpts.restore(target, step)
-  ckpts.close()
+  model, tx, state = restore_run(workdir, cfg, info, step, replicated, report)
   _, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated, donate=False)
   batches = data_lib.Batches(
     dataset,
@@ -71,5 +105,10 @@ def evaluate_workdir(
   batches.close()
   result = {"step": int(state.step), "data": data_dir or name, **result}
   if parallel.is_main_process():
-    trainer.write_json(os.path.join(workdir, f"eval-{name}.json"), result)
+    path = os.path.join(workdir, f"eval-{name}.json")
+    try:
+      trainer.write_json(path, result)
+      result["written"] = path
+    except OSError as e:
+      result["written"] = f"not written to {path}: {e.strerror}"
   return result

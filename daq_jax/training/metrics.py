@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -16,11 +17,49 @@ def _format_duration(seconds: float) -> str:
   return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def truncate_records(path: str, step: int, redo_eval: str = "") -> None:
+  """Keeps the records of metrics.jsonl up to `step` (a partial last line is dropped too);
+  with `redo_eval`, not that prefix's records at `step`. Atomic."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        at = int(record["step"])
+      except (ValueError, KeyError, TypeError):
+        continue
+      redone = redo_eval and at == step and any(k.startswith(f"{redo_eval}/") for k in record)
+      if at <= step and not redone:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class MetricWriter:
   """Writes `metrics.jsonl` and TensorBoard events in the workdir (process 0 only) and shows
   progress: a redrawn bar with ETA on a terminal, one line per log otherwise."""
 
-  def __init__(self, workdir: str, total_steps: int, *, enabled: bool = True, stream=None):
+  def __init__(
+    self,
+    workdir: str,
+    total_steps: int,
+    *,
+    enabled: bool = True,
+    stream=None,
+    resume_step: int | None = None,
+    redo_eval: str = "",
+  ):
+    """Args:
+    resume_step: the step a resumed run continues from: records after it (left by the run
+      that was stopped) are dropped from metrics.jsonl, and TensorBoard is told to drop its
+      events after it (a purge step). None starts the record afresh.
+    redo_eval: also drop this prefix's records at `resume_step` (the final evaluation,
+      which the resumed run does again).
+    """
     self.enabled, self.total_steps = enabled, total_steps
     self.stream = stream or sys.stderr
     self.tty = self.stream.isatty()
@@ -28,8 +67,13 @@ class MetricWriter:
     self._start_step: int | None = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      path, tb_dir = os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "tensorboard")
+      if resume_step is None:
+        shutil.rmtree(tb_dir, ignore_errors=True)  # the events of a start that saved nothing
+      truncate_records(path, -1 if resume_step is None else resume_step, redo_eval)
+      self._jsonl = open(path, "a")  # noqa: SIM115
+      purge = None if resume_step is None else resume_step + 1
+      self._tb = SummaryWriter(tb_dir, purge_step=purge)
 
   def write(self, step: int, values: dict[str, float], *, prefix: str = "train") -> None:
     """Records `values` at `step` (the number of steps done)."""

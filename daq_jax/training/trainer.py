@@ -1,17 +1,19 @@
 """`train_and_evaluate`: the training loop behind `train.py`.
 
-The workdir holds `config.json`, `dataset.json`, `metrics.jsonl`, `tensorboard/` and
-`checkpoints/`. Started again on the same workdir, a run restores the latest checkpoint and
-continues exactly where it stopped: the state holds everything a step reads, and the batch of
-a step is a function of (seed, step).
+The workdir holds `config.json`, `dataset.json`, `metrics.jsonl`, `tensorboard/`,
+`checkpoints/` and `run.lock` (see `training.workdir`). Started again on the same workdir, a
+run checks that it is the recorded one, restores the newest intact checkpoint and continues
+exactly where it stopped: the state holds everything a step reads, and the batch of a step is a
+function of (seed, step). Nothing in the workdir is written before those checks pass. SIGTERM
+and SIGINT stop a run at a step boundary after saving (`training.stops`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -19,54 +21,26 @@ import numpy as np
 from daq_jax import data as data_lib
 from daq_jax.data import image_folder
 from daq_jax.data.image_folder import FileDataset
-from daq_jax.training import checkpoint, optim, parallel, steps
+from daq_jax.training import checkpoint, optim, parallel, steps, stops
+from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
 from daq_jax.training.metrics import MetricWriter
+from daq_jax.training.workdir import read_json, write_json
 
-# Keys that define what a checkpoint holds and which batches a step sees: a resumed run must
-# agree on them with the run that wrote the checkpoints.
-RESUME_KEYS = (
-  "seed",
-  "model",
-  "quant",
-  "batch_size",
-  "data.name",
-  "data.image_size",
-  "data.val_fraction",
-)
+# Kept importable from here, where they were first defined.
+RESUME_KEYS = workdir_lib.RESUME_KEYS
+__all__ = [
+  "RESUME_KEYS",
+  "NonFiniteLossError",
+  "Trainer",
+  "evaluate",
+  "train_and_evaluate",
+  "write_json",
+]
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
-
-
-def _lookup(d: dict, dotted: str):
-  for part in dotted.split("."):
-    d = d[part]
-  return d
-
-
-def write_json(path: str, value) -> None:
-  """Writes `value` as JSON atomically (a temporary file renamed over `path`)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
-def _check_resumable(workdir: str, cfg: TrainConfig) -> None:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  now = json.loads(json.dumps(to_dict(cfg)))
-  for key in RESUME_KEYS:
-    if _lookup(saved, key) != _lookup(now, key):
-      raise ValueError(
-        f"workdir {workdir} holds a run with {key}={_lookup(saved, key)!r}, not "
-        f"{_lookup(now, key)!r}: use another --workdir, or the same config to resume"
-      )
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -82,10 +56,15 @@ def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, num_steps: int):
   return optim.make_optimizer(cfg.optim, learning_rate, ui8_scaling=ui8), learning_rate
 
 
-def evaluate(eval_fn, state, batches: data_lib.Batches, mesh) -> dict[str, float]:
-  """Loss, top-1 and top-5 over every example of `batches.dataset`."""
+def evaluate(
+  eval_fn, state, batches: data_lib.Batches, mesh, stop: Callable[[], bool] = lambda: False
+) -> dict[str, float] | None:
+  """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop()` became
+  true on the way (a signal asked the run to end)."""
   sums = None
   for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
+    if stop():
+      return None
     out = eval_fn(state, batch)
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   sums = jax.device_get(sums)
@@ -97,26 +76,63 @@ def evaluate(eval_fn, state, batches: data_lib.Batches, mesh) -> dict[str, float
   return result
 
 
-def train_and_evaluate(config: TrainConfig | dict, workdir: str) -> dict:
-  """Trains (or resumes) the run of `config` in `workdir`; returns the final summary."""
+def train_and_evaluate(
+  config: TrainConfig | dict, workdir: str, restore_step: int | None = None
+) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns the final summary.
+
+  Args:
+    restore_step: resume from this checkpoint step instead of the newest; the steps after it
+      are moved aside (`<workdir>/checkpoints_aside/`), their metrics dropped.
+
+  Raises:
+    stops.Stopped: SIGTERM or SIGINT stopped the run (after saving a checkpoint).
+    ValueError: the workdir, its checkpoints or the config cannot make this run (one line).
+  """
   cfg = config if isinstance(config, TrainConfig) else from_dict(config)
-  trainer = Trainer(cfg, workdir)
-  try:
-    return trainer.run()
-  finally:
-    trainer.close()
+  with stops.StopSignals() as stop:
+    trainer = Trainer(cfg, workdir, stop=stop, restore_step=restore_step)
+    try:
+      return trainer.run()
+    finally:
+      trainer.close()
 
 
 class Trainer:
   """One run: data, model, optimizer, checkpoints and metrics of a config in a workdir."""
 
-  def __init__(self, cfg: TrainConfig, workdir: str):
-    self.cfg = cfg
-    self.workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(self.workdir, exist_ok=True)
-    _check_resumable(self.workdir, cfg)
+  def __init__(
+    self,
+    cfg: TrainConfig,
+    workdir: str,
+    *,
+    stop: stops.StopSignals | None = None,
+    restore_step: int | None = None,
+  ):
+    self.cfg, self.restore_step = cfg, restore_step
+    self.stop = stop or stops.StopSignals()
+    self.workdir = workdir_lib.prepare(workdir)
+    self.main = parallel.is_main_process()
+    self.lock = workdir_lib.RunLock(self.workdir) if self.main else None
+    self.decoder = self.ckpts = self.writer = None
+    self.train_batches = self.eval_batches = None
+    try:
+      self._setup()
+    except BaseException:
+      self.close()
+      raise
+
+  def _setup(self) -> None:
+    cfg = self.cfg
     self.mesh = parallel.make_mesh(cfg.num_devices, cfg.batch_size)
     train_set, eval_set, self.info = data_lib.load(cfg.data)
+    self.ckpts = checkpoint.Checkpoints(self.workdir, cfg.keep_checkpoints)
+    if self.ckpts.all_steps():  # a run to resume: it must be this one
+      workdir_lib.check_record(self.workdir, to_dict(cfg), self.info)
+    elif self.restore_step is not None:
+      raise FileNotFoundError(
+        f"--restore_step {self.restore_step}: no checkpoint in {self.workdir}"
+      )
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     # One pool of decoding processes serves training and evaluation.
     self.decoder = (
@@ -140,31 +156,50 @@ class Trainer:
         f"config batch_size={cfg.batch_size} is larger than the {len(train_set)} training examples"
       )
     self.num_steps = total_steps(cfg, self.steps_per_epoch)
-    if parallel.is_main_process():
-      write_json(os.path.join(self.workdir, "config.json"), to_dict(cfg))
-      write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
     self.model = steps.create_model(cfg, self.info.num_classes, self.info.image_shape)
     self.tx, self.learning_rate = build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
-    self.ckpts = checkpoint.Checkpoints(self.workdir, cfg.keep_checkpoints)
-    self.writer = MetricWriter(self.workdir, self.num_steps, enabled=parallel.is_main_process())
     self._pending: list[tuple[int, dict]] = []
     self._last_log = (0, time.perf_counter())
 
   def close(self) -> None:
-    self.writer.close()
-    self.ckpts.close()
-    self.train_batches.close()
-    self.eval_batches.close()
-    if self.decoder is not None:
-      self.decoder.close()
+    for part in (self.writer, self.ckpts, self.train_batches, self.eval_batches, self.decoder):
+      if part is not None:
+        part.close()
+    if self.lock is not None:
+      self.lock.release()
 
   def _initial_state(self) -> steps.TrainState:
+    """The restored (or fresh) state; then the run's record and metrics writer, which are
+    written only now that the workdir is known to hold this run."""
     state = steps.init_state(
       self.model, self.tx, self.info, self.cfg.seed, parallel.replicated(self.mesh)
     )
-    if self.ckpts.latest_step() is not None:
-      state = self.ckpts.restore(state)
-      self.writer.message(f"resumed from {self.ckpts.directory}/{self.ckpts.latest_step()}")
+    notes, resumed = [], bool(self.ckpts.all_steps())
+    if resumed:
+      state = self.ckpts.restore(state, self.restore_step, report=notes.append)
+      restored = int(state.step)
+      for later in [s for s in self.ckpts.all_steps() if s > restored]:
+        notes.append(f"step {later} moved to {self.ckpts.set_aside(later, 'superseded')}")
+      notes.append(f"resumed from {self.ckpts.step_dir(restored)}")
+    if self.main:
+      write_json(os.path.join(self.workdir, "config.json"), to_dict(self.cfg))
+      write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
+    # The end of this run, restored: done if its summary was written, else the final
+    # evaluation is to be done again (and its record replaced).
+    final = resumed and int(state.step) >= self.num_steps
+    summary = read_json(os.path.join(self.workdir, "summary.json")) if final else None
+    self.complete = summary if summary and summary.get("step") == self.num_steps else None
+    self.writer = MetricWriter(
+      self.workdir,
+      self.num_steps,
+      enabled=self.main,
+      resume_step=int(state.step) if resumed else None,
+      redo_eval=self.cfg.data.eval_split if final and not self.complete else "",
+    )
+    if self.lock is not None and self.lock.stale:
+      self.writer.message(f"took over the workdir lock left by {self.lock.stale}, which ended")
+    for note in notes:
+      self.writer.message(note)
     return state
 
   def _check_finite(self) -> list[dict]:
@@ -198,13 +233,37 @@ class Trainer:
     self.writer.write(step, values)
     self._pending, self._last_log = [], (step, time.perf_counter())
 
-  def _evaluate(self, eval_fn, state) -> dict[str, float]:
-    return evaluate(eval_fn, state, self.eval_batches, self.mesh)
+  def _evaluate(self, eval_fn, state) -> dict[str, float] | None:
+    return evaluate(eval_fn, state, self.eval_batches, self.mesh, stop=lambda: self.stop.requested)
+
+  def _stop(self, state, during: str = "") -> None:
+    """Saves the state (after its pending metrics) and raises `stops.Stopped`."""
+    done = int(state.step)
+    self._log(done)
+    self._check_finite()
+    if done > 0:
+      self.ckpts.save(done, state)
+      saved = f"checkpoint {self.ckpts.step_dir(done)} is saved"
+    else:
+      saved = "nothing to save yet"
+    message = (
+      f"stopped by {self.stop.name}{during} at step {done}: {saved}; run the same command to resume"
+    )
+    self.writer.message(message)
+    raise stops.Stopped(self.stop.signum, message)
 
   def run(self) -> dict:
     cfg, spe = self.cfg, self.steps_per_epoch
     state = self._initial_state()
     start = int(state.step)
+    if self.complete:
+      self.writer.message(
+        f"the run in {self.workdir} is complete at step {self.num_steps} "
+        f"({cfg.data.eval_split} top-1 {self.complete['eval_top1']:.4f}); nothing to do. Raise "
+        "num_epochs or num_steps to train further"
+      )
+      return self.complete
+    self.writer.message(f"data: {self.info.source}")
     train_fn, eval_fn = steps.compile_steps(
       self.model, self.tx, self.info, cfg, parallel.replicated(self.mesh)
     )
@@ -226,6 +285,8 @@ class Trainer:
     )
     try:
       for step in range(start + 1, self.num_steps + 1):
+        if self.stop.requested:
+          self._stop(state)
         state, metrics = train_fn(state, next(batches))
         self._pending.append((step - 1, metrics))
         if step % cfg.log_every_steps == 0 or step == self.num_steps:
@@ -234,8 +295,11 @@ class Trainer:
           self._check_finite()  # never checkpoint a state past a non-finite loss
           self.ckpts.save(step, state)
         if eval_every and step % eval_every == 0 and step != self.num_steps:
-          self.writer.write(step, self._evaluate(eval_fn, state), prefix=cfg.data.eval_split)
-    except KeyboardInterrupt:
+          result = self._evaluate(eval_fn, state)
+          if result is None:
+            self._stop(state, " during an evaluation")
+          self.writer.write(step, result, prefix=cfg.data.eval_split)
+    except KeyboardInterrupt:  # no signal handlers (a run outside the main thread)
       done = int(state.step)
       self._log(done)
       self.ckpts.save(done, state)
@@ -250,6 +314,8 @@ class Trainer:
   def _finish(self, eval_fn, state) -> dict:
     cfg = self.cfg
     result = self._evaluate(eval_fn, state)
+    if result is None:
+      self._stop(state, " during the final evaluation")
     self.writer.write(self.num_steps, result, prefix=cfg.data.eval_split)
     summary = {
       "step": int(state.step),
@@ -264,6 +330,6 @@ class Trainer:
       f"{cfg.data.eval_split} top-1 {result['top1']:.4f}{top5} on {result['examples']} "
       f"examples, loss {result['loss']:.4f}"
     )
-    if parallel.is_main_process():
+    if self.main:
       write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary

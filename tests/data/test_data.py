@@ -226,3 +226,39 @@ def test_prefetch_yields_in_order_and_reraises_errors():
 
   with pytest.raises(ValueError, match=r"x.jpg"):
     list(data.prefetch(broken(), 2))
+
+
+def test_an_image_of_another_size_is_named_and_image_size_resizes_them_all(tmp_path):
+  root = write_image_folder(str(tmp_path / "d" / "train"))  # 14x12 images
+  odd = os.path.join(root, "dog", "002.png")
+  Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(odd)
+  split = {"val_fraction": 0.2, "eval_split": "val", "cache_dir": ""}
+  cfg = DataConfig(name="image_folder", dir=str(tmp_path / "d"), **split)
+  with pytest.raises(ValueError, match=rf"image {odd} is 48x40, but 9 of the 10 images are 14x12"):
+    data.load(cfg)
+  train, _, info = data.load(DataConfig(**{**cfg.__dict__, "image_size": 10}))
+  assert train.images.shape[1:] == (10, 10, 3) and info.image_shape == (10, 10, 3)
+
+
+def test_small_or_large_is_decided_on_a_sample_and_said(tmp_path):
+  root = write_image_folder(str(tmp_path / "d" / "train"), per_class=8)
+  Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(os.path.join(root, "cat", "000.png"))
+  files = image_folder.list_images(root)
+  small, how = image_folder.survey(files)
+  assert small and "median longer side of 16 sampled files is 14 px (14-100), <= 64" in how
+  split = {"val_fraction": 0.25, "eval_split": "val", "cache_dir": ""}
+  cfg = DataConfig(name="image_folder", dir=str(tmp_path / "d"), image_size=14, **split)
+  train, _, info = data.load(cfg)
+  assert not isinstance(train, data.FileDataset) and "decoded once into memory" in info.source
+
+
+@pytest.mark.parametrize(
+  ("classes", "message"),
+  [(("cat",), r"has a single class folder \('cat'\)"), (("cat", "dog", "emu"), r"emu holds no")],
+)
+def test_an_empty_class_or_a_single_class_is_an_error_naming_it(tmp_path, classes, message):
+  root = write_image_folder(str(tmp_path / "train"), classes=classes[:2])
+  for name in classes[2:]:
+    os.makedirs(os.path.join(root, name))
+  with pytest.raises(ValueError, match=message):
+    image_folder.list_images(root)

@@ -1,12 +1,16 @@
 """The command lines a user types, run as subprocesses: `python train.py` (2 steps of the
-default config), misspelt and invalid config keys, and the same run on 1 and 4 CPU devices
+default config), misspelt and invalid config keys, SIGTERM and Ctrl-C (twice) in the middle of
+a run, and the same run on 1 and 4 CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4), which must agree within float
 tolerance, quantization statistics included."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,9 +44,9 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
   )
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["num_steps"] == 2
-  # Started again, it finds the finished run and only evaluates.
+  # Started again, it finds the finished run and says so.
   again = _run(["train.py", f"--workdir={workdir}", "--config.num_steps=2"])
-  assert again.returncode == 0 and "resumed from" in again.stderr
+  assert again.returncode == 0 and "is complete at step 2" in again.stderr
 
 
 @pytest.mark.parametrize(
@@ -57,6 +61,11 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
     ("--config.data.name=cifar10", "data.dir is empty"),
     ("--config=configs/nope.py", "No such file or directory: 'configs/nope.py'"),
     ("--config.batch_size=many", "--config.batch_size=many: invalid literal for int()"),
+    ("--config.optim.base_learning_rate=nan", "optim.base_learning_rate=nan must be a finite"),
+    ("--config.data.val_fraction=-0.5", "config data.val_fraction=-0.5 must be in [0, 1)"),
+    ("--config.seed=-1", "config seed=-1 must be >= 0"),
+    ("--config.data.image_size=-4", "config data.image_size=-4 must be >= 0"),
+    ("--restore_step=-2", "--restore_step=-2: -2 is not a non-negative integer"),
   ],
 )
 def test_bad_config_values_are_clear_errors(tmp_path, flag, message):
@@ -64,6 +73,31 @@ def test_bad_config_values_are_clear_errors(tmp_path, flag, message):
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_stops_with_one_message(tmp_path, signum, status):
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, "train.py", f"--workdir={workdir}", "--config.log_every_steps=1"]
+  proc = subprocess.Popen(
+    [*args, "--config.num_steps=100000"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+  )
+  with proc:
+    for line in proc.stderr:
+      if "/100000 loss" in line:  # training, past the compile
+        break
+    proc.send_signal(signum)
+    time.sleep(0.15)
+    proc.send_signal(signum)  # a second one, as an impatient user or scheduler sends
+    rest = proc.stderr.read()
+  assert proc.returncode == status, rest[-3000:]
+  assert "Traceback" not in rest and "already stopping" in rest
+  name = signal.Signals(signum).name
+  (step,) = re.findall(rf"stopped by {name} at step (\d+): checkpoint .*/(?:\d+) is saved", rest)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [step]
+  assert not [n for _, dirs, _ in os.walk(workdir) for n in dirs if "tmp" in n]
+  again = _run(args[1:] + [f"--config.num_steps={int(step) + 2}"])
+  assert again.returncode == 0 and f"resumed from {workdir}/checkpoints/{step}" in again.stderr
 
 
 def test_one_and_four_devices_train_the_same_model():

@@ -19,7 +19,7 @@ from daq_jax.training import NonFiniteLossError, optim, steps, train_and_evaluat
 from daq_jax.training.checkpoint import Checkpoints
 from daq_jax.training.config import from_dict
 from tests.training.common import tiny
-from tests.training.events import read_scalars
+from tests.training.events import read_run_scalars, read_scalars
 
 
 def _restore(workdir, cfg_dict, step=None):
@@ -135,6 +135,13 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
   resumed = train_and_evaluate(tiny(), interrupted)
   assert resumed == summary
   _assert_trees_equal(_restore(interrupted, tiny()), _restore(workdir, tiny()))
+  # One timeline: every logged step once, in both records (test_workdir resumes from a step
+  # before the last logged one).
+  with open(os.path.join(interrupted, "metrics.jsonl")) as f:
+    losses = [(r["step"], r["train/loss"]) for r in map(json.loads, f) if "train/loss" in r]
+  assert [s for s, _ in losses] == [2, 4, 6]
+  scalars = read_run_scalars(os.path.join(interrupted, "tensorboard"))
+  assert [s for s, tag, _ in scalars if tag == "train/loss"] == [2, 4, 6]
 
 
 def test_a_workdir_of_another_run_is_refused(finished_run):
