@@ -17,6 +17,7 @@ import sys
 
 from absl import flags
 
+from daq_jax import cli
 from daq_jax.training.evaluation import evaluate_workdir
 
 __all__ = ["evaluate_workdir", "main"]
@@ -24,36 +25,18 @@ __all__ = ["evaluate_workdir", "main"]
 # Flags of their own (not absl's global FLAGS), so that importing this module next to
 # train.py or another absl program defines nothing twice.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "A train.py workdir.", flag_values=FLAGS)
+cli.define_run_flags(FLAGS, "Evaluation batch (default: the run's).")
 flags.DEFINE_string(
   "data_dir", None, "Data to evaluate on (default: the run's).", flag_values=FLAGS
 )
-flags.DEFINE_integer(
-  "batch_size", 0, "Evaluation batch (default: the run's).", lower_bound=0, flag_values=FLAGS
-)
-flags.DEFINE_integer(
-  "restore_step",
-  None,
-  "Checkpoint step (default: the newest intact one).",
-  lower_bound=0,
-  flag_values=FLAGS,
-)
 flags.DEFINE_alias("step", "restore_step", flag_values=FLAGS)
-flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
   """Parses `argv` (default: the command line), evaluates, prints; returns the exit status."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if {"-h", "--help", "--helpshort"} & set(argv):
-    print(__doc__.split("\n\n")[0] + "\n\n" + FLAGS.get_help())
-    return 0
-  FLAGS.unparse_flags()
-  try:
-    FLAGS(["daq_jax.evaluate", *argv])
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  parsed = cli.parse(FLAGS, "daq_jax.evaluate", __doc__, argv)
+  if isinstance(parsed, int):
+    return parsed
   try:
     result = evaluate_workdir(
       FLAGS.workdir,

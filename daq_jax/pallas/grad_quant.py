@@ -177,15 +177,15 @@ def quantize_gradient(
     compiler_params=params,
     interpret=interpret,
   )(g_p, clip, jnp.reshape(dgrad_scale, (1,)))
-  new_state = {"dgrad_clip": dgrad_scale, "wgrad_clip": ema[:channels]}
-  return gradient.QuantizedGradient(
+  gq = gradient.QuantizedGradient(
     wgrad_q=wq[:rows, :channels],
     wgrad_scale=clip[:channels],
     dgrad_q=dq[:rows, :channels].reshape(g.shape),
     dgrad_scale=dgrad_scale,
-    new_state={k: new_state[k] for k in state},
+    new_state={"dgrad_clip": dgrad_scale, "wgrad_clip": ema[:channels]},
     wgrad_stats=gradient.ClipStats(gmax=gmax[:channels], above_sigma=above[:channels]),
   )
+  return gradient.with_statistics(gq, state, cfg)
 
 
 def quantize_gradient_reference(g, state, cfg, *, block_sizes=None, interpret=False):

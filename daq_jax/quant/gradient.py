@@ -76,6 +76,12 @@ class QuantizedGradient(NamedTuple):
     )
 
 
+# What the quantizer saw in the last step, carried in the state for logging and never read
+# back: the share of inverted-T channels in the wgrad path (live channels, by the bell test
+# with cfg.bell_threshold), the mean wgrad clip / max|g| over them, and the dgrad scale.
+STAT_KEYS = ("stat_inverted_t", "stat_clip_ratio", "stat_dgrad_scale")
+
+
 def init_state(cfg: QuantConfig, channels: int) -> State:
   """The state of a layer before its first step: zeros, read as 'no history yet'."""
   shape = (channels,) if cfg.wgrad_granularity == "per_channel" else ()
@@ -85,7 +91,28 @@ def init_state(cfg: QuantConfig, channels: int) -> State:
   }
   if "dsgc" in (cfg.wgrad_clip, cfg.dgrad_clip):
     state["deviation"] = jnp.zeros((), jnp.float32)
+  state.update({key: jnp.zeros((), jnp.float32) for key in STAT_KEYS})
   return state
+
+
+def statistics(gq: QuantizedGradient, cfg: QuantConfig) -> State:
+  """The `STAT_KEYS` of a quantized gradient: scalars, from what the quantizer computed."""
+  stats = gq.wgrad_stats
+  live = stats.gmax > 0
+  count = jnp.maximum(jnp.sum(live), 1).astype(jnp.float32)
+  clip = jnp.broadcast_to(gq.wgrad_scale, stats.gmax.shape)
+  ratio = clip / jnp.where(live, stats.gmax, 1.0)
+  return {
+    "stat_inverted_t": jnp.sum(live & ~stats.is_bell(cfg)) / count,
+    "stat_clip_ratio": jnp.sum(jnp.where(live, ratio, 0.0)) / count,
+    "stat_dgrad_scale": gq.dgrad_scale.astype(jnp.float32),
+  }
+
+
+def with_statistics(gq: QuantizedGradient, state: State, cfg: QuantConfig) -> QuantizedGradient:
+  """`gq` whose new state holds the keys of `state`, the statistics included where asked."""
+  full = {**gq.new_state, **statistics(gq, cfg)}
+  return gq._replace(new_state={k: full[k] for k in state})
 
 
 def check_state(state: State, cfg: QuantConfig, channels: int) -> None:
@@ -221,11 +248,12 @@ def quantize_gradient(
     else:
       deviation = cosine_distance(g, numerics.dequantize(dgrad_q, dgrad_scale))
     new_state["deviation"] = jnp.mean(deviation)
-  return QuantizedGradient(
+  gq = QuantizedGradient(
     wgrad_q=wgrad_q,
     wgrad_scale=wgrad_scale,
     dgrad_q=dgrad_q,
     dgrad_scale=dgrad_scale,
-    new_state={k: new_state[k] for k in state},
+    new_state=new_state,
     wgrad_stats=wstats,
   )
+  return with_statistics(gq, state, cfg)

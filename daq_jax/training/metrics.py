@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 
+import jax
 from tensorboardX import SummaryWriter
 
 
@@ -15,6 +16,24 @@ def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def quantizer_statistics(quant_state: dict) -> dict[str, float]:
+  """The quantizer's statistics of the last step (`gradient.STAT_KEYS`), per quantized layer
+  (`<layer path>/inverted_t`, `clip_ratio`, `dgrad_scale`) and averaged over the layers
+  (`mean/...`), from a host copy of the `quant_state` collection."""
+  out, sums = {}, {}
+  flat = jax.tree_util.tree_flatten_with_path(quant_state)[0]
+  for path, value in flat:
+    names = [str(getattr(k, "key", k)) for k in path]
+    if not names[-1].startswith("stat_"):
+      continue
+    stat = names[-1].removeprefix("stat_")
+    layer = "/".join(names[:-2])  # without the op's name and the statistic
+    out[f"{layer}/{stat}"] = float(value)
+    sums.setdefault(stat, []).append(float(value))
+  out.update({f"mean/{stat}": sum(v) / len(v) for stat, v in sums.items()})
+  return out
 
 
 def truncate_records(path: str, step: int, redo_eval: str = "") -> None:
@@ -75,8 +94,10 @@ class MetricWriter:
       purge = None if resume_step is None else resume_step + 1
       self._tb = SummaryWriter(tb_dir, purge_step=purge)
 
-  def write(self, step: int, values: dict[str, float], *, prefix: str = "train") -> None:
-    """Records `values` at `step` (the number of steps done)."""
+  def write(
+    self, step: int, values: dict[str, float], *, prefix: str = "train", show: bool = True
+  ) -> None:
+    """Records `values` at `step` (the number of steps done); `show` prints them too."""
     if not self.enabled:
       return
     record = {
@@ -88,6 +109,8 @@ class MetricWriter:
     self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(f"{prefix}/{k}", v, step)
+    if not show:
+      return
     if prefix == "train":
       self._progress(step, values)
     else:

@@ -24,7 +24,7 @@ from daq_jax.data.image_folder import FileDataset
 from daq_jax.training import checkpoint, optim, parallel, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
-from daq_jax.training.metrics import MetricWriter
+from daq_jax.training.metrics import MetricWriter, quantizer_statistics
 from daq_jax.training.workdir import read_json, write_json
 
 # Kept importable from here, where they were first defined.
@@ -218,8 +218,9 @@ class Trainer:
         )
     return fetched
 
-  def _log(self, step: int) -> None:
-    """Writes the mean of the pending metrics (after checking them)."""
+  def _log(self, step: int, state=None) -> None:
+    """Writes the mean of the pending metrics (after checking them), and the quantizer's
+    statistics of the last step when `state` is given."""
     if not self._pending or step == self._last_log[0]:
       return
     fetched = self._check_finite()
@@ -231,6 +232,9 @@ class Trainer:
     values["images_per_s"] = self.cfg.batch_size * steps_done / elapsed
     values["epoch"] = step / self.steps_per_epoch
     self.writer.write(step, values)
+    if state is not None and state.quant_state:
+      stats = quantizer_statistics(jax.device_get(state.quant_state))
+      self.writer.write(step, stats, prefix="quant", show=False)
     self._pending, self._last_log = [], (step, time.perf_counter())
 
   def _evaluate(self, eval_fn, state) -> dict[str, float] | None:
@@ -290,7 +294,7 @@ class Trainer:
         state, metrics = train_fn(state, next(batches))
         self._pending.append((step - 1, metrics))
         if step % cfg.log_every_steps == 0 or step == self.num_steps:
-          self._log(step)
+          self._log(step, state)
         if step % checkpoint_every == 0 or step == self.num_steps:
           self._check_finite()  # never checkpoint a state past a non-finite loss
           self.ckpts.save(step, state)

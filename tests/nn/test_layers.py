@@ -17,7 +17,7 @@ import pytest
 
 import daq_jax.nn as qnn
 from daq_jax import quant
-from daq_jax.quant import lowering
+from daq_jax.quant import gradient, lowering
 from tests.helpers import cosine
 
 TOLERANCE = {"cosine_vs_float": 0.999}  # N(0, 1) inputs, default Flax init
@@ -103,8 +103,9 @@ def test_quantized_layer_has_flax_params_and_stays_close(layer_cls, flax_cls, na
   v_q, y_q, (dp_q, dx_q) = _run(layer_cls(**kw, quant=quant.daq()), x)
   for a, b in zip(jax.tree.leaves(v_f["params"]), jax.tree.leaves(v_q["params"]), strict=True):
     np.testing.assert_array_equal(a, b)  # same names, shapes, initial values
+  stats = dict.fromkeys(gradient.STAT_KEYS, ())
   assert jax.tree.map(jnp.shape, v_q["quant_state"]) == {
-    "quant": {"dgrad_clip": (), "wgrad_clip": (kw["features"],)}
+    "quant": {"dgrad_clip": (), "wgrad_clip": (kw["features"],), **stats}
   }
   assert y_q.dtype == y_f.dtype and y_q.shape == y_f.shape
   floor = TOLERANCE["cosine_vs_float"] if "bf16" not in name else 0.99  # bf16 rounding on top

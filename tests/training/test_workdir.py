@@ -13,13 +13,16 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+from daq_jax import data
 from daq_jax.evaluate import main as evaluate_main
-from daq_jax.training import WorkdirError, steps, train_and_evaluate, workdir
-from daq_jax.training.checkpoint import ASIDE
+from daq_jax.training import WorkdirError, steps, train_and_evaluate, trainer, workdir
+from daq_jax.training.checkpoint import ASIDE, Checkpoints
+from daq_jax.training.config import from_dict
 from tests.training.common import tiny
 from tests.training.events import read_run_scalars
 
@@ -199,6 +202,28 @@ def test_a_finished_run_started_again_does_nothing(copied_run, capsys, monkeypat
   assert train_and_evaluate(tiny(), run) == summary
   assert "is complete at step 6" in capsys.readouterr().err
   assert _records(run) == before
+
+
+def test_a_checkpoint_from_before_the_quantizer_statistics_resumes(copied_run):
+  run, summary = copied_run
+  cfg = from_dict(tiny())
+  _, _, info = data.load(cfg.data)
+  model = steps.create_model(cfg, info.num_classes)
+  tx, _ = trainer.build_optimizer(cfg, 1, 1)
+  ckpts = Checkpoints(run)
+  state = ckpts.restore(steps.init_state(model, tx, info, cfg.seed), 3)
+  old = state.replace(
+    quant_state=jax.tree.map(
+      lambda layer: {k: v for k, v in layer.items() if not k.startswith("stat_")},
+      state.quant_state,
+      is_leaf=lambda node: isinstance(node, dict) and "wgrad_clip" in node,
+    )
+  )
+  shutil.rmtree(os.path.join(run, "checkpoints", "6"))
+  shutil.rmtree(os.path.join(run, "checkpoints", "3"))
+  ckpts.save(3, old)  # as the code before the statistics wrote it
+  ckpts.close()
+  assert train_and_evaluate(tiny(), run) == summary  # the statistics are never read back
 
 
 def test_the_workdir_must_be_a_writable_directory(tmp_path):

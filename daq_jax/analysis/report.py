@@ -1,0 +1,262 @@
+"""`analyze_workdir`: the gradient analysis of a trained run, written to `<workdir>/analysis/`
+(the library side of `python -m daq_jax.analyze`).
+
+It restores the run's checkpoint, takes `batches` training batches from the restored step on
+(the batches the run would have seen next), captures every quantized layer's output gradient
+(`analysis.gradients`) and writes:
+- `hist_<layer>.png`: the most bell-shaped and most inverted-T channel of g, each method's
+  clip values marked (the paper's Fig. 1 for this model);
+- `distributions.png`: r_c against λ, the inverted-T share and clip/max, per layer;
+- `errors.png`: each method's error of both quantized g and of dW, dX, per layer;
+- `analysis.json` with every number, and `summary.md`, which shows the images.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from daq_jax import data as data_lib
+from daq_jax.analysis import gradients, plots
+from daq_jax.nn.ops import OP_NAME, RNG_STREAM, STATE_COLLECTION, QuantConvOp
+from daq_jax.quant import config as quant_config
+from daq_jax.quant import gradient
+from daq_jax.training import steps
+from daq_jax.training.evaluation import read_run, restore_run
+from daq_jax.training.workdir import write_json
+
+METHODS = ("daq", "per_tensor", "gvq", "mcs", "ui8")
+
+
+def check_methods(methods) -> tuple[str, ...]:
+  methods = tuple(methods)
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise ValueError(
+      f"--methods: {', '.join(unknown) or 'none given'} "
+      f"{'is' if len(unknown) == 1 else 'are'} not a quantization method; known: "
+      f"{', '.join(METHODS)}"
+    )
+  return methods
+
+
+def analyze_workdir(
+  workdir: str,
+  batches: int = 2,
+  methods=METHODS,
+  batch_size: int = 0,
+  step: int | None = None,
+  report=print,
+) -> dict:
+  """Analyzes the run in `workdir` (see the module docstring); returns what analysis.json holds.
+
+  Raises:
+    ValueError, FileNotFoundError: not a run, no checkpoint, an unknown method, a run
+      without quantized layers (one line each).
+    ImportError: matplotlib is missing (the message says how to install it).
+  """
+  methods = check_methods(methods)
+  plots.pyplot()  # before any work: the figures are half of what is asked
+  if batches <= 0:
+    raise ValueError(f"--batches={batches} must be > 0")
+  cfg, info = read_run(workdir)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not any(
+    name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints"))
+  ):
+    raise FileNotFoundError(f"workdir {workdir} has no checkpoint to analyze: train it first")
+  if not cfg.quant.configs():
+    raise ValueError(
+      f"the run in {workdir} has no quantized layers (quant.method={cfg.quant.method!r}): "
+      "there is no quantizer to analyze"
+    )
+  model, _, state = restore_run(workdir, cfg, info, step, report=report)
+  run_cfg = cfg.quant.configs()[0]
+  configs = {m: quant_config.preset(m).replace(impl=cfg.quant.impl) for m in methods}
+  train_set, _, _ = data_lib.load(cfg.data)
+  batch_size = batch_size or cfg.batch_size
+  source = data_lib.Batches(train_set, info, batch_size, seed=cfg.seed, workers=cfg.data.workers)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables[STATE_COLLECTION] = state.quant_state
+  start, started = int(state.step), time.perf_counter()
+  try:
+    layers, batch_fn, states = None, None, None
+    for i in range(batches):
+      batch = source.train(start + i)
+      images = steps.normalize(batch["image"], info, np.float32)
+      key = jax.random.fold_in(jax.random.key(cfg.seed), start + i)
+      if batch_fn is None:
+        layers, batch_fn, states = _prepare(
+          model, variables, cfg, configs, run_cfg, (images, batch["label"], key)
+        )
+      numbers, states = batch_fn(variables, images, batch["label"], key, states)
+      for name, layer in layers.items():
+        layer.add(jax.device_get(numbers[name]))
+      report(f"batch {i + 1}/{batches}: {len(layers)} quantized layers")
+  finally:
+    source.close()
+  result = {
+    "workdir": os.path.abspath(workdir),
+    "step": start,
+    "method": cfg.quant.method,
+    "model": cfg.model.name,
+    "batches": batches,
+    "batch_size": batch_size,
+    "methods": list(methods),
+    "bell_threshold": run_cfg.bell_threshold,
+    "seconds": round(time.perf_counter() - started, 1),
+    "layers": [layer.result() for layer in layers.values()],
+  }
+  result["comparison"] = _compare(result["layers"], methods)
+  _write(workdir, result)
+  return result
+
+
+def _capture(model, variables, cfg, images, labels, key) -> list[gradients.OpCall]:
+  """The quantized contractions of one training step (traceable)."""
+  dropout_key, quant_key = jax.random.split(key)
+
+  def loss_fn(applied):
+    out, _ = applied  # (model output, batch_stats updates)
+    logits = out[0] if isinstance(out, tuple) else out  # Inception's aux head is left out
+    return steps.cross_entropy(logits, labels, cfg.label_smoothing).mean()
+
+  return gradients.capture(
+    model,
+    variables,
+    loss_fn,
+    images,
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": dropout_key, RNG_STREAM: quant_key},
+  )
+
+
+def _prepare(model, variables, cfg, configs, run_cfg, example):
+  """The layers (found by tracing one batch), the jitted analysis of a batch, and each
+  method's initial state per layer: the checkpoint's for the run's own method."""
+  found = {}
+
+  def shapes(variables, images, labels, key):
+    calls = _capture(model, variables, cfg, images, labels, key)
+    for call in calls:
+      found[call.layer] = (isinstance(call.op, QuantConvOp), tuple(call.g.shape))
+    return {call.layer: call.g for call in calls}
+
+  jax.eval_shape(shapes, variables, *example)
+  if not found:
+    raise ValueError(f"the model {cfg.model.name} called no quantized layer")
+  layers = {
+    name: gradients.LayerAnalysis(name, "conv" if conv else "dense", shape)
+    for name, (conv, shape) in found.items()
+  }
+  quant_state_paths = _state_paths(variables[STATE_COLLECTION], found)
+  states = {
+    method: {
+      name: quant_state_paths[name]
+      if method == cfg.quant.method
+      else gradient.init_state(mcfg, shape[-1])
+      for name, (_, shape) in found.items()
+    }
+    for method, mcfg in configs.items()
+  }
+
+  @jax.jit
+  def batch_fn(variables, images, labels, key, states):
+    numbers, new_states = {}, {m: {} for m in configs}
+    for i, call in enumerate(_capture(model, variables, cfg, images, labels, key)):
+      layer_states = {m: states[m][call.layer] for m in configs}
+      numbers[call.layer], updated = gradients.analyze_call(
+        call, configs, layer_states, jax.random.fold_in(key, i), run_cfg.bell_threshold
+      )
+      for m in configs:
+        new_states[m][call.layer] = updated[m]
+    return numbers, new_states
+
+  # Committed to the device like the states batch_fn returns, so that the second batch does
+  # not compile the analysis again.
+  return layers, batch_fn, jax.device_put(states, jax.devices()[0])
+
+
+def _state_paths(quant_state: dict, found: dict) -> dict:
+  """Each layer's state in the checkpoint (its op's variables, at `<layer>/quant`)."""
+  out = {}
+  for name in found:
+    node = quant_state
+    for part in [*name.split("/"), OP_NAME]:
+      node = node[part]
+    out[name] = node
+  return out
+
+
+def _compare(layers: list[dict], methods) -> dict:
+  """Per layer, whether DAQ's (and per-channel max's) errors are below per_tensor's."""
+  out = {}
+  for ours in ("daq", "gvq"):
+    if ours not in methods or "per_tensor" not in methods:
+      continue
+    for what in ("wgrad_g", "dw"):
+      metric = "cosine_distance" if what.endswith("_g") else "rel_l2"
+      below = [
+        layer["layer"]
+        for layer in layers
+        if layer["methods"][ours][what][metric] <= layer["methods"]["per_tensor"][what][metric]
+      ]
+      out[f"{ours}_below_per_tensor_{what}"] = {"layers": below, "of": len(layers)}
+  return out
+
+
+def _write(workdir: str, result: dict) -> None:
+  out = os.path.join(workdir, "analysis")
+  os.makedirs(out, exist_ok=True)
+  layers = result["layers"]
+  images = []
+  for layer in layers:
+    name = f"hist_{plots.safe_name(layer['layer'])}.png"
+    plots.histograms(layer, os.path.join(out, name))
+    images.append((layer["layer"], name))
+  plots.distributions(layers, result["bell_threshold"], os.path.join(out, "distributions.png"))
+  plots.errors(layers, os.path.join(out, "errors.png"))
+  write_json(os.path.join(out, "analysis.json"), result)
+  with open(os.path.join(out, "summary.md.tmp"), "w") as f:
+    f.write(_summary(result, images))
+  os.replace(os.path.join(out, "summary.md.tmp"), os.path.join(out, "summary.md"))
+
+
+def _summary(result: dict, images) -> str:
+  methods = result["methods"]
+  lines = [
+    f"# Gradient analysis: {result['model']} ({result['method']}), step {result['step']}",
+    "",
+    f"`python -m daq_jax.analyze --workdir {result['workdir']} --batches {result['batches']}"
+    f" --methods {','.join(methods)}`: {result['batches']} training batches of "
+    f"{result['batch_size']} from step {result['step']}, λ = {result['bell_threshold']}, "
+    f"{result['seconds']} s. Errors are means over the batches; each method carries its own "
+    "state from batch to batch (the run's method starts from the checkpoint's).",
+    "",
+    "![r_c, inverted-T share and clip/max per layer](distributions.png)",
+    "",
+    "![errors per layer and method](errors.png)",
+    "",
+    "Cosine distance of the wgrad-path g against the float g, and relative L2 error of dW:",
+    "",
+    "| layer | C | inverted-T | " + " | ".join(f"{m} g_w | {m} dW" for m in methods) + " |",
+    "|---|---|---|" + "---|---|" * len(methods),
+  ]
+  for layer in result["layers"]:
+    cells = " | ".join(
+      f"{layer['methods'][m]['wgrad_g']['cosine_distance']:.2e} | "
+      f"{layer['methods'][m]['dw']['rel_l2']:.3f}"
+      for m in methods
+    )
+    lines.append(
+      f"| {layer['layer']} | {layer['channels']} | {layer['inverted_t_share']:.2f} | {cells} |"
+    )
+  lines.append("")
+  for key, value in result["comparison"].items():
+    lines.append(f"- {key}: {len(value['layers'])} of {value['of']} layers")
+  lines += ["", "## Per layer: the most bell-shaped and the most inverted-T channel", ""]
+  lines += [f"![{layer}]({name})" for layer, name in images]
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""`python -m daq_jax.analyze` and `python -m daq_jax.compare` on short runs of the default
+config (digits, the small CNN): every promised file is written and its numbers are in range;
+on the captured gradients per-channel max scales (gvq) are no worse than one per-tensor scale,
+layer by layer; the errors a user meets (no checkpoint, an unknown method, a directory that is
+not a run, no matplotlib) are one clear line. And the trainer logs the quantizer's statistics."""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from daq_jax.analysis import gradients
+from daq_jax.analysis.report import analyze_workdir
+from daq_jax.analyze import main as analyze_main
+from daq_jax.compare import main as compare_main
+from daq_jax.training import train_and_evaluate
+from daq_jax.training.config import TrainConfig, to_dict
+
+LAYERS = ("stem_conv", "conv1", "conv2", "head")  # the small CNN's quantized layers
+
+
+def _default(**overrides):
+  cfg = to_dict(TrainConfig())
+  cfg.update(num_steps=2, log_every_steps=1, **overrides)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("default"))
+  train_and_evaluate(_default(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def analysis(default_run):
+  return analyze_workdir(default_run, batches=2, report=lambda note: None)
+
+
+def test_the_analysis_of_a_2_step_default_run_writes_every_file(default_run, analysis):
+  out = os.path.join(default_run, "analysis")
+  images = {f"hist_{layer}.png" for layer in LAYERS} | {"distributions.png", "errors.png"}
+  assert set(os.listdir(out)) == images | {"analysis.json", "summary.md"}
+  for name in images:
+    with open(os.path.join(out, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(os.path.join(out, "summary.md")) as f:
+    summary = f.read()
+  assert all(f"]({name})" in summary for name in images)
+  with open(os.path.join(out, "analysis.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(analysis))
+
+
+def test_its_numbers_are_in_range(analysis):
+  assert analysis["step"] == 2 and analysis["batches"] == 2
+  assert [layer["layer"] for layer in analysis["layers"]] == list(LAYERS)
+  for layer in analysis["layers"]:
+    r = np.asarray(layer["r"])
+    assert r.shape == (layer["channels"],) and ((r >= 0) & (r <= 1)).all()
+    assert 0 <= layer["inverted_t_share"] <= 1 and layer["batches"] == 2
+    assert set(layer["methods"]) == {"daq", "per_tensor", "gvq", "mcs", "ui8"}
+    for name, method in layer["methods"].items():
+      for what in ("wgrad_g", "dgrad_g", "dw", "dx"):
+        # int8 with sensible scales: close to the float gradients, never identical
+        assert 0 < method[what]["cosine_distance"] < 0.05, (layer["layer"], name, what)
+        assert 0 < method[what]["rel_l2"] < 0.5, (layer["layer"], name, what)
+      clip = method["clip_over_max"]
+      assert 0 < clip["min"] <= clip["mean"] <= clip["max"]
+    for h in layer["histograms"].values():
+      assert sum(h["counts"]) == np.prod(layer["g_shape"][:-1])
+      assert len(h["edges"]) == gradients.HISTOGRAM_BINS + 1
+
+
+def test_per_channel_max_scales_are_no_worse_than_a_per_tensor_scale(analysis):
+  for layer in analysis["layers"]:
+    gvq, per_tensor = layer["methods"]["gvq"], layer["methods"]["per_tensor"]
+    assert gvq["wgrad_g"]["cosine_distance"] <= per_tensor["wgrad_g"]["cosine_distance"]
+    assert gvq["clip_over_max"]["max"] == pytest.approx(1.0)  # each channel's own max
+    assert per_tensor["clip_over_max"]["min"] >= 1.0  # one max for all: at least each one's
+  assert analysis["comparison"]["gvq_below_per_tensor_wgrad_g"]["of"] == len(LAYERS)
+
+
+def test_analyze_refuses_a_workdir_without_checkpoint_or_an_unknown_method(
+  default_run, tmp_path, capsys
+):
+  for name in ("config.json", "dataset.json"):
+    shutil.copy(os.path.join(default_run, name), tmp_path / name)
+  assert analyze_main(["--workdir", str(tmp_path)]) == 1
+  assert f"workdir {tmp_path} has no checkpoint to analyze" in capsys.readouterr().err
+  assert analyze_main(["--workdir", default_run, "--methods", "daq,int4"]) == 1
+  err = capsys.readouterr().err
+  assert "--methods: int4 is not a quantization method; known: daq, per_tensor" in err
+  assert err.count("\n") == 1
+
+
+def test_without_matplotlib_the_commands_say_how_to_install_it(default_run, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+  assert analyze_main(["--workdir", default_run]) == 1
+  assert "pip install 'daq_jax[plots]'" in capsys.readouterr().err
+  assert compare_main([default_run]) == 1
+  assert "pip install 'daq_jax[plots]'" in capsys.readouterr().err
+
+
+def test_compare_tables_two_runs_and_refuses_a_directory_that_is_not_one(
+  default_run, tmp_path, capsys
+):
+  fp32 = str(tmp_path / "fp32")
+  train_and_evaluate(_default(quant={"method": "fp32"}), fp32)
+  out = str(tmp_path / "cmp")
+  assert compare_main([default_run, fp32, "--out", out]) == 0
+  assert "| daq | small_cnn |" in capsys.readouterr().out
+  assert sorted(os.listdir(out)) == ["comparison.json", "comparison.md", "curves.png"]
+  with open(os.path.join(out, "comparison.json")) as f:
+    rows = json.load(f)
+  assert [r["method"] for r in rows] == ["daq", "fp32"]
+  for row in rows:
+    assert row["steps"] == 2 and row["finished"] and 0 <= row["final_top1"] <= 1
+    assert row["best_top1"] == row["final_top1"] and row["images_per_s"] > 0
+    assert [round(e, 6) for e, _ in row["loss_curve"]] == [round(1 / 22, 6), round(2 / 22, 6)]
+  assert compare_main([default_run, str(tmp_path)]) == 1
+  assert f"{tmp_path} is not a train.py run: it has no config.json" in capsys.readouterr().err
+
+
+def test_the_trainer_logs_the_quantizers_statistics(default_run):
+  with open(os.path.join(default_run, "metrics.jsonl")) as f:
+    records = [r for r in map(json.loads, f) if any(k.startswith("quant/") for k in r)]
+  assert [r["step"] for r in records] == [1, 2]
+  for record in records:
+    for layer in LAYERS:
+      assert 0 <= record[f"quant/{layer}/inverted_t"] <= 1
+      assert record[f"quant/{layer}/clip_ratio"] > 0 and record[f"quant/{layer}/dgrad_scale"] > 0
+    shares = [record[f"quant/{layer}/inverted_t"] for layer in LAYERS]
+    assert record["quant/mean/inverted_t"] == pytest.approx(np.mean(shares))
