@@ -52,7 +52,8 @@ class OpCall:
   state: dict
 
 
-def _lookup(tree: dict, path: Sequence[str]):
+def lookup(tree: dict, path: Sequence[str]):
+  """The node of nested dicts at `path`."""
   for name in path:
     tree = tree[name]
   return tree
@@ -104,7 +105,7 @@ def capture(
       args=tuple(args_),
       kwargs=dict(kwargs_),
       g=g,
-      state=_lookup(variables[STATE_COLLECTION], path),
+      state=lookup(variables[STATE_COLLECTION], path),
     )
     for (op, path, args_, kwargs_, _), g in zip(calls, grads, strict=True)
   ]

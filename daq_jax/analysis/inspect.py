@@ -10,6 +10,8 @@ For every quantized layer (QConv, QDense) the report gives:
 
 g is the gradient arriving at the layer's output in a training step of the quantized model,
 so the errors are those of one layer's backward pass, not accumulated through the network.
+The capture and both backward passes are `daq_jax.analysis.gradients`'s (which
+`python -m daq_jax.analyze` runs over batches and methods).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from daq_jax.nn.conv import QConv
-from daq_jax.nn.dense import QDense
-from daq_jax.nn.ops import OP_NAME, RNG_STREAM, STATE_COLLECTION
+from daq_jax.analysis import gradients
+from daq_jax.nn.ops import RNG_STREAM
 from daq_jax.quant import gradient
 
 
@@ -56,16 +57,6 @@ def _rel_error(approx, exact) -> float:
   return diff / norm if norm > 0 else 0.0
 
 
-def _lookup(tree: dict, path: Sequence[str]) -> Any:
-  for name in path:
-    tree = tree[name]
-  return tree
-
-
-def _is_quantized(module) -> bool:
-  return isinstance(module, (QConv, QDense)) and module.quant is not None
-
-
 def inspect_gradients(
   model: nn.Module,
   variables: dict,
@@ -77,7 +68,7 @@ def inspect_gradients(
   """Reports per quantized layer on one batch (runs eagerly; meant for analysis, not speed).
 
   Args:
-    model: a Flax model built from QConv/QDense layers.
+    model: a Flax model with quantized layers (QConv/QDense, or `daq_jax.quantize`'s).
     variables: its variables, `quant_state` included.
     loss_fn: maps what `model.apply(variables, *args, **apply_kwargs)` returns to a scalar.
     *args: the model's inputs.
@@ -90,64 +81,23 @@ def inspect_gradients(
   key = jax.random.key(0) if key is None else key
   rngs = dict(apply_kwargs.pop("rngs", {}) or {})
   rngs.setdefault(RNG_STREAM, key)
-  calls: list[tuple[nn.Module, tuple[str, ...], jax.Array, jax.ShapeDtypeStruct]] = []
-
-  def record(next_fun, args_, kwargs_, context):
-    out = next_fun(*args_, **kwargs_)
-    if context.method_name == "__call__" and _is_quantized(context.module):
-      spec = jax.ShapeDtypeStruct(out.shape, out.dtype)
-      calls.append((context.module.clone(parent=None), tuple(context.module.path), args_[0], spec))
-    return out
-
-  with nn.intercept_methods(record):
-    model.apply(variables, *args, rngs=rngs, **apply_kwargs)
-
-  def loss_with_probes(probes):
-    count = iter(range(len(probes)))
-
-    def add_probe(next_fun, args_, kwargs_, context):
-      out = next_fun(*args_, **kwargs_)
-      if context.method_name == "__call__" and _is_quantized(context.module):
-        out = out + probes[next(count)]
-      return out
-
-    with nn.intercept_methods(add_probe):
-      return loss_fn(model.apply(variables, *args, rngs=rngs, **apply_kwargs))
-
-  # The gradient with respect to a zero added to a layer's output is the g its backward sees.
-  grads = jax.grad(loss_with_probes)([jnp.zeros(c[3].shape, c[3].dtype) for c in calls])
-  return [
-    _layer_report(module, path, x, g, variables, key)
-    for (module, path, x, _), g in zip(calls, grads, strict=True)
-  ]
+  calls = gradients.capture(model, variables, loss_fn, *args, rngs=rngs, **apply_kwargs)
+  return [_layer_report(call, key) for call in calls]
 
 
-def _layer_report(module, path, x, g, variables, key) -> LayerReport:
-  cfg = module.quant
-  params = _lookup(variables["params"], path)
-  state = _lookup(variables[STATE_COLLECTION], (*path, OP_NAME))
-
-  def quantized(p, s, x_):
-    variables_ = {"params": p, STATE_COLLECTION: {OP_NAME: s}}
-    return module.apply(variables_, x_, rngs={RNG_STREAM: key})
-
-  def reference(p, x_):
-    return module.clone(quant=None).apply({"params": p}, x_)
-
-  _, vjp_q = jax.vjp(quantized, params, state, x)
-  dparams_q, _, dx_q = vjp_q(g)
-  _, vjp_f = jax.vjp(reference, params, x)
-  dparams_f, dx_f = vjp_f(g)
-
+def _layer_report(call: gradients.OpCall, key) -> LayerReport:
+  cfg, g = call.op.quant, call.g
+  dx_q, dw_q, _ = gradients.quantized_backward(call, cfg, call.state, key)
+  dx_f, dw_f = gradients.float_backward(call)
   channels = g.shape[-1]
-  gq = gradient.quantize_gradient(g, state, cfg, key if cfg.stochastic else None)
+  gq = gradient.quantize_gradient(g, call.state, cfg, key if cfg.stochastic else None)
   per_channel = gradient.clip_stats(g.reshape(-1, channels))
   live = per_channel.gmax > 0
   ratio = jnp.broadcast_to(gq.wgrad_scale, (channels,)) / jnp.where(live, per_channel.gmax, 1.0)
   ratio_live = ratio[live] if bool(jnp.any(live)) else jnp.ones((1,))
   g_d, g_w = gq.dequantized(g.shape)
   return LayerReport(
-    path="/".join(path),
+    path=call.layer,
     method=cfg.name,
     channels=channels,
     bell_fraction=float(jnp.mean(per_channel.is_bell(cfg).astype(jnp.float32))),
@@ -155,8 +105,8 @@ def _layer_report(module, path, x, g, variables, key) -> LayerReport:
     clip_ratio_min=float(jnp.min(ratio_live)),
     wgrad_g_cosine=_cosine(g_w, g),
     dgrad_g_cosine=_cosine(g_d, g),
-    dw_cosine=_cosine(dparams_q["kernel"], dparams_f["kernel"]),
-    dw_rel_error=_rel_error(dparams_q["kernel"], dparams_f["kernel"]),
+    dw_cosine=_cosine(dw_q, dw_f),
+    dw_rel_error=_rel_error(dw_q, dw_f),
     dx_cosine=_cosine(dx_q, dx_f),
     dx_rel_error=_rel_error(dx_q, dx_f),
   )

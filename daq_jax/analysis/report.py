@@ -182,13 +182,7 @@ def _prepare(model, variables, cfg, configs, run_cfg, example):
 
 def _state_paths(quant_state: dict, found: dict) -> dict:
   """Each layer's state in the checkpoint (its op's variables, at `<layer>/quant`)."""
-  out = {}
-  for name in found:
-    node = quant_state
-    for part in [*name.split("/"), OP_NAME]:
-      node = node[part]
-    out[name] = node
-  return out
+  return {name: gradients.lookup(quant_state, [*name.split("/"), OP_NAME]) for name in found}
 
 
 def _compare(layers: list[dict], methods) -> dict:
