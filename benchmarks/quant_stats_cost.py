@@ -39,7 +39,7 @@ def host_logging_ms(model: str, repeats: int) -> float:
     times = []
     for step in range(repeats):
       start = time.perf_counter()
-      stats = quantizer_statistics(jax.device_get(state.quant_state))
+      stats = quantizer_statistics(state.quant_state)
       writer.write(step, stats, prefix="quant", show=False)
       times.append((time.perf_counter() - start) * 1e3)
     writer.close()

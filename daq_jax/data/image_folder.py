@@ -198,10 +198,6 @@ def survey(files: FileDataset, samples: int = 32) -> tuple[bool, str]:
   )
 
 
-def is_small(files: FileDataset) -> bool:
-  return survey(files)[0]
-
-
 def _spawn():
   import multiprocessing
 

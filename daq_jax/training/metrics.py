@@ -21,13 +21,14 @@ def _format_duration(seconds: float) -> str:
 def quantizer_statistics(quant_state: dict) -> dict[str, float]:
   """The quantizer's statistics of the last step (`gradient.STAT_KEYS`), per quantized layer
   (`<layer path>/inverted_t`, `clip_ratio`, `dgrad_scale`) and averaged over the layers
-  (`mean/...`), from a host copy of the `quant_state` collection."""
+  (`mean/...`). Only these scalars leave the device, not the per-channel state."""
   out, sums = {}, {}
-  flat = jax.tree_util.tree_flatten_with_path(quant_state)[0]
-  for path, value in flat:
+  stats = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(quant_state)[0]:
     names = [str(getattr(k, "key", k)) for k in path]
-    if not names[-1].startswith("stat_"):
-      continue
+    if names[-1].startswith("stat_"):
+      stats[tuple(names)] = value
+  for names, value in jax.device_get(stats).items():
     stat = names[-1].removeprefix("stat_")
     layer = "/".join(names[:-2])  # without the op's name and the statistic
     out[f"{layer}/{stat}"] = float(value)

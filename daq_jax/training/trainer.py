@@ -233,7 +233,7 @@ class Trainer:
     values["epoch"] = step / self.steps_per_epoch
     self.writer.write(step, values)
     if state is not None and state.quant_state:
-      stats = quantizer_statistics(jax.device_get(state.quant_state))
+      stats = quantizer_statistics(state.quant_state)
       self.writer.write(step, stats, prefix="quant", show=False)
     self._pending, self._last_log = [], (step, time.perf_counter())
 
@@ -243,8 +243,7 @@ class Trainer:
   def _stop(self, state, during: str = "") -> None:
     """Saves the state (after its pending metrics) and raises `stops.Stopped`."""
     done = int(state.step)
-    self._log(done)
-    self._check_finite()
+    self._log(done, state)  # checks the pending metrics: no checkpoint past a non-finite loss
     if done > 0:
       self.ckpts.save(done, state)
       saved = f"checkpoint {self.ckpts.step_dir(done)} is saved"
@@ -305,7 +304,7 @@ class Trainer:
           self.writer.write(step, result, prefix=cfg.data.eval_split)
     except KeyboardInterrupt:  # no signal handlers (a run outside the main thread)
       done = int(state.step)
-      self._log(done)
+      self._log(done, state)
       self.ckpts.save(done, state)
       self.writer.message(
         f"interrupted: saved step {done} in {self.ckpts.directory}; run again to resume"
