@@ -68,10 +68,9 @@ def _daq_parts(cfg, spec, state, x, w, g):
   quantize_g = jax.jit(lambda g: gradient.quantize_gradient(g, state, cfg))
   _, res = fwd(x, w)
   gq = quantize_g(g)
-  (impl,) = set(cfg.impls)
-  backend = backends.get(impl)
-  dgrad = jax.jit(lambda gd, wd: backend.conv_dgrad(gd, wd, x.shape, w.shape, spec))
-  wgrad = jax.jit(lambda xt, gw: backend.conv_wgrad(xt, gw, x.shape, w.shape, spec))
+  plan = backends.plan(cfg, spec)
+  dgrad = jax.jit(lambda gd, wd: plan.dgrad.conv_dgrad(gd, wd, x.shape, w.shape, spec))
+  wgrad = jax.jit(lambda xt, gw: plan.wgrad.conv_wgrad(xt, gw, x.shape, w.shape, spec))
   return {
     "full": (jax.jit(full), (x, w, g)),
     "fwd": (fwd, (x, w)),

@@ -10,6 +10,11 @@ with an empty cache and 2.5 min with a warm one.
 import os
 import pathlib
 
+# With JAX's CUDA plugin installed (the `ptx` extra) and no GPU, JAX would probe for one and
+# log a CUDA error at start-up: on a machine without NVIDIA's device files, ask for the CPU.
+if "JAX_PLATFORMS" not in os.environ and not os.path.exists("/dev/nvidiactl"):
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
 import jax
 
 _DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "daq_jax" / "jax_test_cache"

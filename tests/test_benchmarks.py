@@ -2,6 +2,7 @@
 its JSON with the machine, versions and command (no timing is asserted)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -14,7 +15,6 @@ import pytest
   [
     ("benchmarks.ops", ["--batch", "2", "--repeats", "1"], ["rows", "net"]),
     ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
-    ("benchmarks.gpu_bench", ["--smoke", "--repeats", "1", "--sections", "gemm,conv"], ["gemm"]),
     ("benchmarks.any_model", ["--batch", "2", "--repeats", "1"], ["resnet20_ms", "cnn_ms"]),
   ],
 )
@@ -35,3 +35,38 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
     assert isinstance(result[key], (list, dict)) and "error" not in result[key]
   if module == "benchmarks.train_step":
     assert all("ms" in row for row in result["rows"].values()), result["rows"]
+
+
+def test_gpu_check_smoke_runs_every_stage(tmp_path):
+  """`gpu_check.sh --smoke` (what CI can run of the GPU check): every stage writes its JSON
+  and finishes; on this CPU every implementation compiles the small layers and matches the
+  float oracle, and auto picks today's xla path."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run(
+    ["bash", "benchmarks/gpu_check.sh", "--smoke"],
+    cwd=root,
+    env={**os.environ, "OUT": str(tmp_path), "GPU_CHECK_TOTAL": "240"},  # no deadline here
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  stages = {
+    name: json.loads((tmp_path / f"{name}.json").read_text())
+    for name in ("env", "contractions", "resnet50_step", "cifar")
+  }
+  for name, result in stages.items():
+    assert result.get("done") is True, (name, result.get("error"), proc.stdout[-2000:])
+    assert result["rows"], name
+    assert {"machine", "versions", "command", "date"} <= set(result)
+  env = stages["env"]
+  assert env["auto_plan"]["plain 3x3"] == ["xla", "xla", "xla"]
+  for row in env["rows"]:
+    assert "error" not in row, row
+    # int8 implementations against the float oracle: the same int8 values and integer sums,
+    # scaled in another order
+    assert max(v for k, v in row.items() if k.endswith("_rel_err")) < 1e-5, row
+  timed = [r for r in stages["contractions"]["rows"] if "ms" in r]
+  assert {r["impl"] for r in timed} >= {"xla", "im2col", "pallas", "xla_bf16", "xla_f32"}
+  assert {r["method"] for r in stages["cifar"]["rows"]} == {"fp32", "daq"}

@@ -1,13 +1,18 @@
-"""DAQ's gradient quantizer as two Pallas kernels.
+"""DAQ's gradient quantizer on Pallas kernels over a 2-D grid of (rows, channels) tiles.
 
-1. `_stats_kernel`: one program per block of channels walks down the N*H*W rows of g three
-   times (sum and max, then the squared deviations, then the count above sigma: sigma needs
-   the mean, the count needs sigma) and applies the clip rule in its epilogue, writing the
-   per-channel clip, the carried MCS state, max|g| and the fraction above sigma.
-2. `_quantize_kernel`: one pass over g writing both int8 tensors, per-channel scales (wgrad)
-   and the global scale (dgrad).
+g is viewed as (M, C), M = N*H*W rows. Every kernel runs one program per (block_m, block_c)
+tile, so a layer with 64 channels and 400,000 rows still has thousands of programs:
+1. `_partials_kernel`: per tile, the column sums, max |g| and count of non-finite values;
+2. `_squares_kernel`: per tile, the squared deviations from the column mean;
+3. `_count_kernel`: per tile, the count of |g| above the column's sigma;
+4. `_quantize_kernel`: both int8 tensors, from the per-channel and global 127/s.
+Between them, XLA sums the (M / block_m, C) partials and computes every per-channel scalar:
+mean, sigma (IEEE sqrt), the clip rule (`gradient.mcs_clip` itself) and 127/s
+(`numerics.inverse_step`, IEEE division). The kernels only add, compare, multiply and round,
+so a clip value gives the same int8 codes as the jnp quantizer on every platform (Triton's
+division and sqrt are approximate; none is left in a kernel). The sums run in another order
+than XLA's reductions, so mean and sigma agree to float32 rounding.
 
-The global dgrad scale, max over the channel maxima, is a reduction over (C,) between them.
 This covers DAQ's and GVQ's configurations (per-channel wgrad scales with `mcs` or `max`
 clipping, global `max` for dgrad, nearest rounding); other configurations use the jnp
 quantizer (`daq_jax.quant.gradient`), which this file's reference also is.
@@ -22,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
+from daq_jax.pallas.common import check_compilable, triton_params
 from daq_jax.quant import gradient, numerics
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.numerics import QMAX
@@ -31,18 +36,35 @@ from daq_jax.quant.numerics import QMAX
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GradQuantBlockSizes:
-  """Tiles (powers of two) and Triton launch parameters of both kernels."""
+  """Tiles (powers of two) and Triton launch parameters of the kernels.
+
+  Attributes:
+    block_m: rows per tile of the statistics kernels.
+    quantize_block_m: rows per tile of the quantize kernel, which holds two outputs per
+      element: at 256 x 64 with 4 warps it needs 255 registers a thread and spills (ptxas).
+    block_c: channels per tile, at most: a layer with fewer channels uses the next power of
+      two (>= 16) above its width.
+    num_warps, num_stages: Triton's launch parameters.
+  """
 
   block_m: int = 256
-  block_c: int = 32
+  quantize_block_m: int = 64
+  block_c: int = 64
   num_warps: int = 4
   num_stages: int = 1
 
   def __post_init__(self):
-    for name in ("block_m", "block_c"):
+    if self.block_m % self.quantize_block_m:
+      raise ValueError(
+        f"quantize_block_m={self.quantize_block_m} must divide block_m={self.block_m}"
+      )
+    for name in ("block_m", "quantize_block_m", "block_c"):
       value = getattr(self, name)
       if value < 16 or value & (value - 1):
         raise ValueError(f"{name}={value} must be a power of two >= 16")
+
+  def channel_block(self, channels: int) -> int:
+    return min(self.block_c, max(16, 1 << (channels - 1).bit_length()))
 
 
 def supports(cfg: QuantConfig) -> bool:
@@ -64,63 +86,40 @@ def _round_half_even(t):
   return f + up.astype(t.dtype)
 
 
-def _quantize(v, scale):
-  """`numerics.quantize` with nearest rounding, in operations the Triton lowering has."""
-  inverse = jnp.where(scale > 0, QMAX / jnp.where(scale > 0, scale, 1.0), 0.0)
-  t = jnp.clip(v * inverse, -QMAX, QMAX)
+def _quantize(v, inverse):
+  """`numerics.quantize` with nearest rounding, given 127/s: a multiply, a clip, a rounding."""
+  t = jnp.clip(v * inverse, -QMAX, QMAX)  # clipping before rounding: the bounds are integers
   return _round_half_even(t).astype(jnp.int8)
 
 
-def _stats_kernel(
-  g_ref, prev_ref, clip_ref, ema_ref, gmax_ref, above_ref, *, rows: int, sizes, cfg: QuantConfig
-):
-  bm, bc = sizes.block_m, sizes.block_c
-  steps = g_ref.shape[0] // bm
-
-  def block(i):
-    g = g_ref[pl.ds(pl.multiple_of(i * bm, bm), bm), :]
-    valid = (i * bm + lax.broadcasted_iota(jnp.int32, (bm, bc), 0)) < rows
-    return g, valid
-
-  def sum_max(i, carry):
-    total, biggest, nonfinite = carry
-    g, _ = block(i)  # padded rows are zeros: they add nothing to the sum or the max
-    return (
-      total + jnp.sum(g, axis=0),
-      jnp.maximum(biggest, jnp.max(jnp.abs(g), axis=0)),
-      nonfinite + jnp.sum(((g - g) != 0).astype(jnp.float32), axis=0),
-    )
-
-  zeros = jnp.zeros((bc,), jnp.float32)
-  total, biggest, nonfinite = lax.fori_loop(0, steps, sum_max, (zeros, zeros, zeros))
-  mean = total / rows
-
-  def squares(i, acc):
-    g, valid = block(i)
-    return acc + jnp.sum(jnp.where(valid, (g - mean[None, :]) ** 2, 0.0), axis=0)
-
-  sigma = jnp.sqrt(lax.fori_loop(0, steps, squares, zeros) / rows)
-
-  def count(i, acc):
-    g, valid = block(i)
-    return acc + jnp.sum((valid & (jnp.abs(g) > sigma[None, :])).astype(jnp.float32), axis=0)
-
-  above = lax.fori_loop(0, steps, count, zeros) / rows
-  gmax = jnp.where(nonfinite > 0, jnp.nan, biggest)
-  if cfg.wgrad_clip == "mcs":  # the jnp rule itself: it lowers to Triton as it is
-    clip, ema = gradient.mcs_clip(gradient.ClipStats(gmax, above), prev_ref[...], cfg)
-  else:
-    clip = ema = gmax
-  clip_ref[...] = clip
-  ema_ref[...] = ema
-  gmax_ref[...] = gmax
-  above_ref[...] = above
+def _valid_rows(rows: int, shape) -> jax.Array:
+  first = pl.program_id(0) * shape[0]
+  return (first + lax.broadcasted_iota(jnp.int32, shape, 0)) < rows
 
 
-def _quantize_kernel(g_ref, clip_ref, dscale_ref, wq_ref, dq_ref):
+def _partials_kernel(g_ref, sum_ref, max_ref, bad_ref):
+  g = g_ref[...]  # padded rows and channels are zeros: they add nothing to a sum or a max
+  sum_ref[...] = jnp.sum(g, axis=0)
+  max_ref[...] = jnp.max(jnp.abs(g), axis=0)
+  bad_ref[...] = jnp.sum(((g - g) != 0).astype(jnp.float32), axis=0)  # NaN and inf
+
+
+def _squares_kernel(g_ref, mean_ref, out_ref, *, rows: int):
   g = g_ref[...]
-  wq_ref[...] = _quantize(g, clip_ref[...][None, :])
-  dq_ref[...] = _quantize(g, dscale_ref[...][:, None])
+  deviation = jnp.where(_valid_rows(rows, g.shape), g - mean_ref[...][None, :], 0.0)
+  out_ref[...] = jnp.sum(deviation * deviation, axis=0)
+
+
+def _count_kernel(g_ref, sigma_ref, out_ref, *, rows: int):
+  g = g_ref[...]
+  above = _valid_rows(rows, g.shape) & (jnp.abs(g) > sigma_ref[...][None, :])
+  out_ref[...] = jnp.sum(above.astype(jnp.float32), axis=0)
+
+
+def _quantize_kernel(g_ref, winv_ref, dinv_ref, wq_ref, dq_ref):
+  g = g_ref[...]
+  wq_ref[...] = _quantize(g, winv_ref[...][None, :])
+  dq_ref[...] = _quantize(g, dinv_ref[...][:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block_sizes", "interpret"))
@@ -143,47 +142,71 @@ def quantize_gradient(
   """
   if not supports(cfg):
     raise ValueError(f"the fused gradient quantizer does not implement config {cfg}")
+  check_compilable(interpret, "quantize_gradient")
   s = block_sizes
   channels = g.shape[-1]
+  bc = s.channel_block(channels)
   g2d = g.reshape(-1, channels).astype(jnp.float32)
   rows = g2d.shape[0]
-  g_p = jnp.pad(g2d, ((0, -rows % s.block_m), (0, -channels % s.block_c)))
-  prev = jnp.pad(state["wgrad_clip"], (0, -channels % s.block_c))
+  g_p = jnp.pad(g2d, ((0, -rows % s.block_m), (0, -channels % bc)))
   mp, cp = g_p.shape
-  params = pltriton.CompilerParams(num_warps=s.num_warps, num_stages=s.num_stages)
-  vector = jax.ShapeDtypeStruct((cp,), jnp.float32)
-  channel_block = pl.BlockSpec((s.block_c,), lambda j: (j,))
-  clip, ema, gmax, above = pl.pallas_call(
-    functools.partial(_stats_kernel, rows=rows, sizes=s, cfg=cfg),
-    out_shape=(vector,) * 4,
-    grid=(cp // s.block_c,),
-    in_specs=[pl.BlockSpec((mp, s.block_c), lambda j: (0, j)), channel_block],
-    out_specs=(channel_block,) * 4,
-    compiler_params=params,
+  grid = (mp // s.block_m, cp // bc)
+  call = functools.partial(
+    pl.pallas_call,
+    grid=grid,
+    compiler_params=triton_params(num_warps=s.num_warps, num_stages=s.num_stages),
     interpret=interpret,
-  )(g_p, prev)
-  dgrad_scale = numerics.max_abs(gmax[:channels])  # NaN when a channel max is NaN
-  tile = pl.BlockSpec((s.block_m, s.block_c), lambda i, j: (i, j))
+  )
+  tile = pl.BlockSpec((s.block_m, bc), lambda i, j: (i, j))
+  per_channel = pl.BlockSpec((bc,), lambda i, j: (j,))
+  partial = pl.BlockSpec((pl.squeezed, bc), lambda i, j: (i, j))
+  partials = jax.ShapeDtypeStruct((grid[0], cp), jnp.float32)
+
+  sums, maxima, bad = call(
+    _partials_kernel, out_shape=(partials,) * 3, in_specs=[tile], out_specs=(partial,) * 3
+  )(g_p)
+
+  def column_sums(kernel, vector):
+    """A pass over g with a per-channel vector: its per-tile partials summed over rows."""
+    parts = call(
+      functools.partial(kernel, rows=rows),
+      out_shape=partials,
+      in_specs=[tile, per_channel],
+      out_specs=partial,
+    )(g_p, vector)
+    return jnp.sum(parts, axis=0)
+
+  mean = jnp.sum(sums, axis=0) / rows
+  sigma = jnp.sqrt(column_sums(_squares_kernel, mean) / rows)
+  above = (column_sums(_count_kernel, sigma) / rows)[:channels]
+  gmax = jnp.where(jnp.sum(bad, axis=0) > 0, jnp.nan, jnp.max(maxima, axis=0))[:channels]
+  stats = gradient.ClipStats(gmax=gmax, above_sigma=above)
+  if cfg.wgrad_clip == "mcs":
+    clip, ema = gradient.mcs_clip(stats, state["wgrad_clip"], cfg)
+  else:
+    clip = ema = gmax
+  dgrad_scale = numerics.max_abs(gmax)  # NaN when a channel max is NaN
+  small = pl.BlockSpec((s.quantize_block_m, bc), lambda i, j: (i, j))
   wq, dq = pl.pallas_call(
     _quantize_kernel,
     out_shape=(jax.ShapeDtypeStruct((mp, cp), jnp.int8),) * 2,
-    grid=(mp // s.block_m, cp // s.block_c),
-    in_specs=[
-      tile,
-      pl.BlockSpec((s.block_c,), lambda i, j: (j,)),
-      pl.BlockSpec((1,), lambda i, j: (0,)),
-    ],
-    out_specs=(tile, tile),
-    compiler_params=params,
+    grid=(mp // s.quantize_block_m, cp // bc),
+    in_specs=[small, per_channel, pl.BlockSpec((1,), lambda i, j: (0,))],
+    out_specs=(small, small),
+    compiler_params=triton_params(num_warps=s.num_warps, num_stages=s.num_stages),
     interpret=interpret,
-  )(g_p, clip, jnp.reshape(dgrad_scale, (1,)))
+  )(
+    g_p,
+    jnp.pad(numerics.inverse_step(clip), (0, cp - channels)),
+    jnp.reshape(numerics.inverse_step(dgrad_scale), (1,)),
+  )
   gq = gradient.QuantizedGradient(
     wgrad_q=wq[:rows, :channels],
-    wgrad_scale=clip[:channels],
+    wgrad_scale=clip,
     dgrad_q=dq[:rows, :channels].reshape(g.shape),
     dgrad_scale=dgrad_scale,
-    new_state={"dgrad_clip": dgrad_scale, "wgrad_clip": ema[:channels]},
-    wgrad_stats=gradient.ClipStats(gmax=gmax[:channels], above_sigma=above[:channels]),
+    new_state={"dgrad_clip": dgrad_scale, "wgrad_clip": ema},
+    wgrad_stats=stats,
   )
   return gradient.with_statistics(gq, state, cfg)
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-# The registered implementations of the int8 products (daq_jax.quant.backends).
+# The registered implementations of the int8 products (daq_jax.quant.backends); "auto" picks
+# one of them per platform and contraction (daq_jax.quant.backends.auto).
 IMPLS = ("xla", "simulate", "im2col", "pallas")
+AUTO = "auto"
 CONTRACTIONS = ("forward", "dgrad", "wgrad")
 GRANULARITIES = ("per_channel", "per_tensor")
 CLIPS = ("max", "mcs", "dsgc")
@@ -43,7 +45,7 @@ def parse_impls(impl: str) -> tuple[str, ...]:
       f"{', '.join(CONTRACTIONS)}"
     )
   for name in names:
-    _check_choice("impl", name, IMPLS)
+    _check_choice("impl", name, (AUTO, *IMPLS))
   return names
 
 
@@ -69,11 +71,16 @@ class QuantConfig:
     bits: the integer width; only 8 is implemented.
     impl: which implementation computes the int8 products (daq_jax.quant.backends): one name
       for all three, or three comma-separated names for the forward product, dgrad and wgrad
-      ("xla,xla,im2col"). `xla`: int8 lax convs and NN dots in the layouts XLA's CPU backend
-      runs fast; `im2col`: XLA int8 dot_general on im2col views; `pallas`: the Pallas int8
-      GEMM on im2col views, and for DAQ/GVQ the fused gradient quantizer (compiled on a GPU,
-      interpreted elsewhere); `simulate`: the same numerics in float (quantize-dequantize,
-      then float products), the oracle of the tests. All give the same int8 values.
+      ("xla,xla,im2col"). `auto` (the default): the implementation the table in
+      `daq_jax.quant.backends.auto` lists first for the platform the program is traced for
+      and the contraction, skipping any that does not support the layer (with a logged
+      reason); on the CPU that is `xla` for all three. `xla`: int8 lax convs and NN dots in
+      the layouts XLA's CPU backend runs fast (never grouped int8 convs on a GPU, where cuDNN
+      gets them wrong); `im2col`: XLA int8 dot_general on im2col views; `pallas`: the Pallas
+      int8 GEMM on im2col views, and for DAQ/GVQ the Pallas gradient quantizer (compiled on
+      a GPU, interpreted elsewhere); `simulate`: the same numerics in float
+      (quantize-dequantize, then float products), the oracle of the tests. All give the
+      same int8 values.
     wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
       wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
     wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`
@@ -95,7 +102,7 @@ class QuantConfig:
 
   name: str = dataclasses.field(default="custom", compare=False)
   bits: int = 8
-  impl: str = "xla"
+  impl: str = AUTO
   wgrad_granularity: str = "per_channel"
   wgrad_clip: str = "mcs"
   dgrad_clip: str = "max"

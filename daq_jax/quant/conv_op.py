@@ -28,7 +28,7 @@ def _conv(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
 
 
 def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
-  plan = backends.plan(cfg)
+  plan = backends.plan(cfg, spec)
   x = QTensor.of(lhs, numerics.max_abs(lhs))
   w = QTensor.of(rhs, numerics.max_abs(rhs))
   out = plan.forward.conv_forward(x, w, spec)
@@ -39,7 +39,7 @@ def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
 
 
 def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
-  plan = backends.plan(cfg)
+  plan = backends.plan(cfg, spec)
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
   dx = plan.dgrad.conv_dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
   dw = plan.wgrad.conv_wgrad(res.inputs, gq.wgrad, res.lhs_shape, res.rhs_shape, spec)

@@ -30,7 +30,9 @@ def max_abs(v: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
   return jnp.where(nonfinite, jnp.nan, biggest)
 
 
-def _inverse_step(scale: jax.Array) -> jax.Array:
+def inverse_step(scale: jax.Array) -> jax.Array:
+  """127 / s, and 0 where s is not positive: what `quantize` multiplies by (the Pallas
+  quantizer takes it precomputed, so both divide in XLA)."""
   # `scale > 0` is False for NaN, so a NaN scale quantizes to zeros (the dequantization,
   # which multiplies by the scale, brings the NaN back).
   safe = jnp.where(scale > 0, scale, 1.0)
@@ -56,7 +58,7 @@ def quantize(
   Returns:
     An int8 array of `v`'s shape with values in [-127, 127].
   """
-  t = v.astype(jnp.float32) * _inverse_step(jnp.asarray(scale, jnp.float32))
+  t = v.astype(jnp.float32) * inverse_step(jnp.asarray(scale, jnp.float32))
   if rounding == "nearest":
     t = jnp.round(t)
   elif rounding == "stochastic":

@@ -21,6 +21,7 @@ import numpy as np
 from daq_jax import data as data_lib
 from daq_jax.data import image_folder
 from daq_jax.data.image_folder import FileDataset
+from daq_jax.quant import backends
 from daq_jax.training import checkpoint, optim, parallel, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
@@ -273,7 +274,7 @@ class Trainer:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
-      f"({cfg.quant.impl}), {len(self.train_batches.dataset)} train / "
+      f"({backends.describe(cfg.quant.impl)}), {len(self.train_batches.dataset)} train / "
       f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} examples, {self.num_steps} steps "
       f"of {cfg.batch_size} on {self.mesh.size} {self.mesh.devices.flat[0].platform} "
       f"device(s), workdir {self.workdir}"

@@ -26,7 +26,12 @@ LOCK_FILE = "run.lock"
 RESUME_KEYS = (
   "seed",
   "model",
-  "quant",
+  # Every quant setting but impl: the implementations give the same int8 values, so a run
+  # may resume on another one (a CPU run on a GPU, say).
+  "quant.method",
+  "quant.quantize_first_conv",
+  "quant.quantize_last_dense",
+  "quant.rules",
   "batch_size",
   "data.name",
   "data.image_size",

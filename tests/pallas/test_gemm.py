@@ -4,8 +4,10 @@ Strategy: `TestGemm` runs the compiled kernel and is skipped without a GPU; `Tes
 reruns every case with `interpret=True` on the CPU (CI). Integer products with unit scales are
 compared exactly; the float epilogue (scales, bfloat16 output) within the tolerance below.
 Shapes exercise the edges: sizes that are not multiples of the blocks, a reduction longer than
-the int32 bound, and flushes of the int32 accumulator. Every block configuration also lowers
-for CUDA on the CPU, so shape and tiling mistakes surface without a GPU.
+the int32 bound, flushes of the int32 accumulator, and K split into ranges whose partial
+products XLA sums. Test tiles are int8-wgmma sized (M >= 64, K >= 32), as the production
+ones. Every block configuration also lowers for CUDA on the CPU, so shape and tiling mistakes
+surface without a GPU (tests/pallas/test_ptx.py compiles them on to PTX).
 """
 
 import jax
@@ -13,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from daq_jax.pallas import gemm
+from daq_jax.pallas import gemm, ptx
 from tests.helpers import CompiledOrInterpreted
 
 TOLERANCE = {
@@ -21,7 +23,8 @@ TOLERANCE = {
   jnp.bfloat16: 8e-3,  # one bfloat16 rounding of the result
 }
 
-SMALL = gemm.GemmBlockSizes(block_m=32, block_n=32, block_k=32)
+SMALL = gemm.GemmBlockSizes(block_m=64, block_n=32, block_k=32, split_k=1)
+SPLIT = gemm.GemmBlockSizes(block_m=64, block_n=32, block_k=32, split_k=3)
 
 
 def _operands(m, k, n, seed=0):
@@ -65,20 +68,42 @@ class TestGemm(CompiledOrInterpreted):
       want = gemm.int8_matmul_reference(a[g], b[g], rows[g], cols[g], block_sizes=SMALL)
       np.testing.assert_allclose(got[g], want, rtol=TOLERANCE[jnp.float32])
 
-  def test_accumulator_flushes_keep_the_sum_exact(self):
-    # max_reduction = 64 with block_k = 16: the int32 accumulator flushes every 4 steps.
-    sizes = gemm.GemmBlockSizes(block_m=16, block_n=16, block_k=16, max_reduction=64)
+  @pytest.mark.parametrize("split_k", [1, 2])
+  def test_accumulator_flushes_keep_the_sum_exact(self, split_k):
+    # max_reduction = 64 with block_k = 32: the int32 accumulator flushes every 2 steps.
+    sizes = gemm.GemmBlockSizes(
+      block_m=64, block_n=16, block_k=32, max_reduction=64, split_k=split_k
+    )
     a, b, _, _ = _operands(20, 300, 24, seed=2)
     got = self._run(a, b, jnp.ones(20), jnp.ones(24), block_sizes=sizes)
     np.testing.assert_array_equal(got, jnp.dot(a, b, preferred_element_type=jnp.int32))
 
-  def test_reduction_longer_than_the_int32_bound(self):
+  @pytest.mark.parametrize("split_k", [1, 5])
+  def test_reduction_longer_than_the_int32_bound(self, split_k):
     k = 140_000  # 127 * 127 * k > 2**31
     a = jnp.full((16, k), 127, jnp.int8)
     b = jnp.full((k, 16), 127, jnp.int8)
-    sizes = gemm.GemmBlockSizes(block_m=16, block_n=16, block_k=512)
+    sizes = gemm.GemmBlockSizes(block_m=64, block_n=16, block_k=512, split_k=split_k)
     got = self._run(a, b, jnp.ones(16), jnp.ones(16), block_sizes=sizes)
     np.testing.assert_allclose(got, np.full((16, 16), 127.0 * 127.0 * k), rtol=1e-7)
+
+  @pytest.mark.parametrize("groups", [None, 2])
+  def test_split_k_partials_sum_to_the_product(self, groups):
+    a, b, rows, cols = _operands(70, 250, 40, seed=5)
+    if groups:
+      a, b = jnp.stack([a, -a]), jnp.stack([b, b])
+      rows, cols = jnp.stack([rows, rows]), jnp.stack([cols, cols])
+    got = self._run(a, b, rows, cols, block_sizes=SPLIT)
+    want = gemm.int8_matmul_reference(a, b, rows, cols, block_sizes=SPLIT)
+    # Each range's partial is scaled, then XLA sums them: a float32 rounding per partial, so
+    # the error is relative to the partials' size, not to a sum that may cancel.
+    scale = np.abs(np.asarray(want)).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=SPLIT.split_k * 1e-6 * scale)
+
+  def test_nt_takes_b_k_major(self):
+    a, b, rows, cols = _operands(64, 96, 48, seed=6)
+    got = gemm.int8_matmul_nt(a, b.T, rows, cols, block_sizes=SMALL, interpret=self.interpret)
+    np.testing.assert_array_equal(got, self._run(a, b, rows, cols, block_sizes=SMALL))
 
 
 class TestGemmInterpret(TestGemm):
@@ -89,8 +114,9 @@ class TestGemmInterpret(TestGemm):
   "sizes",
   [
     gemm.GemmBlockSizes(),
-    gemm.GemmBlockSizes(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=4),
+    gemm.GemmBlockSizes(block_m=64, block_n=128, block_k=128, num_warps=4, num_stages=4),
     SMALL,
+    SPLIT,
   ],
 )
 @pytest.mark.parametrize("groups", [None, 4])
@@ -99,10 +125,8 @@ def test_lowers_for_cuda_with_the_triton_backend(sizes, groups):
   if groups:
     a, b = jnp.stack([a] * groups), jnp.stack([b] * groups)
     rows, cols = jnp.stack([rows] * groups), jnp.stack([cols] * groups)
-  lowered = (
-    jax.jit(lambda *args: gemm.int8_matmul(*args, block_sizes=sizes))
-    .trace(a, b, rows, cols)
-    .lower(lowering_platforms=("cuda",))
+  lowered = ptx.lower_for_cuda(
+    lambda *args: gemm.int8_matmul(*args, block_sizes=sizes), a, b, rows, cols
   )
   assert "xla.gpu.triton" in lowered.as_text()
 
@@ -110,8 +134,10 @@ def test_lowers_for_cuda_with_the_triton_backend(sizes, groups):
 @pytest.mark.parametrize(
   "make, match",
   [
-    (lambda: gemm.GemmBlockSizes(block_m=48), "block_m=48 must be a power of two"),
+    (lambda: gemm.GemmBlockSizes(block_m=96), "block_m=96 must be a power of two >= 64"),
+    (lambda: gemm.GemmBlockSizes(block_k=16), "block_k=16 must be a power of two >= 32"),
     (lambda: gemm.GemmBlockSizes(block_k=64, max_reduction=32), "exceeds max_reduction"),
+    (lambda: gemm.GemmBlockSizes(split_k=-1), "split_k=-1 must be >= 0"),
     (
       lambda: gemm.int8_matmul(jnp.ones((4, 4)), jnp.ones((4, 4)), jnp.ones(4), jnp.ones(4)),
       "takes int8 operands",
@@ -122,8 +148,36 @@ def test_lowers_for_cuda_with_the_triton_backend(sizes, groups):
       ),
       r"must be \(M, K\) and \(K, N\)",
     ),
+    (
+      lambda: gemm.int8_matmul_nt(
+        jnp.ones((4, 5), jnp.int8), jnp.ones((4, 4), jnp.int8), jnp.ones(4), jnp.ones(4)
+      ),
+      r"must be \(M, K\) and \(N, K\)",
+    ),
   ],
 )
 def test_bad_input_names_the_problem(make, match):
   with pytest.raises(ValueError, match=match):
     make()
+
+
+@pytest.mark.parametrize(
+  "tiles, k_steps, want",
+  [
+    (500, 100, 1),  # enough tiles: no split
+    (4, 6272, 66),  # ResNet-50 layer-1 wgrad (576 x 64 output, K = 401,408): 66 ranges
+    (4, 8, 2),  # a short K: ranges of at least MIN_STEPS_PER_SPLIT steps
+    (4, 3, 1),
+  ],
+)
+def test_automatic_split_fills_the_gpu(tiles, k_steps, want):
+  assert gemm.split_count(tiles, k_steps, gemm.GemmBlockSizes()) == want
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the compiled kernels run on a GPU")
+def test_compiled_kernels_off_a_gpu_are_a_clear_error():
+  a, b, rows, cols = _operands(64, 32, 32)
+  with pytest.raises(
+    ValueError, match="int8_matmul compiles its Pallas kernels for CUDA GPUs only"
+  ):
+    gemm.int8_matmul(a, b, rows, cols)

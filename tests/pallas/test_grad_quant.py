@@ -1,9 +1,9 @@
-"""The fused gradient-quantizer kernels against the jnp quantizer (their reference).
+"""The Pallas gradient-quantizer kernels against the jnp quantizer (their reference).
 
 Strategy: `TestGradQuant` runs compiled (skipped without a GPU); `TestGradQuantInterpret`
 reruns it in the Pallas interpreter on the CPU. The int8 outputs, max|g| and the fraction
 above sigma must be identical to the jnp quantizer; the clip values and the MCS state agree to
-float32 rounding (XLA may contract the recursion into a fused multiply-add on one side only).
+float32 rounding (the kernels sum in another order than XLA's reductions).
 Shapes that are not whole blocks, ties in rounding, all-zero and NaN channels are covered, and
 the kernels lower for CUDA on the CPU.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from daq_jax import quant
-from daq_jax.pallas import grad_quant
+from daq_jax.pallas import grad_quant, ptx
 from daq_jax.quant import backends, gradient
 from tests.helpers import CompiledOrInterpreted
 
@@ -95,12 +95,8 @@ def test_lowers_for_cuda_with_the_triton_backend():
   cfg = quant.daq()
   g = _mixed(1000, 40)
   state = gradient.init_state(cfg, 40)
-  lowered = (
-    jax.jit(lambda g, s: grad_quant.quantize_gradient(g, s, cfg))
-    .trace(g, state)
-    .lower(lowering_platforms=("cuda",))
-  )
-  assert lowered.as_text().count("xla.gpu.triton") == 2
+  lowered = ptx.lower_for_cuda(lambda g, s: grad_quant.quantize_gradient(g, s, cfg), g, state)
+  assert lowered.as_text().count("xla.gpu.triton") == 4  # 3 statistics kernels, 1 quantize
 
 
 def test_other_configs_use_the_jnp_quantizer_and_direct_calls_are_refused():
@@ -114,3 +110,10 @@ def test_other_configs_use_the_jnp_quantizer_and_direct_calls_are_refused():
     grad_quant.quantize_gradient(g, state, cfg)
   with pytest.raises(ValueError, match="block_c=24 must be a power of two"):
     grad_quant.GradQuantBlockSizes(block_c=24)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="the compiled kernels run on a GPU")
+def test_compiled_kernels_off_a_gpu_are_a_clear_error():
+  cfg = quant.daq()
+  with pytest.raises(ValueError, match="quantize_gradient compiles its Pallas kernels for CUDA"):
+    grad_quant.quantize_gradient(jnp.ones((64, 16)), gradient.init_state(cfg, 16), cfg)

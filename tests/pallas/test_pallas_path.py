@@ -2,7 +2,7 @@
 
 Strategy: `TestPallasPath` runs on a GPU, where the kernels are compiled (skipped elsewhere),
 and `TestPallasPathInterpret` reruns it on the CPU, where the same program interprets them
-(the choice is `lax.platform_dependent`, made when the program is lowered). For every geometry
+(the choice is made when the program is traced, by `backends.target_platform`). For every geometry
 (grouped and depthwise included) the forward output and both gradients match the xla path to
 float32 rounding (the int8 values and integer sums are identical; only the order of the float
 scaling differs) and the new state is identical on a first step; a QConv/QDense training step
@@ -19,6 +19,7 @@ import pytest
 
 import daq_jax.nn as qnn
 from daq_jax import quant
+from daq_jax.pallas import ptx
 from daq_jax.quant import conv_op, gradient, lowering
 from tests.helpers import CompiledOrInterpreted, assert_close
 
@@ -135,8 +136,8 @@ def test_kernels_contract_int8_and_lower_to_triton_for_cuda():
   step, v = _step("pallas")
   found = lowering.contractions(step, v["params"], v["quant_state"])
   assert found and all(c.is_int8 for c in found), found
-  # Lowered for a GPU, the same program takes the compiled kernels (lax.platform_dependent).
-  lowered = jax.jit(step).trace(v["params"], v["quant_state"]).lower(lowering_platforms=("cuda",))
+  # Traced for a GPU (an abstract CUDA device), the same program takes the compiled kernels.
+  lowered = ptx.lower_for_cuda(step, v["params"], v["quant_state"])
   # forward of 3 layers, wgrad of 3, dgrad of the 2 layers whose input gradient is needed
   text = lowered.as_text()
   assert text.count("xla.gpu.triton") >= 8

@@ -55,7 +55,7 @@ def test_name_is_a_label_not_part_of_the_numerics():
 
 
 def test_impl_names_one_implementation_or_one_per_contraction():
-  assert quant.daq().impls == ("xla", "xla", "xla")
+  assert quant.daq().impls == ("auto", "auto", "auto")
   cfg = quant.daq(impl="simulate, xla ,im2col")
   assert cfg.impls == ("simulate", "xla", "im2col") and cfg.impl == "simulate,xla,im2col"
   with pytest.raises(ValueError, match="must name one implementation or three"):

@@ -32,6 +32,12 @@ class Backend(abc.ABC):
 
   name: str
 
+  def unsupported(self, contraction: str, spec: ConvSpec | None, platform: str) -> str | None:
+    """Why this implementation cannot compute `contraction` ("forward", "dgrad", "wgrad") of a
+    conv with geometry `spec` (None: a dense layer) on `platform`; None when it can."""
+    del contraction, spec, platform
+    return None
+
   # Conv ------------------------------------------------------------------------------------
 
   @abc.abstractmethod

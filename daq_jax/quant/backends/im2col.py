@@ -1,9 +1,17 @@
-"""Convolutions and dense products on an int8 GEMM: im2col for the forward pass and the
-weight gradient, GEMM then col2im for the input gradient.
+"""Convolutions and dense products on an int8 GEMM over int8 im2col (patch) views: of x for
+the forward pass and the weight gradient, of g for the input gradient.
 
     forward: patches(x) (M, T*C_in) @ w (T*C_in, C_out)          M = N * out positions
-    dgrad:   g (M, C_out) @ w^T (C_out, T*C_in), then col2im      (the transpose of patches)
+    dgrad:   patches(g) (M_in, T*C_out) @ w' (T*C_out, C_in)      w' = the flipped kernel,
+             the forward conv of `geometry.dgrad_spec` (input positions M_in)
     wgrad:   patches(x)^T (T*C_in, M) @ g (M, C_out), per-channel g scales on the columns
+
+Each GEMM is handed over with both operands K-major, a (M, K) and b^T (N, K) ("NT"), the layout
+int8 tensor cores read (cuBLASLt's int8 GEMM and Hopper's wgmma want it): the forward's and
+dgrad's b^T is a small transpose of the kernel; the wgrad's operands are transposes of the
+patches and of g, which XLA folds into its dot (transpose folding) and the Pallas GEMM gets as
+copies. The patches are int8, so the largest tensor an im2col product writes is T bytes per
+input element (at ResNet-50's first 3x3 layer, batch 128: 231 MB).
 
 Every geometry of `geometry.ConvSpec` is supported: strides, padding, input and kernel
 dilation, 1-D/2-D/3-D, and feature groups (one GEMM per group on a leading batch axis;
@@ -23,8 +31,8 @@ import jax.numpy as jnp
 
 from daq_jax.quant import contract
 from daq_jax.quant.backends.base import Backend
-from daq_jax.quant.geometry import out_spatial, spec_patches
-from daq_jax.quant.numerics import QMAX
+from daq_jax.quant.geometry import dgrad_kernel, dgrad_spec, out_spatial, spec_patches
+from daq_jax.quant.numerics import QMAX, QTensor
 
 
 def _per_group(cols: jax.Array, taps: int, groups: int) -> jax.Array:
@@ -32,13 +40,6 @@ def _per_group(cols: jax.Array, taps: int, groups: int) -> jax.Array:
   m = cols.shape[0]
   c_g = cols.shape[1] // (taps * groups)
   return cols.reshape(m, taps, groups, c_g).transpose(2, 0, 1, 3).reshape(groups, m, -1)
-
-
-def _from_groups(cols_g: jax.Array, taps: int) -> jax.Array:
-  """The inverse of `_per_group`: (G, M, T * C/G) -> (M, T * C)."""
-  groups, m, width = cols_g.shape
-  c_g = width // taps
-  return cols_g.reshape(groups, m, taps, c_g).transpose(1, 2, 0, 3).reshape(m, -1)
 
 
 def _kernel_per_group(w: jax.Array, groups: int) -> jax.Array:
@@ -56,61 +57,59 @@ class Im2colBackend(Backend):
   """The conv and dense products as GEMMs; subclasses give the GEMM."""
 
   @abc.abstractmethod
-  def int8_gemm(self, a, b, row_scale, col_scale) -> jax.Array:
-    """(..., M, K) int8 @ (..., K, N) int8 -> float32, times row_scale (..., M) and
+  def int8_gemm_nt(self, a, bt, row_scale, col_scale) -> jax.Array:
+    """(..., M, K) int8 @ ((..., N, K) int8)^T -> float32, times row_scale (..., M) and
     col_scale (..., N); a leading axis, if any, is a batch (group) axis."""
 
-  def _gemm(self, a, b, row_scale, col_scale) -> jax.Array:
+  def _gemm(self, a, bt, row_scale, col_scale) -> jax.Array:
     rows = jnp.broadcast_to(jnp.asarray(row_scale, jnp.float32), a.shape[:-1])
-    cols = jnp.broadcast_to(jnp.asarray(col_scale, jnp.float32), (*b.shape[:-2], b.shape[-1]))
-    return self.int8_gemm(a, b, rows, cols)
+    cols = jnp.broadcast_to(jnp.asarray(col_scale, jnp.float32), bt.shape[:-1])
+    return self.int8_gemm_nt(a, bt, rows, cols)
 
   def conv_forward(self, x, w, spec):
     groups, taps = spec.feature_group_count, math.prod(w.q.shape[:-2])
     cols = _per_group(spec_patches(x.q, w.q.shape, spec), taps, groups)  # (G, M, T * I)
     scale = _group_scale(x.scale * w.scale / (QMAX * QMAX), groups, cols.shape[1])
-    out = self._gemm(cols, _kernel_per_group(w.q, groups), scale, 1.0)  # (G, M, O)
+    w_t = _kernel_per_group(w.q, groups).transpose(0, 2, 1)  # (G, O, T * I)
+    out = self._gemm(cols, w_t, scale, 1.0)  # (G, M, O)
     spatial = out_spatial(x.q.shape, w.q.shape, spec)
     return out.transpose(1, 0, 2).reshape(x.q.shape[0], *spatial, w.q.shape[-1])
 
+  def conv_keep_kernel(self, rhs, w, spec):
+    return QTensor.of(dgrad_kernel(rhs, spec.feature_group_count), w.scale)
+
   def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
-    groups, taps = spec.feature_group_count, math.prod(rhs_shape[:-2])
-    c_out = rhs_shape[-1]
-    g_g = g.q.reshape(-1, groups, c_out // groups).transpose(1, 0, 2)  # (G, M, O)
-    w_t = _kernel_per_group(kernel.q, groups).transpose(0, 2, 1)  # (G, O, T * I)
-    scale = _group_scale(g.scale * kernel.scale / (QMAX * QMAX), groups, g_g.shape[1])
-    cols = _from_groups(self._gemm(g_g, w_t, scale, 1.0), taps)
-    (col2im,) = jax.linear_transpose(
-      lambda v: spec_patches(v, rhs_shape, spec), jax.ShapeDtypeStruct(lhs_shape, jnp.float32)
-    )(cols)
-    return col2im
+    # The input gradient is the forward conv of g with the flipped kernel (`dgrad_spec`), so
+    # it is a forward GEMM on int8 patches of g, giving dx directly (no float columns to
+    # scatter back with col2im).
+    return self.conv_forward(g, kernel, dgrad_spec(lhs_shape, rhs_shape, spec))
 
   def conv_wgrad(self, inputs, g, lhs_shape, rhs_shape, spec):
     groups, taps = spec.feature_group_count, math.prod(rhs_shape[:-2])
     *ksize, c_in_g, c_out = rhs_shape
     cols_t = _per_group(spec_patches(inputs.q, rhs_shape, spec), taps, groups).transpose(0, 2, 1)
-    g_g = g.q.reshape(-1, groups, c_out // groups).transpose(1, 0, 2)  # (G, M, O)
+    g_t = g.q.reshape(-1, groups, c_out // groups).transpose(1, 2, 0)  # (G, O, M)
     rows = _group_scale(inputs.scale / QMAX, groups, cols_t.shape[1])
     cols = _group_scale(g.scale / QMAX, groups, c_out // groups)
-    dw = self._gemm(cols_t, g_g, rows, cols)  # (G, T * I, O)
+    dw = self._gemm(cols_t, g_t, rows, cols)  # (G, T * I, O)
     dw = dw.reshape(groups, taps, c_in_g, c_out // groups).transpose(1, 2, 0, 3)
     return dw.reshape(*ksize, c_in_g, c_out)
 
   def dense_forward(self, x, w):
-    return self._gemm(x.q, w.q, x.scale * w.scale / (QMAX * QMAX), 1.0)
+    return self._gemm(x.q, w.q.T, x.scale * w.scale / (QMAX * QMAX), 1.0)
 
   def dense_dgrad(self, g, kernel):
-    return self._gemm(g.q, kernel.q.T, g.scale * kernel.scale / (QMAX * QMAX), 1.0)
+    return self._gemm(g.q, kernel.q, g.scale * kernel.scale / (QMAX * QMAX), 1.0)
 
   def dense_wgrad(self, inputs, g):
-    return self._gemm(inputs.q.T, g.q, inputs.scale / QMAX, g.scale / QMAX)
+    return self._gemm(inputs.q.T, g.q.T, inputs.scale / QMAX, g.scale / QMAX)
 
 
 class XlaIm2colBackend(Im2colBackend):
   """The GEMMs as XLA int8 dot_general with int32 accumulation (XLA picks the kernel)."""
 
-  def int8_gemm(self, a, b, row_scale, col_scale):
+  def int8_gemm_nt(self, a, bt, row_scale, col_scale):
     batch = tuple(range(a.ndim - 2))
-    dims = (((a.ndim - 1,), (b.ndim - 2,)), (batch, batch))
-    acc = contract.int8_dot_general(a, b, dims)
+    dims = (((a.ndim - 1,), (bt.ndim - 1,)), (batch, batch))
+    acc = contract.int8_dot_general(a, bt, dims)
     return acc * row_scale[..., :, None] * col_scale[..., None, :]

@@ -1,9 +1,10 @@
-"""Implementations of the int8 products, by name.
+"""Implementations of the int8 products, by name, and the plan of one quantized op.
 
 `QuantConfig.impl` names one implementation for all three contractions, or three, one each
-for the forward product, dgrad and wgrad ("xla,xla,pallas"). The Pallas implementation lives
-in `daq_jax.pallas` (the only package that imports Pallas) and is imported the first time it
-is asked for, so the quantized ops never load Pallas otherwise.
+for the forward product, dgrad and wgrad ("xla,xla,pallas"); "auto" picks one per contraction
+from `auto.TABLE` for the platform being traced for. The Pallas implementation lives in
+`daq_jax.pallas` (the only package that imports Pallas) and is imported the first time it is
+asked for, so the quantized ops never load Pallas otherwise.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import dataclasses
 import functools
 import importlib
 
+from daq_jax.quant.backends import auto
 from daq_jax.quant.backends.base import Backend
-from daq_jax.quant.config import IMPLS, QuantConfig
+from daq_jax.quant.backends.platform import target_platform
+from daq_jax.quant.config import AUTO, CONTRACTIONS, IMPLS, QuantConfig
+from daq_jax.quant.geometry import ConvSpec
 
 # name -> "module:class"; imported on first use.
 _TABLE = {
@@ -44,8 +48,66 @@ class Plan:
   dgrad: Backend
   wgrad: Backend
 
+  @property
+  def names(self) -> tuple[str, str, str]:
+    return (self.forward.name, self.dgrad.name, self.wgrad.name)
 
-def plan(cfg: QuantConfig) -> Plan:
-  """The implementations `cfg.impl` names, one per contraction."""
-  forward, dgrad, wgrad = cfg.impls
-  return Plan(get(forward), get(dgrad), get(wgrad))
+
+def choose(name: str, contraction: str, spec: ConvSpec | None, platform: str) -> Backend:
+  """The implementation of one contraction: `name`, or auto's pick when `name` is "auto".
+
+  Args:
+    name: an implementation name or "auto".
+    contraction: "forward", "dgrad" or "wgrad".
+    spec: the conv's geometry, or None for a dense layer.
+    platform: what the program is traced for ("cpu", "cuda", ...).
+
+  Raises:
+    ValueError: when the named implementation, or every one auto may use, cannot compute it.
+  """
+  if name != AUTO:
+    backend = get(name)
+    reason = backend.unsupported(contraction, spec, platform)
+    if reason:
+      raise ValueError(
+        f"quant config impl={name!r} cannot compute the {contraction} product of this layer on "
+        f"{platform}: {reason}; impl='auto' picks one that can"
+      )
+    return backend
+  skipped = []
+  for candidate in auto.candidates(platform, contraction):
+    backend = get(candidate)
+    reason = backend.unsupported(contraction, spec, platform)
+    if reason is None:
+      for skipped_name, why in skipped:
+        auto.log_skip(platform, contraction, skipped_name, why, candidate)
+      return backend
+    skipped.append((candidate, reason))
+  raise ValueError(
+    f"impl='auto' has no implementation of the {contraction} product of this layer on "
+    f"{platform}: " + "; ".join(f"{n}: {why}" for n, why in skipped)
+  )
+
+
+def plan(cfg: QuantConfig, spec: ConvSpec | None = None, platform: str | None = None) -> Plan:
+  """The implementations of a conv (`spec`) or dense (None) layer's three contractions under
+  `cfg.impl`, for `platform` (default: the one being traced for)."""
+  platform = platform or target_platform()
+  chosen = [
+    choose(name, contraction, spec, platform)
+    for name, contraction in zip(cfg.impls, CONTRACTIONS, strict=True)
+  ]
+  return Plan(*chosen)
+
+
+def describe(impl: str, platform: str | None = None) -> str:
+  """`impl`, with what "auto" resolves to for an ungrouped conv on `platform` (for logs)."""
+  if AUTO not in impl:
+    return impl
+  platform = platform or target_platform()
+  names = tuple(name.strip() for name in impl.split(","))
+  names = names * 3 if len(names) == 1 else names
+  chosen = [
+    auto.candidates(platform, c)[0] if n == AUTO else n for n, c in zip(names, CONTRACTIONS)
+  ]
+  return f"{impl}: {','.join(chosen)} on {platform}"

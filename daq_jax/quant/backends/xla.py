@@ -190,8 +190,26 @@ def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
   return jnp.stack(taps).reshape(*ksize, c_in_g, c_out)
 
 
+GPU_PLATFORMS = ("cuda", "rocm")
+
+
 class XlaBackend(Backend):
   """int8 lax convolutions and dots in the layouts XLA's CPU backend runs fast."""
+
+  def unsupported(self, contraction, spec, platform):
+    # forward and dgrad are int8 convolutions (wgrad is dots): on a GPU XLA hands them to
+    # cuDNN, whose grouped int8 convolutions are reported wrong (openxla/xla#49123).
+    if (
+      platform in GPU_PLATFORMS
+      and spec is not None
+      and contraction in ("forward", "dgrad")
+      and spec.feature_group_count > 1
+    ):
+      return (
+        f"a grouped ({spec.feature_group_count} groups) int8 convolution would go to cuDNN, "
+        "which gets grouped int8 convolutions wrong (openxla/xla#49123)"
+      )
+    return None
 
   def conv_forward(self, x, w, spec):
     acc = contract.int8_conv(x.q, w.q, **spec.conv_kwargs())

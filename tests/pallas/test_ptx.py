@@ -1,0 +1,108 @@
+"""The Pallas kernels compiled for Hopper (sm_90a) on a CPU-only machine: Triton's compiler
+(shipped in JAX's CUDA plugin) turns each kernel's IR into PTX, and ptxas assembles it.
+
+At the production tile sizes and ResNet-50 shapes, every GEMM must use int8 wgmma (never
+the older mma.sync), and no kernel may touch local memory (ld.local/st.local in the PTX, or
+spills reported by ptxas) or contain approximate division or square roots (which would give
+other int8 codes on the GPU than on the CPU). Needs the `ptx` extra
+(`pip install -e '.[ptx]'`, about 220 MB of wheels, run with JAX_PLATFORMS=cpu); skipped
+with the reason where it is missing.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from daq_jax import quant
+from daq_jax.pallas import gemm, grad_quant, ptx
+from daq_jax.quant import gradient
+
+pytestmark = pytest.mark.skipif(ptx.missing() is not None, reason=f"{ptx.missing()}")
+
+S8_WGMMA = "s32.s8.s8"
+I8, F32 = jnp.int8, jnp.float32
+
+
+def _reports(fn, *shapes):
+  args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+  lowered = ptx.lower_for_cuda(fn, *args)
+  kernels = ptx.triton_kernels(lowered)
+  assert kernels, "the program lowered to no Triton kernel"
+  return [ptx.compile_kernel(k) for k in kernels]
+
+
+def _assert_clean(report):
+  name = report.kernel.name
+  assert report.local_memory == 0, f"{name}: ld.local/st.local in the PTX"
+  assert report.spill_bytes == 0, f"{name}: ptxas spills {report.spill_bytes} bytes"
+  assert report.approximate_math == [], f"{name}: {report.approximate_math}"
+
+
+def _assert_s8_wgmma(report):
+  assert report.wgmma and all(S8_WGMMA in op for op in report.wgmma), report.wgmma
+  assert report.mma_sync == 0
+
+
+# (M, K, N) of ResNet-50 GEMMs at batch 128 (the GEMM's N is the tile axis of b^T).
+@pytest.mark.parametrize(
+  "m, k, n",
+  [
+    (128 * 56 * 56, 576, 64),  # layer 1 3x3 forward
+    (128 * 7 * 7, 4608, 512),  # layer 4 3x3 forward
+    (576, 128 * 56 * 56, 64),  # layer 1 3x3 wgrad: K = N*H*W, split into ranges
+    (64, 140_000, 64),  # a reduction past the int32 bound (flushed accumulator), not split
+  ],
+)
+def test_gemm_compiles_to_s8_wgmma_without_spills(m, k, n):
+  sizes = gemm.GemmBlockSizes(split_k=1) if k == 140_000 else gemm.GemmBlockSizes()
+  (report,) = _reports(
+    lambda a, b, r, c: gemm.int8_matmul_nt(a, b, r, c, block_sizes=sizes),
+    ((m, k), I8),
+    ((n, k), I8),
+    ((m,), F32),
+    ((n,), F32),
+  )
+  _assert_s8_wgmma(report)
+  _assert_clean(report)
+  if k == 128 * 56 * 56:
+    assert report.kernel.grid[0] > 1, "a long-K wgrad GEMM is split into K ranges"
+
+
+def test_gradient_quantizer_kernels_compile_clean():
+  cfg = quant.daq()
+  state = gradient.init_state(cfg, 64)
+  keys = list(state)
+  reports = _reports(
+    lambda g, *values: grad_quant.quantize_gradient(g, dict(zip(keys, values)), cfg),
+    ((128, 56, 56, 64), F32),
+    *[(v.shape, F32) for v in state.values()],
+  )
+  assert len(reports) == 4
+  for report in reports:
+    _assert_clean(report)
+    assert report.kernel.grid[0] >= 1000, "a 2-D grid: thousands of row blocks at 64 channels"
+
+
+def test_a_pallas_conv_layer_step_compiles_clean():
+  """One quantized 3x3 conv, forward and backward on impl="pallas": every kernel of the
+  step (3 GEMMs, the gradient quantizer's 4 kernels) compiles, the GEMMs to s8 wgmma.
+  (64 -> 128 channels, so that no two GEMMs have one shape and share one lowered kernel.)"""
+  cfg = quant.daq(impl="pallas")
+  state = gradient.init_state(cfg, 128)
+  keys = list(state)
+
+  def step(x, w, *values):
+    def loss(x, w, s):
+      return jnp.sum(quant.conv_general(x, w, s, cfg=cfg, padding="SAME") ** 2)
+
+    return jax.grad(loss, argnums=(0, 1, 2))(x, w, dict(zip(keys, values)))
+
+  reports = _reports(
+    step, ((32, 16, 16, 64), F32), ((3, 3, 64, 128), F32), *[(v.shape, F32) for v in state.values()]
+  )
+  gemms = [r for r in reports if "gemm" in r.kernel.name]
+  assert len(gemms) == 3 and len(reports) == 7, [r.kernel.name for r in reports]
+  for report in reports:
+    _assert_clean(report)
+  for report in gemms:
+    _assert_s8_wgmma(report)

@@ -1,0 +1,100 @@
+"""impl="auto": the table's pick per platform and contraction, fallbacks with a logged
+reason, clear errors, and the same numbers as the implementation it picks.
+
+The platform is decided at trace time; lowering inside an abstract mesh of a CUDA device
+(`ptx.lower_for_cuda`) traces for CUDA on this CPU machine, so the GPU row is exercised here
+too (its programs are lowered, not run).
+"""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from daq_jax import quant
+from daq_jax.pallas import ptx
+from daq_jax.quant import backends, gradient, lowering
+from daq_jax.quant.backends import auto
+from daq_jax.quant.geometry import make_spec
+
+PLAIN = make_spec((2, 8, 8, 16), (3, 3, 16, 32), padding="SAME")
+GROUPED = make_spec((2, 8, 8, 16), (3, 3, 4, 32), padding="SAME", feature_group_count=4)
+
+
+def test_the_cpu_plan_is_todays_xla_path():
+  assert quant.daq().impl == "auto"
+  assert backends.plan(quant.daq(), PLAIN, "cpu").names == ("xla", "xla", "xla")
+  assert backends.plan(quant.daq(), None, "cpu").names == ("xla", "xla", "xla")
+  assert backends.target_platform() == "cpu"
+
+
+def test_the_cuda_plan_follows_the_table():
+  plan = backends.plan(quant.daq(), PLAIN, "cuda")
+  assert plan.names == tuple(auto.TABLE["cuda"][c][0] for c in ("forward", "dgrad", "wgrad"))
+  assert all("simulate" not in row for table in auto.TABLE.values() for row in table.values())
+
+
+def test_grouped_int8_convs_never_go_to_cudnn(caplog):
+  # Make xla the first choice on cuda, as a measured table may: a grouped conv falls back.
+  table = dict(auto.TABLE["cuda"], forward=("xla", "im2col"))
+  with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.WARNING, "daq_jax.quant"):
+    mp.setitem(auto.TABLE, "cuda", table)
+    auto.log_skip.cache_clear()
+    chosen = backends.choose("auto", "forward", GROUPED, "cuda")
+    assert backends.choose("auto", "forward", PLAIN, "cuda").name == "xla"
+  assert chosen.name == "im2col"
+  assert "forward skips xla (a grouped (4 groups) int8 convolution" in caplog.text
+  assert "openxla/xla#49123" in caplog.text
+  # The same layer named explicitly is an error that says why, never a wrong answer.
+  with pytest.raises(ValueError, match="impl='xla' cannot compute the dgrad product"):
+    backends.choose("xla", "dgrad", GROUPED, "cuda")
+  # The CPU, where XLA's grouped int8 convs are right, keeps them.
+  assert backends.choose("xla", "forward", GROUPED, "cpu").name == "xla"
+
+
+def test_no_candidate_left_is_an_error_naming_each_reason():
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(auto.TABLE, "cuda", dict(auto.TABLE["cuda"], dgrad=("xla",)))
+    with pytest.raises(ValueError, match=r"no implementation of the dgrad product.*xla: a grouped"):
+      backends.choose("auto", "dgrad", GROUPED, "cuda")
+
+
+def _layer_grads(cfg, x, w):
+  state = gradient.init_state(cfg, w.shape[-1])
+
+  def loss(x, w, s):
+    return jnp.sum(quant.conv_general(x, w, s, cfg=cfg, padding="SAME") ** 2)
+
+  return jax.grad(loss, argnums=(0, 1))(x, w, state)
+
+
+def test_auto_gives_the_numbers_of_the_implementation_it_picks():
+  keys = jax.random.split(jax.random.key(0), 2)
+  x = jax.random.normal(keys[0], (2, 8, 8, 16))
+  w = jax.random.normal(keys[1], (3, 3, 16, 32))
+  for got, want in zip(
+    _layer_grads(quant.daq(), x, w), _layer_grads(quant.daq(impl="xla"), x, w), strict=True
+  ):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_program_traced_for_cuda_uses_the_cuda_row_and_stays_int8():
+  cfg = quant.daq()
+  x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32)
+  text = ptx.lower_for_cuda(lambda x, w: _layer_grads(cfg, x, w), x, w).as_text()
+  cpu = lowering.hlo_contractions(lambda x, w: _layer_grads(cfg, x, w), x, w)
+  ops = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+  # The CPU program has int8 convolutions (xla); the CUDA one (im2col) only int8 dots.
+  assert any(op == "convolution" for op, _, _ in cpu)
+  assert auto.TABLE["cuda"]["forward"][0] != "im2col" or not ops
+  dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+  assert len(dots) >= 3 and all("xi8>" in line and "xi32>" in line for line in dots), dots
+
+
+def test_describe_says_what_auto_resolves_to():
+  assert backends.describe("auto", "cpu") == "auto: xla,xla,xla on cpu"
+  assert backends.describe("xla,auto,im2col", "cpu") == "xla,auto,im2col: xla,xla,im2col on cpu"
+  assert backends.describe("im2col") == "im2col"
