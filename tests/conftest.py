@@ -18,8 +18,13 @@ if "JAX_PLATFORMS" not in os.environ and not os.path.exists("/dev/nvidiactl"):
 import jax
 
 _DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "daq_jax" / "jax_test_cache"
-jax.config.update(
-  "jax_compilation_cache_dir", os.environ.get("DAQ_JAX_TEST_CACHE", str(_DEFAULT_CACHE))
-)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+_CACHE = {
+  "jax_compilation_cache_dir": os.environ.get("DAQ_JAX_TEST_CACHE", str(_DEFAULT_CACHE)),
+  "jax_persistent_cache_min_compile_time_secs": 0,
+  "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+for _name, _value in _CACHE.items():
+  jax.config.update(_name, _value)
+  # The subprocesses of the tests (train.py, the benchmark scripts) read JAX's options from
+  # the environment: they share the cache.
+  os.environ.setdefault(_name.upper(), str(_value))

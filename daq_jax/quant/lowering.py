@@ -73,7 +73,11 @@ _ELEMENT = re.compile(r"x([a-z]+\d+)>")
 def hlo_contractions(fn: Callable, *args, **kwargs) -> list[tuple[str, tuple[str, ...], str]]:
   """(op, operand element types, result element type) of every StableHLO convolution and
   dot_general in the lowered `jax.jit(fn)`, e.g. ("convolution", ("i8", "i8"), "i32")."""
-  text = jax.jit(fn).lower(*args, **kwargs).as_text()
+  return text_contractions(jax.jit(fn).lower(*args, **kwargs).as_text())
+
+
+def text_contractions(text: str) -> list[tuple[str, tuple[str, ...], str]]:
+  """`hlo_contractions` of StableHLO text (a program lowered some other way: for CUDA, say)."""
   found = []
   for line in text.splitlines():
     m = _HLO_OP.search(line)

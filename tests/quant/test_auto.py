@@ -27,7 +27,8 @@ def test_the_cpu_plan_is_todays_xla_path():
   assert quant.daq().impl == "auto"
   assert backends.plan(quant.daq(), PLAIN, "cpu").names == ("xla", "xla", "xla")
   assert backends.plan(quant.daq(), None, "cpu").names == ("xla", "xla", "xla")
-  assert backends.target_platform() == "cpu"
+  if jax.default_backend() == "cpu":
+    assert backends.target_platform() == "cpu"
 
 
 def test_the_cuda_plan_follows_the_table():
@@ -74,8 +75,9 @@ def test_auto_gives_the_numbers_of_the_implementation_it_picks():
   keys = jax.random.split(jax.random.key(0), 2)
   x = jax.random.normal(keys[0], (2, 8, 8, 16))
   w = jax.random.normal(keys[1], (3, 3, 16, 32))
+  picked = ",".join(backends.plan(quant.daq(), PLAIN).names)
   for got, want in zip(
-    _layer_grads(quant.daq(), x, w), _layer_grads(quant.daq(impl="xla"), x, w), strict=True
+    _layer_grads(quant.daq(), x, w), _layer_grads(quant.daq(impl=picked), x, w), strict=True
   ):
     np.testing.assert_array_equal(got, want)
 
@@ -84,14 +86,16 @@ def test_a_program_traced_for_cuda_uses_the_cuda_row_and_stays_int8():
   cfg = quant.daq()
   x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
   w = jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32)
-  text = ptx.lower_for_cuda(lambda x, w: _layer_grads(cfg, x, w), x, w).as_text()
-  cpu = lowering.hlo_contractions(lambda x, w: _layer_grads(cfg, x, w), x, w)
-  ops = [line for line in text.splitlines() if "stablehlo.convolution" in line]
-  # The CPU program has int8 convolutions (xla); the CUDA one (im2col) only int8 dots.
-  assert any(op == "convolution" for op, _, _ in cpu)
-  assert auto.TABLE["cuda"]["forward"][0] != "im2col" or not ops
-  dots = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
-  assert len(dots) >= 3 and all("xi8>" in line and "xi32>" in line for line in dots), dots
+  cuda = lowering.text_contractions(
+    ptx.lower_for_cuda(lambda x, w: _layer_grads(cfg, x, w), x, w).as_text()
+  )
+  assert len(cuda) >= 3 and all(c[1:] == (("i8", "i8"), "i32") for c in cuda), cuda
+  # The CUDA row's im2col products are dots; the CPU's xla products include convolutions.
+  if all(row[0] == "im2col" for row in auto.TABLE["cuda"].values()):
+    assert {op for op, _, _ in cuda} == {"dot_general"}
+  if jax.default_backend() == "cpu":
+    cpu = lowering.hlo_contractions(lambda x, w: _layer_grads(cfg, x, w), x, w)
+    assert "convolution" in {op for op, _, _ in cpu}
 
 
 def test_describe_says_what_auto_resolves_to():
