@@ -9,6 +9,8 @@ other int8 codes on the GPU than on the CPU). Needs the `ptx` extra
 with the reason where it is missing.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -106,3 +108,13 @@ def test_a_pallas_conv_layer_step_compiles_clean():
     _assert_clean(report)
   for report in gemms:
     _assert_s8_wgmma(report)
+
+
+def test_the_ptx_report_script_writes_its_json(tmp_path):
+  from benchmarks import ptx_report
+
+  out = tmp_path / "ptx.json"
+  ptx_report.main(["--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  default = [r for r in rows if r["variant"] == "default"]
+  assert default and all(r["spill_bytes"] == 0 for r in default), default
