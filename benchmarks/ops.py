@@ -1,14 +1,16 @@
 """Forward + backward of ResNet-20's convolutions (CIFAR-10, batch 128): float32 vs bfloat16
 vs the DAQ int8 op, side by side in one run, with where DAQ's time goes.
 
-    python -m benchmarks.ops                       # about 2 minutes on 2 CPU cores
+    python -m benchmarks.ops                       # about 2 minutes on 2 CPU cores (4 here)
     python -m benchmarks.ops --batch 16 --repeats 3 --out /tmp/ops.json   # a quick look
 
 Each row times one jitted function returning (y, dx, dw) for a given g. The DAQ breakdown
 times its parts separately: the forward pass (quantize x and w, int8 conv, rescale, and the
 int8 residuals for the backward pass), the gradient quantizer (statistics, clip rule, both
-quantizations of g), the int8 dgrad and the int8 wgrad. "net" weighs each shape by how often
-ResNet-20 uses it (19 convolutions). Results go to benchmarks/results/ops_cpu.json.
+quantizations of g), the int8 dgrad and the int8 wgrad; "daq*" is impl="auto" (xla on the
+CPU), and "im2col*" the same parts on impl="im2col", the table's evidence for auto's CPU row.
+"net" weighs each shape by how often ResNet-20 uses it (19 convolutions). Results go to
+benchmarks/results/ops_cpu.json.
 """
 
 from __future__ import annotations
@@ -95,8 +97,15 @@ def run(batch: int, repeats: int) -> dict:
     row["bf16"] = median_ms(_float_step(spec, jnp.bfloat16), x, w, g, repeats=repeats)
     for part, (fn, args) in _daq_parts(cfg, spec, state, x, w, g).items():
       row["daq" if part == "full" else f"daq_{part}"] = median_ms(fn, *args, repeats=repeats)
+    # The same parts on impl="im2col" (XLA int8 dots on patch views), the GPU row's first
+    # choice: what impl="auto" gives up on the CPU by taking xla.
+    parts = _daq_parts(cfg.replace(impl="im2col"), spec, state, x, w, g)
+    for part in ("full", "fwd", "dgrad", "wgrad"):
+      fn, args = parts[part]
+      row["im2col" if part == "full" else f"im2col_{part}"] = median_ms(fn, *args, repeats=repeats)
     rows.append(row)
   keys = ["fp32", "bf16", "daq", "daq_fwd", "daq_quantize_g", "daq_dgrad", "daq_wgrad"]
+  keys += ["im2col", "im2col_fwd", "im2col_dgrad", "im2col_wgrad"]
   net = {k: sum(r[k] * r["uses"] for r in rows) for k in keys}
   return {"batch": batch, "repeats": repeats, "rows": rows, "net": net}
 
@@ -107,12 +116,17 @@ def format_table(result: dict) -> str:
     f"{'daq/bf16':>8} | {'fwd':>6} {'q(g)':>6} {'dgrad':>6} {'wgrad':>6}"
   )
   lines = [head]
-  for r in [*result["rows"], {"name": "net (x uses)", **result["net"]}]:
+  rows = [*result["rows"], {"name": "net (x uses)", **result["net"]}]
+  for r in rows:
     lines.append(
       f"{r['name']:<16} {r['fp32']:>7.1f} {r['bf16']:>7.1f} {r['daq']:>7.1f} "
       f"{r['daq'] / r['fp32']:>8.2f} {r['daq'] / r['bf16']:>8.2f} | {r['daq_fwd']:>6.1f} "
       f"{r['daq_quantize_g']:>6.1f} {r['daq_dgrad']:>6.1f} {r['daq_wgrad']:>6.1f}"
     )
+  lines.append(f"{'im2col / xla':<16} {'full':>7} {'fwd':>7} {'dgrad':>7} {'wgrad':>7}")
+  for r in rows:
+    ratios = [r[f"im2col{p}"] / r[f"daq{p}"] for p in ("", "_fwd", "_dgrad", "_wgrad")]
+    lines.append(f"{r['name']:<16} " + " ".join(f"{v:>7.2f}" for v in ratios))
   return "\n".join(lines)
 
 

@@ -6,9 +6,11 @@ No row lists `simulate`: auto never computes in float. When every listed impleme
 refuses, the error names them and their reasons.
 
 Where the rows come from:
-- cpu: measured (benchmarks/ops.py on the 2-core AVX2 CI machine, jax 0.10.2;
-  benchmarks/results/ops_cpu.json): the int8 lax convs and NN dots of `xla` are 1.5-4x faster
-  than `im2col` there, for every contraction.
+- cpu: measured (`python -m benchmarks.ops --out benchmarks/results/ops_impls_cpu.json`:
+  ResNet-20's convolutions at batch 128 on the 2-core AVX2 machine, jax 0.10.2). Over the 19
+  convolutions, im2col takes 1.79x xla's time for the forward pass, 2.28x for dgrad (10x at
+  the strided convs, whose dgrad patches hold the zeros of the dilated g) and 2.38x for
+  wgrad; only the 3-channel stem's wgrad is faster on im2col (0.49x). So: xla.
 - cuda: NOT measured yet: no session has had a GPU (benchmarks/gpu_check.sh measures the
   table's inputs, and this row is to be rewritten from its JSON). Until then it is the
   implementation most likely to compile and run fast: XLA's int8 dot_general on im2col views
@@ -29,7 +31,7 @@ from daq_jax.quant.config import CONTRACTIONS
 log = logging.getLogger("daq_jax.quant")
 
 MEASURED = {
-  "cpu": "benchmarks/results/ops_cpu.json",
+  "cpu": "benchmarks/results/ops_impls_cpu.json",
   "cuda": None,  # no GPU measurement yet
 }
 
