@@ -148,7 +148,8 @@ def test_forward_dgrad_and_wgrad_are_int8_in_the_lowered_program(name, impl):
     return jnp.sum(quant.conv_general(a, b, s, cfg=cfg, **kw) ** 2)
 
   # xla: forward and dgrad are convolutions (or im2col dots for narrow ones); wgrad is one dot
-  # per kernel tap: at least 1 + 1 + taps contractions. im2col: one GEMM each. Every one is
+  # per kernel tap: at least 1 + 1 + taps contractions. im2col: a GEMM each (a strided dgrad:
+  # one per output phase). Every one is
   # int8 x int8 -> int32.
   taps = int(np.prod(ws[:-2]))
   at_least = 2 + taps if impl == "xla" else 3

@@ -8,9 +8,8 @@ refuses, the error names them and their reasons.
 Where the rows come from:
 - cpu: measured (`python -m benchmarks.ops --out benchmarks/results/ops_impls_cpu.json`:
   ResNet-20's convolutions at batch 128 on the 2-core AVX2 machine, jax 0.10.2). Over the 19
-  convolutions, im2col takes 1.79x xla's time for the forward pass, 2.28x for dgrad (10x at
-  the strided convs, whose dgrad patches hold the zeros of the dilated g) and 2.38x for
-  wgrad; only the 3-channel stem's wgrad is faster on im2col (0.49x). So: xla.
+  convolutions, im2col takes 1.78x xla's time for the forward pass, 1.92x for dgrad and 2.40x
+  for wgrad; only the 3-channel stem's wgrad is faster on im2col (0.55x). So: xla.
 - cuda: NOT measured yet: no session has had a GPU (benchmarks/gpu_check.sh measures the
   table's inputs, and this row is to be rewritten from its JSON). Until then it is the
   implementation most likely to compile and run fast: XLA's int8 dot_general on im2col views

@@ -3,7 +3,8 @@ the forward pass and the weight gradient, of g for the input gradient.
 
     forward: patches(x) (M, T*C_in) @ w (T*C_in, C_out)          M = N * out positions
     dgrad:   patches(g) (M_in, T*C_out) @ w' (T*C_out, C_in)      w' = the flipped kernel,
-             the forward conv of `geometry.dgrad_spec` (input positions M_in)
+             the forward conv of `geometry.dgrad_spec` (input positions M_in); for strided
+             convs one such GEMM per output phase, with that phase's taps
     wgrad:   patches(x)^T (T*C_in, M) @ g (M, C_out), per-channel g scales on the columns
 
 Each GEMM is handed over with both operands K-major, a (M, K) and b^T (N, K) ("NT"), the layout
@@ -30,8 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from daq_jax.quant import contract
+from daq_jax.quant.backends import xla
 from daq_jax.quant.backends.base import Backend
-from daq_jax.quant.geometry import dgrad_kernel, dgrad_spec, out_spatial, spec_patches
+from daq_jax.quant.geometry import ConvSpec, dgrad_kernel, dgrad_spec, out_spatial, spec_patches
 from daq_jax.quant.numerics import QMAX, QTensor
 
 
@@ -76,13 +78,24 @@ class Im2colBackend(Backend):
     return out.transpose(1, 0, 2).reshape(x.q.shape[0], *spatial, w.q.shape[-1])
 
   def conv_keep_kernel(self, rhs, w, spec):
+    if xla.uses_subpixel_dgrad(spec):
+      return tuple(QTensor.of(k, w.scale) for k in xla.subpixel_kernels(rhs, spec))
     return QTensor.of(dgrad_kernel(rhs, spec.feature_group_count), w.scale)
 
   def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
     # The input gradient is the forward conv of g with the flipped kernel (`dgrad_spec`), so
     # it is a forward GEMM on int8 patches of g, giving dx directly (no float columns to
-    # scatter back with col2im).
+    # scatter back with col2im). A strided conv's would patch an input-dilated g, mostly
+    # zeros; split by output phase (as impl="xla" does) it is one stride-1 GEMM per phase.
+    if xla.uses_subpixel_dgrad(spec):
+      acc = xla.subpixel_dgrad(g.q, [k.q for k in kernel], lhs_shape, rhs_shape, spec, self._sums)
+      return acc * (g.scale / QMAX) * (kernel[0].scale / QMAX)
     return self.conv_forward(g, kernel, dgrad_spec(lhs_shape, rhs_shape, spec))
+
+  def _sums(self, lhs, rhs, **geometry) -> jax.Array:
+    """The integer sums of an int8 conv (float32), as one GEMM on patches."""
+    one = jnp.float32(QMAX)  # scales of QMAX: the rescaling multiplies by 1
+    return self.conv_forward(QTensor(lhs, one), QTensor(rhs, one), ConvSpec(**geometry))
 
   def conv_wgrad(self, inputs, g, lhs_shape, rhs_shape, spec):
     groups, taps = spec.feature_group_count, math.prod(rhs_shape[:-2])

@@ -92,8 +92,11 @@ def subpixel_kernels(rhs: jax.Array, spec: ConvSpec) -> list[jax.Array]:
   return kernels
 
 
-def _subpixel_dgrad(g_q, kernels, lhs_shape, rhs_shape, spec: ConvSpec) -> jax.Array:
-  """The input gradient (float32 int accumulations) from the per-phase int8 kernels."""
+def subpixel_dgrad(
+  g_q, kernels, lhs_shape, rhs_shape, spec: ConvSpec, conv=contract.int8_conv
+) -> jax.Array:
+  """The input gradient (float32 int accumulations) from the per-phase int8 kernels; `conv`
+  computes each phase's stride-1 int8 conv (`contract.int8_conv`'s signature)."""
   strides = spec.window_strides
   blocks_per_dim = [-(-n // s) for n, s in zip(lhs_shape[1:-1], strides)]
   blocks = {}
@@ -103,7 +106,7 @@ def _subpixel_dgrad(g_q, kernels, lhs_shape, rhs_shape, spec: ConvSpec) -> jax.A
     if any(p.taps == 0 for p in combo) or any(p.count == 0 for p in combo):
       block = jnp.zeros(shape, jnp.float32)
     else:
-      block = contract.int8_conv(
+      block = conv(
         g_q,
         kernel,
         window_strides=(1,) * len(strides),
@@ -222,7 +225,7 @@ class XlaBackend(Backend):
 
   def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
     if uses_subpixel_dgrad(spec):
-      acc = _subpixel_dgrad(g.q, [k.q for k in kernel], lhs_shape, rhs_shape, spec)
+      acc = subpixel_dgrad(g.q, [k.q for k in kernel], lhs_shape, rhs_shape, spec)
       return numerics.rescale(acc, g.scale, kernel[0].scale)
     d_spec = dgrad_spec(lhs_shape, rhs_shape, spec)
     return numerics.rescale(
