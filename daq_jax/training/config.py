@@ -56,11 +56,11 @@ class QuantSettings:
   Attributes:
     method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
     impl: which implementation computes the int8 products: auto (per platform and
-      contraction, from a measured table), xla (int8 lax ops in the CPU's fast layouts),
-      im2col (XLA int8 dots on im2col views), pallas (the GPU kernels) or simulate (float
-      emulation); or three of them, comma-separated, for the forward product, dgrad and
-      wgrad (`QuantConfig.impl`). It does not change the numbers, so a run may resume on
-      another one.
+      contraction, from a table; its CPU row is measured, its GPU row not yet), xla (int8
+      lax ops in the CPU's fast layouts), im2col (XLA int8 dots on im2col views), pallas
+      (the GPU kernels) or simulate (float emulation); or three of them, comma-separated,
+      for the forward product, dgrad and wgrad (`QuantConfig.impl`). All give the same int8
+      values (results differ at most by float32 rounding), so a run may resume on another.
     quantize_first_conv: quantize the model's first conv (the zoo's `stem_conv`; a user
       model's first conv called) too.
     quantize_last_dense: quantize the classifier (the zoo's `head`; a user model's last dense
