@@ -176,13 +176,13 @@ def int8_matmul_nt(
   k_steps = math.ceil(k / s.block_k)
   splits = split_count(tiles, k_steps, s)
   steps = math.ceil(k_steps / splits)  # K steps per range
-  a_p = _pad_to(a, (1, s.block_m, steps * s.block_k))
-  b_p = _pad_to(bt, (1, s.block_n, steps * s.block_k))
-  splits = a_p.shape[-1] // (steps * s.block_k)  # rounding up may leave fewer ranges
+  span = steps * s.block_k  # K elements per range
+  a_p = _pad_to(a, (1, s.block_m, span))
+  b_p = _pad_to(bt, (1, s.block_n, span))
+  splits = a_p.shape[-1] // span  # rounding up may leave fewer ranges
   rows = _pad_to(row_scale.astype(jnp.float32), (1, s.block_m))
   cols = _pad_to(col_scale.astype(jnp.float32), (1, s.block_n))
   mp, np_ = a_p.shape[1], b_p.shape[1]
-  span = steps * s.block_k
   # Grid (group * range, M tiles, N tiles): Triton grids have three axes.
   out = pl.pallas_call(
     functools.partial(_gemm_kernel, k_steps=steps, sizes=s),

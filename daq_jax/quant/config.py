@@ -49,6 +49,12 @@ def parse_impls(impl: str) -> tuple[str, ...]:
   return names
 
 
+def contraction_impls(impl: str) -> tuple[str, str, str]:
+  """The names of `impl` for the forward product, dgrad and wgrad (one name: all three)."""
+  names = parse_impls(impl)
+  return names * 3 if len(names) == 1 else names
+
+
 def _check_choice(name: str, value, allowed) -> None:
   if value not in allowed:
     raise ValueError(f"quant config: {name}={value!r} is not one of {allowed}")
@@ -149,8 +155,7 @@ class QuantConfig:
   @property
   def impls(self) -> tuple[str, str, str]:
     """The implementation of the forward product, dgrad and wgrad."""
-    names = parse_impls(self.impl)
-    return names * 3 if len(names) == 1 else names
+    return contraction_impls(self.impl)
 
   @property
   def stochastic(self) -> bool:

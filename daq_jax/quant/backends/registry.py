@@ -16,7 +16,7 @@ import importlib
 from daq_jax.quant.backends import auto
 from daq_jax.quant.backends.base import Backend
 from daq_jax.quant.backends.platform import target_platform
-from daq_jax.quant.config import AUTO, CONTRACTIONS, IMPLS, QuantConfig
+from daq_jax.quant.config import AUTO, CONTRACTIONS, IMPLS, QuantConfig, contraction_impls
 from daq_jax.quant.geometry import ConvSpec
 
 # name -> "module:class"; imported on first use.
@@ -105,9 +105,8 @@ def describe(impl: str, platform: str | None = None) -> str:
   if AUTO not in impl:
     return impl
   platform = platform or target_platform()
-  names = tuple(name.strip() for name in impl.split(","))
-  names = names * 3 if len(names) == 1 else names
   chosen = [
-    auto.candidates(platform, c)[0] if n == AUTO else n for n, c in zip(names, CONTRACTIONS)
+    auto.candidates(platform, c)[0] if n == AUTO else n
+    for n, c in zip(contraction_impls(impl), CONTRACTIONS)
   ]
   return f"{impl}: {','.join(chosen)} on {platform}"
