@@ -28,6 +28,8 @@ VARIANTS = [
   ("bf16", "fp32", "bfloat16"),
   ("per_tensor", "per_tensor", "float32"),
   ("daq", "daq", "float32"),
+  ("daq_sr", "daq_sr", "float32"),  # stochastic rounding of g on both paths
+  ("daq_sr_wgrad", "daq_sr_wgrad", "float32"),  # ... on the wgrad path only
   ("daq_bf16", "daq", "bfloat16"),  # int8 layers, bf16 BN and elementwise work
 ]
 

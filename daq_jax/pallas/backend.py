@@ -42,4 +42,4 @@ class PallasBackend(Im2colBackend):
     if not grad_quant.supports(cfg):
       return gradient.quantize_gradient(g, state, cfg, key)
     fused = functools.partial(grad_quant.quantize_gradient, cfg=cfg)
-    return on_platform(fused, g, state)
+    return on_platform(fused, g, state, key)

@@ -14,8 +14,10 @@ division and sqrt are approximate; none is left in a kernel). The sums run in an
 than XLA's reductions, so mean and sigma agree to float32 rounding.
 
 This covers DAQ's and GVQ's configurations (per-channel wgrad scales with `mcs` or `max`
-clipping, global `max` for dgrad, nearest rounding); other configurations use the jnp
-quantizer (`daq_jax.quant.gradient`), which this file's reference also is.
+clipping, global `max` for dgrad) with either rounding on either path: stochastic rounding
+draws its bits in the kernel from the counter-based `numerics.dither` (a seed per path and
+each element's position), so it gives the jnp quantizer's int8 codes too. Other
+configurations use the jnp quantizer (`daq_jax.quant.gradient`).
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def supports(cfg: QuantConfig) -> bool:
     cfg.wgrad_granularity == "per_channel"
     and cfg.wgrad_clip in ("max", "mcs")
     and cfg.dgrad_clip == "max"
-    and cfg.grad_rounding == "nearest"
   )
 
 
@@ -86,9 +87,12 @@ def _round_half_even(t):
   return f + up.astype(t.dtype)
 
 
-def _quantize(v, inverse):
-  """`numerics.quantize` with nearest rounding, given 127/s: a multiply, a clip, a rounding."""
+def _quantize(v, inverse, rounding, seed, index):
+  """`numerics.quantize` given 127/s: a multiply, a clip, a rounding (nearest, or stochastic
+  with the same dither as the jnp quantizer)."""
   t = jnp.clip(v * inverse, -QMAX, QMAX)  # clipping before rounding: the bounds are integers
+  if rounding == "stochastic":
+    return jnp.floor(t + numerics.dither(seed, index)).astype(jnp.int8)
   return _round_half_even(t).astype(jnp.int8)
 
 
@@ -116,10 +120,18 @@ def _count_kernel(g_ref, sigma_ref, out_ref, *, rows: int):
   out_ref[...] = jnp.sum(above.astype(jnp.float32), axis=0)
 
 
-def _quantize_kernel(g_ref, winv_ref, dinv_ref, wq_ref, dq_ref):
+def _quantize_kernel(
+  g_ref, winv_ref, dinv_ref, seed_ref, wq_ref, dq_ref, *, channels: int, roundings
+):
   g = g_ref[...]
-  wq_ref[...] = _quantize(g, winv_ref[...][None, :])
-  dq_ref[...] = _quantize(g, dinv_ref[...][:, None])
+  index = None
+  if "stochastic" in roundings:  # the element's row-major position in the (M, C) view of g
+    rows = pl.program_id(0) * g.shape[0] + lax.broadcasted_iota(jnp.int32, g.shape, 0)
+    cols = pl.program_id(1) * g.shape[1] + lax.broadcasted_iota(jnp.int32, g.shape, 1)
+    index = rows.astype(jnp.uint32) * jnp.uint32(channels) + cols.astype(jnp.uint32)
+  wrounding, drounding = roundings
+  wq_ref[...] = _quantize(g, winv_ref[...][None, :], wrounding, seed_ref[0], index)
+  dq_ref[...] = _quantize(g, dinv_ref[...][:, None], drounding, seed_ref[1], index)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block_sizes", "interpret"))
@@ -127,6 +139,7 @@ def quantize_gradient(
   g: jax.Array,
   state: gradient.State,
   cfg: QuantConfig,
+  key: jax.Array | None = None,
   *,
   block_sizes: GradQuantBlockSizes = GradQuantBlockSizes(),
   interpret: bool = False,
@@ -137,12 +150,17 @@ def quantize_gradient(
     g: dL/dy, channels last.
     state: the layer's state (`gradient.init_state(cfg, C)`).
     cfg: the quantization config.
+    key: PRNG key, required when either path rounds stochastically (the jnp quantizer's
+      seeds are drawn from it the same way, so both give the same codes).
     block_sizes: tiles and launch parameters.
     interpret: run the Pallas interpreter (any backend).
   """
   if not supports(cfg):
     raise ValueError(f"the fused gradient quantizer does not implement config {cfg}")
   check_compilable(interpret, "quantize_gradient")
+  if cfg.stochastic and key is None:
+    raise ValueError(f"quant config {cfg.name!r} rounds stochastically and needs a PRNG key")
+  seeds = numerics.seeds(key, 2) if cfg.stochastic else jnp.zeros((2,), jnp.uint32)
   s = block_sizes
   channels = g.shape[-1]
   bc = s.channel_block(channels)
@@ -187,11 +205,19 @@ def quantize_gradient(
     clip = ema = gmax
   dgrad_scale = numerics.max_abs(gmax)  # NaN when a channel max is NaN
   small = pl.BlockSpec((s.quantize_block_m, bc), lambda i, j: (i, j))
+  kernel = functools.partial(
+    _quantize_kernel, channels=channels, roundings=(cfg.wgrad_rounding, cfg.dgrad_rounding)
+  )
   wq, dq = pl.pallas_call(
-    _quantize_kernel,
+    kernel,
     out_shape=(jax.ShapeDtypeStruct((mp, cp), jnp.int8),) * 2,
     grid=(mp // s.quantize_block_m, cp // bc),
-    in_specs=[small, per_channel, pl.BlockSpec((1,), lambda i, j: (0,))],
+    in_specs=[
+      small,
+      per_channel,
+      pl.BlockSpec((1,), lambda i, j: (0,)),
+      pl.BlockSpec((2,), lambda i, j: (0,)),
+    ],
     out_specs=(small, small),
     compiler_params=triton_params(num_warps=s.num_warps, num_stages=s.num_stages),
     interpret=interpret,
@@ -199,6 +225,7 @@ def quantize_gradient(
     g_p,
     jnp.pad(numerics.inverse_step(clip), (0, cp - channels)),
     jnp.reshape(numerics.inverse_step(dgrad_scale), (1,)),
+    seeds,
   )
   gq = gradient.QuantizedGradient(
     wgrad_q=wq[:rows, :channels],
@@ -209,9 +236,3 @@ def quantize_gradient(
     wgrad_stats=stats,
   )
   return gradient.with_statistics(gq, state, cfg)
-
-
-def quantize_gradient_reference(g, state, cfg, *, block_sizes=None, interpret=False):
-  """The jnp quantizer with the same signature (`block_sizes`, `interpret` ignored)."""
-  del block_sizes, interpret
-  return gradient.quantize_gradient(g, state, cfg)

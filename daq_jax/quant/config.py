@@ -11,6 +11,7 @@ References:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import warnings
 
@@ -22,7 +23,11 @@ CONTRACTIONS = ("forward", "dgrad", "wgrad")
 GRANULARITIES = ("per_channel", "per_tensor")
 CLIPS = ("max", "mcs", "dsgc")
 ROUNDINGS = ("nearest", "stochastic")
-METHODS = ("fp32", "per_tensor", "daq", "ui8", "gvq", "mcs")
+METHODS = ("fp32", "per_tensor", "daq", "daq_sr", "daq_sr_wgrad", "ui8", "gvq", "mcs")
+# The method the project recommends, and the default config trains: DAQ's scales and clipping
+# with unbiased (stochastic) rounding of g on both paths. Why: docs/method.md ("Rounding") and
+# the multi-seed accuracy in docs/accuracy.md.
+RECOMMENDED = "daq_sr"
 
 
 _MOVED = {
@@ -95,8 +100,13 @@ class QuantConfig:
       `dsgc_ratios` with the smallest cosine distance).
     dgrad_clip: the same choice for the single dgrad-path scale (MCS then works on the whole
       tensor).
-    grad_rounding: `nearest`, or `stochastic` (needs a PRNG key, the `quant` rng stream in the
-      Flax layers).
+    wgrad_rounding: how the wgrad-path g is rounded to its int8 levels: `nearest`, or
+      `stochastic` (unbiased: floor(t + u), u uniform; needs a PRNG key, the `quant` rng
+      stream in the Flax layers). Nearest rounding zeroes most small entries, and the wgrad
+      reduction over N*H*W sums that bias coherently (docs/method.md, "Rounding").
+    dgrad_rounding: the same choice for the dgrad-path g.
+    grad_rounding: shorthand that sets both paths (an init-only argument, not a field);
+      with a per-path value that differs from it, an error.
     bell_threshold: lambda: a channel is bell-shaped when the fraction of its elements with
       |g| > sigma exceeds it (a Gaussian gives 0.317, a Laplace 0.243).
     mcs_k, mcs_a: the inverted-T update s(t) = (1 - k*A) * s(t-1) + A * max|g(t)|.
@@ -112,7 +122,8 @@ class QuantConfig:
   wgrad_granularity: str = "per_channel"
   wgrad_clip: str = "mcs"
   dgrad_clip: str = "max"
-  grad_rounding: str = "nearest"
+  wgrad_rounding: str | None = None  # None: grad_rounding, else nearest
+  dgrad_rounding: str | None = None
   bell_threshold: float = 0.3
   mcs_k: float = 1.0
   mcs_a: float = 0.8
@@ -120,8 +131,9 @@ class QuantConfig:
   lr_scale_alpha: dataclasses.InitVar[float | None] = None
   lr_scale_beta: dataclasses.InitVar[float | None] = None
   interpret: dataclasses.InitVar[bool | None] = None
+  grad_rounding: dataclasses.InitVar[str | None] = None
 
-  def __post_init__(self, lr_scale_alpha, lr_scale_beta, interpret):
+  def __post_init__(self, lr_scale_alpha, lr_scale_beta, interpret, grad_rounding):
     for key, value in (
       ("lr_scale_alpha", lr_scale_alpha),
       ("lr_scale_beta", lr_scale_beta),
@@ -139,7 +151,18 @@ class QuantConfig:
     _check_choice("wgrad_granularity", self.wgrad_granularity, GRANULARITIES)
     _check_choice("wgrad_clip", self.wgrad_clip, CLIPS)
     _check_choice("dgrad_clip", self.dgrad_clip, CLIPS)
-    _check_choice("grad_rounding", self.grad_rounding, ROUNDINGS)
+    if grad_rounding is not None:
+      _check_choice("grad_rounding", grad_rounding, ROUNDINGS)
+    for path in ("wgrad_rounding", "dgrad_rounding"):
+      value = getattr(self, path)
+      if value is None:
+        value = grad_rounding or "nearest"
+      elif grad_rounding is not None and value != grad_rounding:
+        raise ValueError(
+          f"quant config: grad_rounding={grad_rounding!r} sets both paths but {path}={value!r}"
+        )
+      _check_choice(path, value, ROUNDINGS)
+      object.__setattr__(self, path, value)
     if not 0.0 <= self.bell_threshold <= 1.0:
       raise ValueError(f"quant config: bell_threshold={self.bell_threshold} must be in [0, 1]")
     if not 0.0 < self.mcs_a <= 1.0 or not 0.0 <= 1.0 - self.mcs_k * self.mcs_a <= 1.0:
@@ -159,26 +182,58 @@ class QuantConfig:
 
   @property
   def stochastic(self) -> bool:
-    """Whether the backward pass needs a PRNG key."""
-    return self.grad_rounding == "stochastic"
+    """Whether the backward pass needs a PRNG key (either path rounds stochastically)."""
+    return "stochastic" in (self.wgrad_rounding, self.dgrad_rounding)
 
   @property
   def shared_gradient(self) -> bool:
-    """Whether wgrad and dgrad use the same quantized g (one per-tensor scale, same rule)."""
-    return self.wgrad_granularity == "per_tensor" and self.wgrad_clip == self.dgrad_clip
+    """Whether wgrad and dgrad use the same quantized g (one per-tensor scale, same rules)."""
+    return (
+      self.wgrad_granularity == "per_tensor"
+      and self.wgrad_clip == self.dgrad_clip
+      and self.wgrad_rounding == self.dgrad_rounding
+    )
 
   def replace(self, **changes) -> QuantConfig:
-    """A copy with some fields changed (validated again)."""
-    return dataclasses.replace(self, **changes)
+    """A copy with some fields changed (validated again); `grad_rounding` sets both paths
+    unless a per-path value is given too, which then wins for its path."""
+    return dataclasses.replace(self, **_expand_rounding(changes))
+
+
+def _expand_rounding(changes: dict) -> dict:
+  """`changes` with the `grad_rounding` shorthand spelt out per path (per-path keys win)."""
+  changes = dict(changes)
+  both = changes.pop("grad_rounding", None)
+  if both is not None:
+    changes = {"wgrad_rounding": both, "dgrad_rounding": both, **changes}
+  return changes
 
 
 def _make(name: str, fields: dict, overrides: dict) -> QuantConfig:
-  return QuantConfig(**{"name": name, **fields, **overrides})
+  return QuantConfig(**{"name": name, **fields, **_expand_rounding(overrides)})
 
 
 def daq(**overrides) -> QuantConfig:
   """DAQ: per-channel wgrad scales with magnitude-aware clipping; global max for dgrad."""
   return _make("daq", dict(wgrad_granularity="per_channel", wgrad_clip="mcs"), overrides)
+
+
+def daq_sr(**overrides) -> QuantConfig:
+  """DAQ with stochastic rounding of g on both paths (wgrad and dgrad): DAQ's scales and
+  clipping, unbiased rounding (docs/method.md, "Rounding")."""
+  fields = dict(
+    wgrad_granularity="per_channel",
+    wgrad_clip="mcs",
+    wgrad_rounding="stochastic",
+    dgrad_rounding="stochastic",
+  )
+  return _make("daq_sr", fields, overrides)
+
+
+def daq_sr_wgrad(**overrides) -> QuantConfig:
+  """DAQ with stochastic rounding of g on the wgrad path only; dgrad rounds to nearest."""
+  fields = dict(wgrad_granularity="per_channel", wgrad_clip="mcs", wgrad_rounding="stochastic")
+  return _make("daq_sr_wgrad", fields, overrides)
 
 
 def gvq(**overrides) -> QuantConfig:
@@ -203,7 +258,8 @@ def ui8(**overrides) -> QuantConfig:
     wgrad_granularity="per_tensor",
     wgrad_clip="dsgc",
     dgrad_clip="dsgc",
-    grad_rounding="stochastic",
+    wgrad_rounding="stochastic",
+    dgrad_rounding="stochastic",
   )
   return _make("ui8", fields, overrides)
 
@@ -217,10 +273,16 @@ _PRESETS = {
   "fp32": fp32,
   "per_tensor": per_tensor,
   "daq": daq,
+  "daq_sr": daq_sr,
+  "daq_sr_wgrad": daq_sr_wgrad,
   "ui8": ui8,
   "gvq": gvq,
   "mcs": mcs,
 }
+
+
+# What a preset's options may set: every field, and the shorthand for both roundings.
+OPTIONS = {f.name for f in dataclasses.fields(QuantConfig)} | {"grad_rounding"}
 
 
 def preset(method: str, **overrides) -> QuantConfig | None:
@@ -235,8 +297,57 @@ def preset(method: str, **overrides) -> QuantConfig | None:
     if overrides:
       raise ValueError(f"method 'fp32' takes no options, got {sorted(overrides)}")
     return None
-  fields = {f.name for f in dataclasses.fields(QuantConfig)} | set(_MOVED)
+  fields = OPTIONS | set(_MOVED)
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"unknown quantization option(s) {unknown}; known: {sorted(fields)}")
   return _PRESETS[method](**overrides)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+  """A method spec, `name` or `name(option=value, ...)`, as (name, options).
+
+  Values are Python literals; a bare word is a string (`daq(wgrad_rounding=stochastic)`
+  equals `daq(wgrad_rounding="stochastic")`). Nothing is evaluated.
+
+  Raises:
+    ValueError: naming the spec when it is not of that form.
+  """
+  text = str(spec).strip()
+  form = "'name' or 'name(option=value, ...)'"
+  try:
+    node = ast.parse(text, mode="eval").body
+  except SyntaxError:
+    raise ValueError(f"method spec {text!r} is not {form}") from None
+  if isinstance(node, ast.Name):
+    return node.id, {}
+  if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+    raise ValueError(f"method spec {text!r} is not {form}")
+  options = {}
+  for keyword in node.keywords:
+    if keyword.arg is None:
+      raise ValueError(f"method spec {text!r} is not {form}")
+    value = keyword.value
+    if isinstance(value, ast.Name):
+      options[keyword.arg] = value.id
+      continue
+    try:
+      options[keyword.arg] = ast.literal_eval(value)
+    except ValueError:
+      raise ValueError(
+        f"method spec {text!r}: the value of {keyword.arg} is not a literal"
+      ) from None
+  return node.func.id, options
+
+
+def from_spec(spec: str) -> QuantConfig | None:
+  """The config of a method spec (`parse_spec`): a preset with its options applied.
+
+  Raises:
+    ValueError: naming the spec and the unknown method, option or bad value.
+  """
+  method, options = parse_spec(spec)
+  try:
+    return preset(method, **options)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"method spec {spec!r}: {e}") from None

@@ -203,7 +203,7 @@ def quantize_gradient(
     g: dL/dy, channels last, any rank >= 1.
     state: the layer's state from the previous step (see `init_state`).
     cfg: the quantization config.
-    key: PRNG key, required when `cfg.grad_rounding == "stochastic"`.
+    key: PRNG key, required when either path rounds stochastically (`cfg.stochastic`).
 
   Returns:
     A `QuantizedGradient`.
@@ -214,7 +214,7 @@ def quantize_gradient(
       f"quant config {cfg.name!r} rounds stochastically and needs a PRNG key (Flax layers: "
       "pass rngs={'quant': key} to apply)"
     )
-  wkey, dkey = jax.random.split(key) if cfg.stochastic else (None, None)
+  wseed, dseed = numerics.seeds(key, 2) if cfg.stochastic else (None, None)
   g2d = g.reshape(-1, channels)
   flat = g.reshape(-1, 1)  # per-tensor rules see one column
   # Statistics XLA finds unused (std for a `max` rule, say) are dead code and cost nothing.
@@ -222,7 +222,7 @@ def quantize_gradient(
 
   dclip, dstate = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
   dgrad_scale = dclip[0]
-  dgrad_q = numerics.quantize(g, dgrad_scale, rounding=cfg.grad_rounding, key=dkey)
+  dgrad_q = numerics.quantize(g, dgrad_scale, rounding=cfg.dgrad_rounding, seed=dseed)
   new_state = {"dgrad_clip": dstate[0]}
 
   per_channel = cfg.wgrad_granularity == "per_channel"
@@ -236,7 +236,7 @@ def quantize_gradient(
     wgrad_scale, wstate = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
     if not per_channel:
       wgrad_scale, wstate = wgrad_scale[0], wstate[0]
-    wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.grad_rounding, key=wkey)
+    wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.wgrad_rounding, seed=wseed)
   new_state["wgrad_clip"] = wstate
   if "deviation" in state:
     # UI8 scales a layer's learning rate by the deviation of the gradient the layer actually

@@ -2,6 +2,13 @@
 
     q = clip(round(127 * v / s), -127, 127)      v_hat = q * s / 127
 
+Stochastic rounding draws no PRNG stream per element: one 32-bit seed per tensor (from the
+caller's PRNG key) and the element's row-major index go through a counter-based integer hash,
+whose top 24 bits are the uniform u in floor(t + u). That costs a few integer operations in
+the quantizer's own fusion and no memory traffic, and the Pallas gradient quantizer computes
+the same bits in its kernel (`dither` is the one definition). 24 bits bound the rounding's
+bias by 2**-24 of an int8 step.
+
 A zero clip value (an all-zero tensor or channel) quantizes to zeros. A NaN or infinite clip
 value also gives q = 0, but every dequantization multiplies by s, so NaN/Inf in a tensor stays
 visible downstream instead of turning into finite numbers.
@@ -14,9 +21,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from daq_jax.quant.config import ROUNDINGS
+
 QMAX = 127
 # The longest int8 x int8 reduction that cannot overflow int32: 127 * 127 * K <= 2**31 - 1,
-# K = 133,144 (METHOD.md's 133,143 is one short of the exact bound).
+# K = 133,144 (the exact bound).
 MAX_INT32_REDUCTION = (2**31 - 1) // (QMAX * QMAX)
 
 
@@ -39,12 +48,52 @@ def inverse_step(scale: jax.Array) -> jax.Array:
   return jnp.where(scale > 0, QMAX / safe, 0.0)
 
 
+_GOLDEN = 0x9E3779B9  # spreads consecutive indices over the 32-bit range before hashing
+DITHER_BITS = 24  # the uniform's bits: exactly representable in a float32 mantissa
+
+
+def seeds(key: jax.Array, count: int) -> jax.Array:
+  """`count` uint32 seeds for `dither` from a PRNG key (one small draw, not one per element)."""
+  return jax.random.bits(key, (count,), jnp.uint32)
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: every input bit flips each output bit with p ~ 1/2."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def dither(seed: jax.Array, index: jax.Array) -> jax.Array:
+  """The uniform u in [0, 1) of stochastic rounding for elements at `index` (uint32, the
+  row-major position in the tensor), float32 multiples of 2**-24.
+
+  A counter-based generator: a pure function of (seed, index), so a kernel that knows its
+  elements' positions draws the same u as the jnp quantizer.
+  """
+  bits = _mix32((index.astype(jnp.uint32) * jnp.uint32(_GOLDEN)) ^ seed.astype(jnp.uint32))
+  return (bits >> (32 - DITHER_BITS)).astype(jnp.float32) * jnp.float32(2.0**-DITHER_BITS)
+
+
+def flat_index(shape) -> jax.Array:
+  """uint32 row-major positions of an array of `shape` (modulo 2**32)."""
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    stride = (stride * shape[axis]) % 2**32
+  return index
+
+
 def quantize(
   v: jax.Array,
   scale: jax.Array,
   *,
   rounding: str = "nearest",
   key: jax.Array | None = None,
+  seed: jax.Array | None = None,
 ) -> jax.Array:
   """Quantizes `v` to int8 with clip value `scale` (broadcast against `v`).
 
@@ -52,8 +101,10 @@ def quantize(
     v: a float array.
     scale: the clip value s, a float32 array broadcastable to `v` (a scalar for per-tensor
       quantization, shape (C,) for per-channel on the last axis).
-    rounding: `nearest` (ties to even) or `stochastic` (floor(t + u), u ~ U[0, 1)).
-    key: the PRNG key for stochastic rounding.
+    rounding: `nearest` (ties to even) or `stochastic` (floor(t + u), u ~ U[0, 1) from
+      `dither`: unbiased, E[q] = t inside the clip range).
+    key: the PRNG key for stochastic rounding, or
+    seed: its uint32 seed (`seeds`), as the gradient quantizer passes it.
 
   Returns:
     An int8 array of `v`'s shape with values in [-127, 127].
@@ -62,11 +113,14 @@ def quantize(
   if rounding == "nearest":
     t = jnp.round(t)
   elif rounding == "stochastic":
-    if key is None:
-      raise ValueError("stochastic rounding needs a PRNG key")
-    t = jnp.floor(t + jax.random.uniform(key, t.shape, jnp.float32))
+    if seed is None:
+      if key is None:
+        raise ValueError("stochastic rounding needs a PRNG key")
+      seed = seeds(key, 1)[0]
+    # Clipping first changes nothing (the bounds are integers) and is what the kernel does.
+    t = jnp.floor(jnp.clip(t, -QMAX, QMAX) + dither(seed, flat_index(t.shape)))
   else:
-    raise ValueError(f"rounding={rounding!r} is not one of ('nearest', 'stochastic')")
+    raise ValueError(f"rounding={rounding!r} is not one of {ROUNDINGS}")
   return jnp.clip(t, -QMAX, QMAX).astype(jnp.int8)
 
 

@@ -54,7 +54,9 @@ class QuantSettings:
   """Which quantization method, and on which layers.
 
   Attributes:
-    method: fp32, per_tensor, daq, ui8, gvq or mcs (daq_jax.quant presets).
+    method: a method spec: a preset's name (fp32, per_tensor, daq, daq_sr, daq_sr_wgrad,
+      ui8, gvq, mcs; daq_jax.quant.config), optionally with any QuantConfig options, e.g.
+      "daq(wgrad_rounding=stochastic)" or "gvq(grad_rounding=stochastic, mcs_a=0.5)".
     impl: which implementation computes the int8 products: auto (per platform and
       contraction, from a table; its CPU row is measured, its GPU row not yet), xla (int8
       lax ops in the CPU's fast layouts), im2col (XLA int8 dots on im2col views), pallas
@@ -65,9 +67,9 @@ class QuantSettings:
       model's first conv called) too.
     quantize_last_dense: quantize the classifier (the zoo's `head`; a user model's last dense
       called) too.
-    rules: "regex:method;regex:method": per-layer methods by layer path, the first full match
-      deciding (`daq_jax.quantize`); "" quantizes every layer with `method`, as the two flags
-      above allow. Layers no rule matches stay float.
+    rules: "regex:spec;regex:spec": per-layer method specs (as `method`, options included)
+      by layer path, the first full match deciding (`daq_jax.quantize`); "" quantizes every
+      layer with `method`, as the two flags above allow. Layers no rule matches stay float.
   """
 
   method: str = "daq"
@@ -77,16 +79,18 @@ class QuantSettings:
   rules: str = ""
 
   def __post_init__(self):
-    if self.method not in quant_config.METHODS:
-      raise ValueError(f"config quant.method={self.method!r} is not one of {quant_config.METHODS}")
     try:
       quant_config.parse_impls(self.impl)
     except ValueError as e:
       raise ValueError(f"config quant.impl: {e}") from None
+    try:
+      self.layer_config()
+    except ValueError as e:
+      raise ValueError(f"config quant.method: {e}") from None
     self.rule_list()  # a bad rule is an error naming it
 
   def layer_config(self) -> quant_config.QuantConfig | None:
-    cfg = quant_config.preset(self.method)
+    cfg = quant_config.from_spec(self.method)
     return None if cfg is None else cfg.replace(impl=self.impl)
 
   def rule_list(self) -> list[tuple[str, quant_config.QuantConfig | None]]:

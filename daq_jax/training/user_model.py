@@ -52,28 +52,34 @@ def import_model_class(path: str) -> type[nn.Module]:
 
 
 def parse_rules(text: str, impl: str) -> list[tuple[str, quant_config.QuantConfig | None]]:
-  """ "regex:method;regex:method" -> [(regex, config or None)] (`fp32` is None).
+  """ "regex:spec;regex:spec" -> [(regex, config or None)] (`fp32` is None); a spec is a
+  method with optional options, "daq(wgrad_rounding=stochastic)" (`quant.config.parse_spec`).
 
   Raises:
-    ValueError: naming the rule that is malformed, has a bad regex or an unknown method.
+    ValueError: naming the rule that is malformed, has a bad regex, an unknown method or a
+      bad option.
   """
   rules = []
   for item in filter(None, (part.strip() for part in text.split(";"))):
-    pattern, sep, method = item.rpartition(":")
-    if not sep or not pattern:
-      raise ValueError(f"config quant.rules: {item!r} is not 'regex:method'")
-    method = method.strip()
-    if method not in quant_config.METHODS:
-      raise ValueError(
-        f"config quant.rules: {item!r} names method {method!r}, not one of {quant_config.METHODS}"
-      )
-    cfg = quant_config.preset(method)
+    match = _RULE.fullmatch(item)
+    if not match or not match["pattern"]:
+      raise ValueError(f"config quant.rules: {item!r} is not 'regex:method' or 'regex:method(...)'")
+    pattern, spec = match["pattern"], match["spec"]
+    try:
+      cfg = quant_config.from_spec(spec)
+    except ValueError as e:
+      raise ValueError(f"config quant.rules: {item!r}: {e}") from None
     rules.append((pattern, None if cfg is None else cfg.replace(impl=impl)))
   try:
     compile_rules(rules)  # a bad regex
   except ValueError as e:
     raise ValueError(f"config quant.rules: {e}") from None
   return rules
+
+
+# "regex:spec": the spec is a name with optional (options) at the end, so the regex may hold
+# colons and parentheses of its own.
+_RULE = re.compile(r"(?P<pattern>.*):\s*(?P<spec>[A-Za-z_]\w*\s*(?:\(.*\))?)\s*", re.S)
 
 
 def build(cls: type[nn.Module], num_classes: int, dtype) -> nn.Module:

@@ -4,8 +4,9 @@ Strategy: `TestGradQuant` runs compiled (skipped without a GPU); `TestGradQuantI
 reruns it in the Pallas interpreter on the CPU. The int8 outputs, max|g| and the fraction
 above sigma must be identical to the jnp quantizer; the clip values and the MCS state agree to
 float32 rounding (the kernels sum in another order than XLA's reductions).
-Shapes that are not whole blocks, ties in rounding, all-zero and NaN channels are covered, and
-the kernels lower for CUDA on the CPU.
+Stochastic rounding draws the same counter-based bits in the kernel as the jnp quantizer, so
+its codes are identical too. Shapes that are not whole blocks, ties in rounding, all-zero and
+NaN channels are covered, and the kernels lower for CUDA on the CPU.
 """
 
 import jax
@@ -35,9 +36,11 @@ def _mixed(rows, channels, seed=0):
 
 
 class TestGradQuant(CompiledOrInterpreted):
-  def _compare(self, g, state, cfg, sizes=SMALL):
-    got = grad_quant.quantize_gradient(g, state, cfg, block_sizes=sizes, interpret=self.interpret)
-    want = gradient.quantize_gradient(g, state, cfg)
+  def _compare(self, g, state, cfg, sizes=SMALL, key=None):
+    got = grad_quant.quantize_gradient(
+      g, state, cfg, key, block_sizes=sizes, interpret=self.interpret
+    )
+    want = gradient.quantize_gradient(g, state, cfg, key)
     np.testing.assert_allclose(got.wgrad_scale, want.wgrad_scale, rtol=SCALE_RTOL)
     np.testing.assert_allclose(
       got.new_state["wgrad_clip"], want.new_state["wgrad_clip"], rtol=SCALE_RTOL
@@ -68,6 +71,20 @@ class TestGradQuant(CompiledOrInterpreted):
     got = self._compare(g, state, cfg)
     assert got.dgrad_q.shape == shape and got.wgrad_q.shape == (g.size // shape[-1], shape[-1])
 
+  @pytest.mark.parametrize("method", ["daq_sr", "daq_sr_wgrad"])
+  @pytest.mark.parametrize("shape", [(4, 10, 25, 40), (1000, 7)])
+  def test_stochastic_rounding_matches_the_jnp_quantizer(self, method, shape):
+    cfg = quant.preset(method)
+    g = _mixed(int(np.prod(shape[:-1])), shape[-1], seed=3).reshape(shape)
+    state = gradient.init_state(cfg, shape[-1])
+    got = self._compare(g, state, cfg, key=jax.random.key(11))
+    nearest = grad_quant.quantize_gradient(
+      g, state, quant.daq(), block_sizes=SMALL, interpret=self.interpret
+    )
+    assert np.mean(np.asarray(got.wgrad_q) != np.asarray(nearest.wgrad_q)) > 0.2
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+      grad_quant.quantize_gradient(g, state, cfg, interpret=self.interpret)
+
   def test_ties_round_to_even(self):
     # With max|g| = 127 per channel, g * 127 / 127 = g: the halves must round to even.
     g = jnp.array([[0.5, 1.5], [2.5, -0.5], [-1.5, -2.5], [127.0, 127.0]] * 16)
@@ -91,11 +108,14 @@ class TestGradQuantInterpret(TestGradQuant):
   interpret = True
 
 
-def test_lowers_for_cuda_with_the_triton_backend():
-  cfg = quant.daq()
+@pytest.mark.parametrize("method", ["daq", "daq_sr"])
+def test_lowers_for_cuda_with_the_triton_backend(method):
+  cfg = quant.preset(method)
   g = _mixed(1000, 40)
   state = gradient.init_state(cfg, 40)
-  lowered = ptx.lower_for_cuda(lambda g, s: grad_quant.quantize_gradient(g, s, cfg), g, state)
+  lowered = ptx.lower_for_cuda(
+    lambda g, s, k: grad_quant.quantize_gradient(g, s, cfg, k), g, state, jax.random.key(0)
+  )
   assert lowered.as_text().count("xla.gpu.triton") == 4  # 3 statistics kernels, 1 quantize
 
 

@@ -70,13 +70,20 @@ def test_gemm_compiles_to_s8_wgmma_without_spills(m, k, n):
     assert report.kernel.grid[0] > 1, "a long-K wgrad GEMM is split into K ranges"
 
 
-def test_gradient_quantizer_kernels_compile_clean():
-  cfg = quant.daq()
+@pytest.mark.parametrize("method", ["daq", "daq_sr"])
+def test_gradient_quantizer_kernels_compile_clean(method):
+  """Stochastic rounding's in-kernel hash (integer multiplies and shifts) keeps the quantize
+  kernel free of local memory, spills and approximate math too."""
+  cfg = quant.preset(method)
   state = gradient.init_state(cfg, 64)
   keys = list(state)
+  seed = jax.random.key_data(jax.random.key(0))
   reports = _reports(
-    lambda g, *values: grad_quant.quantize_gradient(g, dict(zip(keys, values)), cfg),
+    lambda g, k, *values: grad_quant.quantize_gradient(
+      g, dict(zip(keys, values)), cfg, jax.random.wrap_key_data(k)
+    ),
     ((128, 56, 56, 64), F32),
+    (seed.shape, seed.dtype),
     *[(v.shape, F32) for v in state.values()],
   )
   assert len(reports) == 4

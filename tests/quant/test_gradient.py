@@ -1,5 +1,5 @@
 """The gradient quantizer on hand-built gradients: the distribution test separates Gaussian
-from Laplace channels, the clip rules follow METHOD.md exactly, the state is carried, and
+from Laplace channels, the clip rules follow docs/method.md exactly, the state is carried, and
 degenerate inputs (zeros, NaN) behave."""
 
 import jax
@@ -28,7 +28,7 @@ def test_classifier_separates_gaussian_from_laplace_channels():
   assert int(bell_g.sum()) == 64
   assert int(bell_l.sum()) == 0
   r = gradient.clip_stats(_channels("gaussian", 64, 2)).above_sigma
-  np.testing.assert_allclose(float(r.mean()), 0.317, atol=0.005)  # METHOD.md: 0.317 exact
+  np.testing.assert_allclose(float(r.mean()), 0.317, atol=0.005)  # docs/method.md: 0.317 exact
 
 
 def test_daq_clip_rule_and_state_update():
@@ -142,7 +142,7 @@ def test_stochastic_config_needs_a_key_and_state_must_fit():
 
 
 def test_ui8_deviation_is_that_of_the_stochastically_rounded_gradient():
-  # METHOD.md: the learning rate is scaled by the deviation of the gradient the layer used.
+  # docs/method.md: the learning rate is scaled by the deviation of the gradient the layer used.
   cfg = quant.ui8()
   g = jax.random.laplace(jax.random.key(4), (4096, 16)) * 1e-3
   out = gradient.quantize_gradient(g, gradient.init_state(cfg, 16), cfg, jax.random.key(5))
@@ -171,3 +171,41 @@ def test_the_state_carries_the_quantizers_statistics_of_the_step():
   # A state without the statistics (made before they existed) gets none back.
   old = {k: v for k, v in prev.items() if not k.startswith("stat_")}
   assert set(gradient.quantize_gradient(g, old, cfg).new_state) == set(old)
+
+
+def test_rounding_is_chosen_per_path_with_daqs_scales_kept():
+  g = jnp.concatenate([_channels("gaussian", 3, 14), _channels("laplace", 3, 15)], axis=1)
+  key = jax.random.key(6)
+  daq = gradient.quantize_gradient(g, gradient.init_state(quant.daq(), 6), quant.daq())
+  runs = {
+    cfg.name: gradient.quantize_gradient(g, gradient.init_state(cfg, 6), cfg, key)
+    for cfg in (quant.daq_sr(), quant.daq_sr_wgrad())
+  }
+  for out in runs.values():  # the same scales and state: only the rounding differs
+    np.testing.assert_array_equal(out.wgrad_scale, daq.wgrad_scale)
+    np.testing.assert_array_equal(out.dgrad_scale, daq.dgrad_scale)
+    np.testing.assert_array_equal(out.new_state["wgrad_clip"], daq.new_state["wgrad_clip"])
+    assert np.mean(np.asarray(out.wgrad_q) != np.asarray(daq.wgrad_q)) > 0.2
+  np.testing.assert_array_equal(runs["daq_sr_wgrad"].dgrad_q, daq.dgrad_q)  # nearest there
+  assert np.mean(np.asarray(runs["daq_sr"].dgrad_q) != np.asarray(daq.dgrad_q)) > 0.2
+  # The two paths draw independent bits.
+  assert not np.array_equal(runs["daq_sr"].wgrad_q.reshape(g.shape), runs["daq_sr"].dgrad_q)
+
+
+def test_stochastic_wgrad_path_is_unbiased_where_nearest_zeroes_small_entries():
+  # Mostly small entries under a few large ones, as in early layers: nearest rounding sets
+  # most of them to zero, and their coherent sum (the weight gradient's reduction) is lost.
+  small = jax.random.uniform(jax.random.key(16), (4096, 4)) * 3e-3  # < half a level
+  g = small.at[0].set(1.0)  # max 1: one level is 1/127, every small entry rounds to 0
+  cfg = quant.daq_sr()
+  state = gradient.init_state(cfg, 4)
+
+  def column_sums(key):
+    out = gradient.quantize_gradient(g, state, cfg, key)
+    return jnp.sum(numerics.dequantize(out.wgrad_q, out.wgrad_scale)[1:], axis=0)
+
+  want = jnp.sum(g[1:], axis=0)
+  nearest = gradient.quantize_gradient(g, state, quant.daq())
+  assert float(jnp.max(jnp.abs(nearest.wgrad_q[1:]))) == 0  # all lost
+  sums = jax.vmap(column_sums)(jax.random.split(jax.random.key(17), 64))
+  np.testing.assert_allclose(jnp.mean(sums, axis=0), want, rtol=0.03)

@@ -53,7 +53,12 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
   ("flag", "message"),
   [
     ("--config.quant.mehtod=fp32", 'Did you mean "method" instead of "mehtod"?'),
-    ("--config.quant.method=int4", "quant.method='int4' is not one of"),
+    ("--config.quant.method=int4", "quant.method: method spec 'int4': unknown quantization"),
+    (
+      "--config.quant.method=daq(wgrad_rounding=stocastic)",
+      "wgrad_rounding='stocastic' is not one of ('nearest', 'stochastic')",
+    ),
+    ("--config.quant.method=daq(clip=max)", "unknown quantization option(s) ['clip']"),
     ("--config.model.name=resnet21", "model.name='resnet21' is unknown"),
     ("--config.model.name=my_models.Net", "module 'my_models' does not import"),
     ("--config.model.name=json.JSONDecoder", "JSONDecoder is a type, not a flax.linen Module"),

@@ -20,6 +20,7 @@ BASES = {"base_cifar10", "base_imagenet"}
 EXPECTED = BASES | {
   "default",
   "cifar10_resnet20",
+  "cifar10_resnet20_short",
   "cifar10_resnet56",
   "cifar10_mobilenetv2",
   "cifar10_vgg16",

@@ -200,13 +200,19 @@ def test_layer_selection_and_bf16_reach_the_model():
 
 
 @pytest.mark.parametrize(
-  ("quantize_ends", "dtype"), [(True, "float32"), (False, "float32"), (True, "bfloat16")]
+  ("quantize_ends", "dtype", "method"),
+  [
+    (True, "float32", "daq"),
+    (False, "float32", "daq"),
+    (True, "bfloat16", "daq"),
+    (True, "float32", "daq_sr"),  # stochastic rounding keeps every product int8
+  ],
 )
-def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dtype):
+def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dtype, method):
   """Every conv and dot of the lowered train step (forward, dgrad, wgrad) is i8 x i8 -> i32,
   except the first conv and the classifier when the config keeps them in float."""
   ends = {"quant.quantize_first_conv": quantize_ends, "quant.quantize_last_dense": quantize_ends}
-  cfg = from_dict(tiny(**ends, **{"model.dtype": dtype}))
+  cfg = from_dict(tiny(**ends, **{"model.dtype": dtype, "quant.method": method}))
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
   assert model.dtype == jax.numpy.dtype(dtype)

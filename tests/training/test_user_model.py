@@ -9,6 +9,7 @@ errors naming the key.
 import jax
 import pytest
 
+from daq_jax import quant
 from daq_jax.training import steps, train_and_evaluate
 from daq_jax.training.config import from_dict
 from tests.training.common import tiny
@@ -51,6 +52,19 @@ def test_rules_choose_each_layers_method():
   assert layers["stem_conv"][1] is None and layers["conv1"][1].name == "per_tensor"
 
 
+def test_rules_and_the_method_take_every_quantization_option():
+  rules = "(stem|first)_conv:fp32; conv1:daq(wgrad_rounding=stochastic); .*:gvq(mcs_a=0.5)"
+  zoo = from_dict(tiny(**{"quant.rules": rules}))
+  layers = steps.create_model(zoo, 10).layers(
+    {"params": jax.random.key(0)}, jax.numpy.zeros((2, 8, 8, 1))
+  )
+  assert layers["stem_conv"][1] is None
+  assert layers["conv1"][1] == quant.daq_sr_wgrad()
+  assert layers["conv2"][1] == quant.gvq(mcs_a=0.5)
+  cfg = from_dict(tiny(**{"quant.method": "daq(dgrad_rounding=stochastic, bell_threshold=0.25)"}))
+  assert cfg.quant.layer_config() == quant.daq(dgrad_rounding="stochastic", bell_threshold=0.25)
+
+
 @pytest.mark.parametrize(
   "overrides, message",
   [
@@ -58,7 +72,9 @@ def test_rules_choose_each_layers_method():
     ({"model.name": "tests.training.user_models.Missing"}, "has no 'Missing'"),
     ({"model.name": "tests.training.user_models.NOT_A_MODULE"}, "not a flax.linen Module"),
     ({"quant.rules": "conv0"}, "'conv0' is not 'regex:method'"),
-    ({"quant.rules": "conv0:int4"}, "names method 'int4'"),
+    ({"quant.rules": "conv0:int4"}, "'conv0:int4': method spec 'int4': unknown quantization"),
+    ({"quant.rules": "conv0:daq(wgrad_rounding=up)"}, "wgrad_rounding='up' is not one of"),
+    ({"quant.rules": "conv0:daq(rounding=nearest)"}, r"unknown quantization option\(s\)"),
     ({"quant.rules": "(:daq"}, "is not a regex"),
   ],
 )

@@ -1,0 +1,251 @@
+"""Accuracy across seeds: trains a list of methods over a list of seeds at one schedule and
+tabulates the final validation top-1 (mean and std per method, and the difference to fp32
+paired by seed: same initialisation, same batches).
+
+    python -m benchmarks.accuracy --data-dir PATH                  # 5 methods x 3 seeds
+    python -m benchmarks.accuracy --data-dir PATH --jobs 2         # two runs, one core each
+    python -m benchmarks.accuracy --data-dir PATH --methods fp32,daq --seeds 0,1,2,3 \
+        --set num_epochs=4 --out benchmarks/results/accuracy_4ep.json
+
+Each run is `train.py` in its own workdir under --root (its own resume guarantees). The
+results file is rewritten after every finished run and is the harness's memory: a run
+recorded there with the same command is skipped, so the measurement can be spread over
+sessions (interrupt it at any time; run the same command again). A markdown table goes
+beside the JSON (.md). The data split is the training set's own validation split (the
+config's `data.eval_split`), never a test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from benchmarks.common import environment, write_json
+
+METHODS = ("fp32", "daq", "daq_sr", "daq_sr_wgrad", "ui8")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run_key(method: str, seed: int) -> str:
+  return f"{method}/seed{seed}"
+
+
+def train_command(args, method: str, seed: int, workdir: pathlib.Path) -> list[str]:
+  """The train.py command of one run (what the results record, and compare on resume)."""
+  command = [
+    "train.py",
+    f"--config={args.config}",
+    f"--workdir={workdir}",
+    f"--config.quant.method={method}",
+    f"--config.seed={seed}",
+  ]
+  if args.data_dir:
+    command.append(f"--config.data.dir={args.data_dir}")
+  command += [f"--config.{item}" for item in args.set]
+  return command
+
+
+def final_train_loss(workdir: pathlib.Path) -> float | None:
+  """The last logged training loss of a run (metrics.jsonl)."""
+  loss = None
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return None
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if "train/loss" in record:
+      loss = record["train/loss"]
+  return loss
+
+
+def train_one(args, method: str, seed: int, core: int | None) -> dict:
+  """Runs (or resumes) one run to its end and returns its record."""
+  workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
+  command = train_command(args, method, seed, workdir)
+  log = pathlib.Path(args.root) / f"{method}_seed{seed}.log"
+  log.parent.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+
+  def pin():  # one core per job: the run's threads and its decoding workers inherit it
+    if core is not None:
+      os.sched_setaffinity(0, {core})
+
+  start = time.monotonic()
+  with open(log, "a") as out:
+    code = subprocess.call(
+      [sys.executable, *command],
+      cwd=REPO,
+      env=env,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      preexec_fn=pin,
+    )
+  seconds = time.monotonic() - start
+  summary_path = workdir / "summary.json"
+  if code != 0 or not summary_path.exists():
+    raise RuntimeError(f"{run_key(method, seed)} exited {code}; see {log}")
+  summary = json.loads(summary_path.read_text())
+  return {
+    "method": method,
+    "seed": seed,
+    "command": " ".join(["python", *command]),
+    "top1": summary["eval_top1"],
+    "eval_loss": summary["eval_loss"],
+    "train_loss": final_train_loss(workdir),
+    "steps": summary["step"],
+    "seconds": round(seconds, 1),  # this invocation's wall time (a resumed run: its rest)
+    "cores": 1 if core is not None else os.cpu_count(),
+    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+
+
+def _mean_std(values: list[float]) -> dict:
+  return {
+    "mean": statistics.fmean(values),
+    "std": statistics.stdev(values) if len(values) > 1 else None,
+    "n": len(values),
+  }
+
+
+def tabulate(runs: dict, methods, seeds) -> dict:
+  """Per method: top-1 mean/std over the finished seeds, and the paired difference to fp32."""
+  table = {}
+  for method in methods:
+    done = [s for s in seeds if run_key(method, s) in runs]
+    if not done:
+      continue
+    top1 = [runs[run_key(method, s)]["top1"] for s in done]
+    row = {"top1": _mean_std(top1), "seeds": done}
+    paired = [s for s in done if run_key("fp32", s) in runs]
+    if method != "fp32" and paired:
+      diffs = [runs[run_key(method, s)]["top1"] - runs[run_key("fp32", s)]["top1"] for s in paired]
+      row["vs_fp32"] = {**_mean_std(diffs), "seeds": paired}
+    losses = [runs[run_key(method, s)]["train_loss"] for s in done]
+    if None not in losses:
+      row["train_loss"] = _mean_std(losses)
+    minutes = [runs[run_key(method, s)]["seconds"] / 60 for s in done]
+    row["minutes"] = _mean_std(minutes)
+    table[method] = row
+  return table
+
+
+def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
+  if stat["std"] is None:
+    return f"{stat['mean'] * scale:.{digits}f}"
+  return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def markdown(payload: dict) -> str:
+  lines = [
+    f"Final validation top-1 (%) of `{payload['config']}` "
+    f"({' '.join(payload['set']) or 'as configured'}); seeds {payload['seeds']}.",
+    f"Machine: {payload['machine']['cpu']}, {payload['machine']['cpu_count']} cores; "
+    f"command: `{payload['command']}`; written {payload['date']}.",
+    "",
+    "| method | seeds done | top-1 | vs fp32 (paired by seed) | final train loss | minutes/run |",
+    "|---|---|---|---|---|---|",
+  ]
+  for method, row in payload["table"].items():
+    paired = _pm(row["vs_fp32"], 100, 2) if "vs_fp32" in row else "-"
+    loss = _pm(row["train_loss"], 1, 3) if "train_loss" in row else "-"
+    lines.append(
+      f"| {method} | {len(row['seeds'])} | {_pm(row['top1'], 100)} | {paired} | {loss} | "
+      f"{_pm(row['minutes'], 1, 1)} |"
+    )
+  lines.append("")
+  lines.append("mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread.")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/cifar10_resnet20_short.py")
+  parser.add_argument("--data-dir", default=None, help="--config.data.dir of every run")
+  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument(
+    "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, repeated"
+  )
+  parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: one core each")
+  parser.add_argument("--root", default="runs/accuracy", help="where the workdirs go")
+  parser.add_argument("--out", default="benchmarks/results/accuracy_cifar10_resnet20.json")
+  args = parser.parse_args(argv)
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  out = pathlib.Path(args.out)
+  runs = json.loads(out.read_text())["runs"] if out.exists() else {}
+
+  def record(done: dict):
+    runs[run_key(done["method"], done["seed"])] = done
+    # Every method with a run in the file: earlier invocations' methods stay in the table.
+    recorded = {run["method"] for run in runs.values()}
+    listed = [*methods, *sorted(recorded - set(methods))]
+    payload = {
+      **environment("benchmarks.accuracy"),
+      "config": args.config,
+      "set": args.set,
+      "methods": methods,
+      "seeds": seeds,
+      "table": tabulate(runs, listed, seeds),
+      "runs": runs,
+    }
+    write_json(out, payload)
+    out.with_suffix(".md").write_text(markdown(payload))
+    print(markdown(payload), flush=True)
+
+  # Seed-major, so that every method gets its first seeds before any gets its last.
+  todo = []
+  for seed in seeds:
+    for method in methods:
+      previous = runs.get(run_key(method, seed))
+      workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
+      command = " ".join(["python", *train_command(args, method, seed, workdir)])
+      if previous and previous["command"] == command:
+        continue
+      todo.append((method, seed))
+  print(f"{len(todo)} run(s) to go: {todo}", flush=True)
+  if args.jobs == 1:
+    for method, seed in todo:
+      record(train_one(args, method, seed, None))
+    return
+  # Two workers, each pinned to its own core, take the runs in order.
+  queue = list(reversed(todo))
+  lock = threading.Lock()
+  failures = []
+
+  def worker(core: int):
+    while True:
+      with lock:
+        if not queue or failures:
+          return
+        method, seed = queue.pop()
+      try:
+        done = train_one(args, method, seed, core)
+      except RuntimeError as e:
+        with lock:
+          failures.append(str(e))
+        return
+      with lock:
+        record(done)
+
+  threads = [threading.Thread(target=worker, args=(core,)) for core in (0, 1)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  if failures:
+    raise SystemExit("; ".join(failures))
+
+
+if __name__ == "__main__":
+  main()
