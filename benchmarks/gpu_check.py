@@ -11,11 +11,13 @@ Stages, in order of value (`python -m benchmarks.gpu_check STAGE --out DIR [--sm
                 passes and matches `simulate` (the float oracle).
   contractions  at ResNet-50's conv shapes (batch 128): forward, dgrad and wgrad timed apart
                 for each implementation (int8 operands ready), against XLA's bf16 and float32
-                convs; the gradient quantizer (jnp vs Pallas); the GEMM at the forward's
+                convs; the gradient quantizer (jnp vs Pallas, nearest rounding (daq) and
+                stochastic rounding on both paths (daq_sr)); the GEMM at the forward's
                 implicit-GEMM shape (Pallas int8 vs XLA int8 vs bf16 vs float32).
-  resnet50_step the ResNet-50 training step at batch 128: fp32, bf16, per_tensor and DAQ on
-                impl="auto", both with bf16 float parts.
-  cifar         CIFAR-10 ResNet-20, fp32 against DAQ, alternating epochs until the deadline,
+  resnet50_step the ResNet-50 training step at batch 128: fp32, bf16, per_tensor, DAQ and
+                daq_sr on impl="auto", the int8 ones with bf16 float parts.
+  cifar         CIFAR-10 ResNet-20, fp32 against DAQ and the recommended method
+                (quant.config.RECOMMENDED), alternating epochs until the deadline,
                 validation top-1 after each (the last 500 images of each class in sorted file
                 order are the validation split); the JPEGs, packed by `prepare`, are decoded
                 once and held on the device.
@@ -234,18 +236,26 @@ def stage_contractions(rec: Recorder, smoke: bool, repeats: int) -> None:
           continue
         rec.row(**row, contraction=contraction, **_measure(jax.jit(fn), *args, repeats=repeats))
 
+    # The quantizer with nearest rounding (daq) and with stochastic rounding on both paths
+    # (daq_sr: counter-based bits drawn in the kernel), jnp and Pallas.
     state = gradient.init_state(cfg, c_out)
-    for impl in ("jnp", "pallas"):
-      if impl == "jnp":
-        fn = functools.partial(gradient.quantize_gradient, cfg=cfg)
-      else:
-        fn = functools.partial(backends.get("pallas").quantize_gradient, cfg=cfg, key=None)
-      rec.row(
-        **base,
-        contraction="gradient quantizer",
-        impl=impl,
-        **_measure(jax.jit(lambda g, s, fn=fn: fn(g, s)), g, state, repeats=repeats),
-      )
+    key = jax.random.key(0)
+    for method in ("daq", "daq_sr"):
+      mcfg = quant.preset(method)
+      for impl in ("jnp", "pallas"):
+        if impl == "jnp":
+          fn = functools.partial(gradient.quantize_gradient, cfg=mcfg)
+        else:
+          fn = functools.partial(backends.get("pallas").quantize_gradient, cfg=mcfg)
+        rec.row(
+          **base,
+          contraction="gradient quantizer",
+          impl=impl,
+          method=method,
+          **_measure(
+            jax.jit(lambda g, s, k, fn=fn: fn(g, s, key=k)), g, state, key, repeats=repeats
+          ),
+        )
 
     # The forward's implicit GEMM: (N*H*W, k*k*C_in) x (k*k*C_in, C_out).
     m, k = int(np.prod(y_shape[:-1])), ksize * ksize * c_in
@@ -349,6 +359,7 @@ def stage_resnet50_step(rec: Recorder, smoke: bool, repeats: int) -> None:
     ("bf16", None, jnp.bfloat16),
     ("per_tensor_bf16", quant.per_tensor(), jnp.bfloat16),
     ("daq_auto_bf16", quant.daq(), jnp.bfloat16),
+    ("daq_sr_auto_bf16", quant.daq_sr(), jnp.bfloat16),
   ]
   if smoke:
     variants = [variants[0], variants[-1]]
@@ -466,6 +477,7 @@ def stage_cifar(
   import jax.numpy as jnp
 
   from daq_jax.data.loader import DatasetInfo
+  from daq_jax.quant import config as quant_config
   from daq_jax.training import parallel, steps, trainer
   from daq_jax.training.config import from_dict
 
@@ -505,7 +517,7 @@ def stage_cifar(
 
   runs = {}
   rec.set("model", "small_cnn" if smoke else "resnet20")
-  for method in ("fp32", "daq"):
+  for method in dict.fromkeys(("fp32", "daq", quant_config.RECOMMENDED)):
     cfg = from_dict(
       {
         "model": {"name": rec.data["model"], "dtype": "float32"},

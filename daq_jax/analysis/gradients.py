@@ -8,6 +8,14 @@ backward pass with that method's int8 op, and compares both against the float on
 the paper argues from. Both trace, so one jitted function does a whole batch;
 `LayerAnalysis` gathers the numbers of a layer over batches on the host.
 
+Where the error comes from is split three ways, each step's increment relative to the float
+result's norm: `forward` (x and w quantized, g float), `clipping` (g clipped to the method's
+clip values as well, not rounded) and `rounding` (the method's int8 g). The share of g's
+nonzero entries that rounding sets to zero, and the share of g's energy they hold, show the
+bias of nearest rounding on the wgrad path. One option is measured here only: per-row (per
+output position) g scales on the dgrad path, which factor out of the dgrad GEMM as the
+per-channel scales factor out of wgrad.
+
 Each method carries its own per-layer state from batch to batch, as in training: the run's own
 method starts from the checkpoint's state, the others from a fresh one (so give them a few
 batches: magnitude-aware clipping needs history).
@@ -25,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from daq_jax.nn.ops import RNG_STREAM, STATE_COLLECTION, QuantConvOp, QuantOp
-from daq_jax.quant import gradient
+from daq_jax.quant import gradient, numerics
 from daq_jax.quant.config import QuantConfig
 
 HISTOGRAM_BINS = 81
@@ -123,14 +131,57 @@ def _errors(approx, exact) -> dict[str, jax.Array]:
   }
 
 
-def float_backward(call: OpCall) -> tuple[jax.Array, jax.Array]:
-  """(dx, dw) of the float contraction given g."""
+def float_backward(call: OpCall, x=None, w=None, g=None) -> tuple[jax.Array, jax.Array]:
+  """(dx, dw) of the float contraction given g (or the x, w and g given instead)."""
   contraction = (
     jax.lax.conv_general_dilated if isinstance(call.op, QuantConvOp) else jax.lax.dot_general
   )
-  x, w, *rest = call.args
+  x0, w0, *rest = call.args
+  x = x0 if x is None else x
+  w = w0 if w is None else w
   _, vjp = jax.vjp(lambda a, b: contraction(a, b, *rest, **call.kwargs), x, w)
-  return vjp(call.g)
+  return vjp(call.g if g is None else g)
+
+
+def _forward_quantized(v: jax.Array) -> jax.Array:
+  """What the quantized ops' forward pass makes of x or w: one max-abs scale, nearest."""
+  return numerics.fake_quantize(v, numerics.max_abs(v)).astype(v.dtype)
+
+
+def _zeroed(g: jax.Array, q: jax.Array) -> dict[str, jax.Array]:
+  """The share of g's nonzero entries quantized to 0, and the share of g's energy they hold."""
+  g = g.astype(jnp.float32)
+  lost = (g != 0) & (q.reshape(g.shape) == 0)
+  energy = jnp.sum(g * g)
+  return {
+    "share": jnp.sum(lost) / jnp.maximum(jnp.sum(g != 0), 1),
+    "energy": jnp.sum(jnp.where(lost, g * g, 0.0)) / jnp.where(energy > 0, energy, 1.0),
+  }
+
+
+def _split(exact, forward, clipped, quantized) -> dict[str, jax.Array]:
+  """Each step's error increment relative to |exact|: forward, clipping, rounding."""
+  norm = jnp.linalg.norm(jnp.asarray(exact, jnp.float32))
+  safe = jnp.where(norm > 0, norm, 1.0)
+  step = lambda a, b: jnp.linalg.norm(jnp.asarray(a, jnp.float32) - b) / safe
+  return {
+    "forward": step(forward, exact),
+    "clipping": step(clipped, forward),
+    "rounding": step(quantized, clipped),
+  }
+
+
+def _per_row_dgrad(call: OpCall, xq, wq, dx_f, key) -> dict[str, dict]:
+  """dX errors with one g scale per output position (row of the (M, C) view) on the dgrad
+  path, nearest and stochastic: an option measured here, not offered by the ops."""
+  g2d = call.g.reshape(-1, call.g.shape[-1]).astype(jnp.float32)
+  rows = numerics.max_abs(g2d, axis=1, keepdims=True)
+  out = {}
+  for rounding in numerics.ROUNDINGS:
+    g_hat = numerics.fake_quantize(g2d, rows, rounding=rounding, key=key).reshape(call.g.shape)
+    dx, _ = float_backward(call, xq, wq, g_hat.astype(call.g.dtype))
+    out[rounding] = _errors(dx, dx_f)
+  return out
 
 
 def quantized_backward(call: OpCall, cfg: QuantConfig, state: dict, key: jax.Array):
@@ -156,8 +207,10 @@ def analyze_call(
 
   Returns:
     (numbers, new states): `numbers` holds r_c and max|g| per channel, the g columns of the most
-    bell-shaped and most inverted-T channel, and per method the errors of both quantized g, dW
-    and dX against the float ones and the per-channel wgrad clip values.
+    bell-shaped and most inverted-T channel, the dX errors of per-row dgrad scales, and per
+    method the errors of both quantized g, dW and dX against the float ones, their split into
+    forward quantization, clipping and rounding, the share of g that rounding zeroes on each
+    path, and the per-channel wgrad clip values.
   """
   channels = call.g.shape[-1]
   g2d = call.g.reshape(-1, channels).astype(jnp.float32)
@@ -177,6 +230,10 @@ def analyze_call(
     "methods": {},
   }
   dx_f, dw_f = float_backward(call)
+  xq, wq = (_forward_quantized(v) for v in call.args[:2])
+  dx_fq, dw_fq = float_backward(call, xq, wq)  # forward quantization alone
+  per_row_key = jax.random.fold_in(key, len(configs))  # the methods use 0 .. len - 1
+  numbers["dgrad_per_row"] = _per_row_dgrad(call, xq, wq, dx_f, per_row_key)
   new_states = {}
   for i, (name, cfg) in enumerate(configs.items()):
     method_key = jax.random.fold_in(key, i)
@@ -185,12 +242,23 @@ def analyze_call(
     )
     g_dgrad, g_wgrad = gq.dequantized(call.g.shape)
     dx, dw, new_states[name] = quantized_backward(call, cfg, states[name], method_key)
+    wclip = jnp.broadcast_to(gq.wgrad_scale, (channels,))
+    _, dw_clip = float_backward(
+      call, xq, wq, jnp.clip(g2d, -wclip, wclip).reshape(call.g.shape).astype(call.g.dtype)
+    )
+    dx_clip, _ = float_backward(
+      call, xq, wq, jnp.clip(call.g, -gq.dgrad_scale, gq.dgrad_scale).astype(call.g.dtype)
+    )
     numbers["methods"][name] = {
       "wgrad_g": _errors(g_wgrad, call.g),
       "dgrad_g": _errors(g_dgrad, call.g),
       "dw": _errors(dw, dw_f),
       "dx": _errors(dx, dx_f),
-      "clip": jnp.broadcast_to(gq.wgrad_scale, (channels,)),
+      "split_dw": _split(dw_f, dw_fq, dw_clip, dw),
+      "split_dx": _split(dx_f, dx_fq, dx_clip, dx),
+      "wgrad_zeroed": _zeroed(g2d, gq.wgrad_q),
+      "dgrad_zeroed": _zeroed(call.g, gq.dgrad_q),
+      "clip": wclip,
     }
   return numbers, new_states
 
@@ -213,13 +281,16 @@ class LayerAnalysis:
   def __init__(self, layer: str, kind: str, g_shape: tuple[int, ...]):
     self.layer, self.kind, self.g_shape = layer, kind, tuple(g_shape)
     self.errors: dict[str, dict[str, list[dict]]] = {}
+    self.per_row: dict[str, list[dict]] = {}
     self.last: dict | None = None
 
   def add(self, numbers: dict) -> None:
     self.last = numbers
     for name, method in numbers["methods"].items():
-      for what in ("wgrad_g", "dgrad_g", "dw", "dx"):
+      for what in AVERAGED:
         self.errors.setdefault(name, {}).setdefault(what, []).append(method[what])
+    for rounding, errors in numbers["dgrad_per_row"].items():
+      self.per_row.setdefault(rounding, []).append(errors)
 
   def result(self) -> dict:
     """Everything about the layer, as plain JSON values (errors averaged over batches; the
@@ -239,10 +310,7 @@ class LayerAnalysis:
         }
     methods = {}
     for name, by_what in self.errors.items():
-      methods[name] = {
-        what: {k: float(np.mean([float(e[k]) for e in runs])) for k in runs[0]}
-        for what, runs in by_what.items()
-      }
+      methods[name] = {what: _mean(runs) for what, runs in by_what.items()}
       ratios = np.asarray(last["methods"][name]["clip"])[live] / gmax[live]
       ratios = ratios if ratios.size else np.ones(1)
       methods[name]["clip_over_max"] = {
@@ -260,5 +328,23 @@ class LayerAnalysis:
       "inverted_t_share": float(last["inverted_share"]),
       "batches": len(next(iter(self.errors.values()))["dw"]) if self.errors else 0,
       "methods": methods,
+      "dgrad_per_row": {rounding: _mean(runs) for rounding, runs in self.per_row.items()},
       "histograms": histograms,
     }
+
+
+# The per-method numbers averaged over batches (each a dict of scalars).
+AVERAGED = (
+  "wgrad_g",
+  "dgrad_g",
+  "dw",
+  "dx",
+  "split_dw",
+  "split_dx",
+  "wgrad_zeroed",
+  "dgrad_zeroed",
+)
+
+
+def _mean(runs: list[dict]) -> dict[str, float]:
+  return {k: float(np.mean([float(e[k]) for e in runs])) for k in runs[0]}

@@ -12,6 +12,8 @@ import numpy as np
 INSTALL = "pip install 'daq_jax[plots]'  (or: pip install matplotlib)"
 COLORS = {
   "daq": "tab:red",
+  "daq_sr": "tab:brown",
+  "daq_sr_wgrad": "tab:pink",
   "per_tensor": "tab:blue",
   "gvq": "tab:green",
   "mcs": "tab:orange",
@@ -124,6 +126,31 @@ def errors(layers: list[dict], path: str) -> str:
   for ax in axes[1]:
     ax.set_xticks(x, [_short(layer["layer"]) for layer in layers], rotation=70, fontsize=7)
   axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def dw_errors(layers: list[dict], path: str, methods=None) -> str:
+  """Per layer: each method's relative L2 error of dW (log scale), and the share of g's
+  nonzero entries that its wgrad-path rounding sets to zero."""
+  plt = pyplot()
+  x = np.arange(len(layers))
+  methods = list(methods or (layers[0]["methods"] if layers else []))
+  fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(layers) + 3), 6.5), sharex=True)
+  for i, method in enumerate(methods):
+    color = _color(method, i)
+    dw = [max(layer["methods"][method]["dw"]["rel_l2"], 1e-12) for layer in layers]
+    zeroed = [layer["methods"][method]["wgrad_zeroed"]["share"] for layer in layers]
+    axes[0].plot(x, dw, marker="o", ms=3, color=color, label=method)
+    axes[1].plot(x, zeroed, marker="o", ms=3, color=color, label=method)
+  axes[0].set_yscale("log")
+  axes[0].set_title("dW: relative L2 error against float", fontsize=9)
+  axes[1].set_title("wgrad-path g: share of nonzero entries rounded to zero", fontsize=9)
+  axes[1].set_ylim(0, 1)
+  axes[1].set_xticks(x, [_short(layer["layer"]) for layer in layers], rotation=70, fontsize=7)
+  axes[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

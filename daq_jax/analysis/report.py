@@ -8,6 +8,8 @@ It restores the run's checkpoint, takes `batches` training batches from the rest
   clip values marked (the paper's Fig. 1 for this model);
 - `distributions.png`: r_c against λ, the inverted-T share and clip/max, per layer;
 - `errors.png`: each method's error of both quantized g and of dW, dX, per layer;
+- `dw_errors.png`: each method's dW error per layer, beside the share of g's entries its
+  wgrad-path rounding sets to zero;
 - `analysis.json` with every number, and `summary.md`, which shows the images.
 """
 
@@ -28,7 +30,7 @@ from daq_jax.training import steps
 from daq_jax.training.evaluation import read_run, restore_run
 from daq_jax.training.workdir import write_json
 
-METHODS = ("daq", "per_tensor", "gvq", "mcs", "ui8")
+METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "per_tensor", "gvq", "mcs", "ui8")
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -213,10 +215,51 @@ def _write(workdir: str, result: dict) -> None:
     images.append((layer["layer"], name))
   plots.distributions(layers, result["bell_threshold"], os.path.join(out, "distributions.png"))
   plots.errors(layers, os.path.join(out, "errors.png"))
+  plots.dw_errors(layers, os.path.join(out, "dw_errors.png"))
   write_json(os.path.join(out, "analysis.json"), result)
   with open(os.path.join(out, "summary.md.tmp"), "w") as f:
     f.write(_summary(result, images))
   os.replace(os.path.join(out, "summary.md.tmp"), os.path.join(out, "summary.md"))
+
+
+def _cause_tables(result: dict) -> list[str]:
+  """Where each method's dW and dX error comes from, what rounding zeroes, and the per-row
+  dgrad option."""
+  methods = result["methods"]
+  lines = [
+    "![dW error and the g that rounding zeroes, per layer](dw_errors.png)",
+    "",
+    "Where the dW error comes from (relative L2 increments against the float dW: forward "
+    "quantization of x and w / clipping of g / rounding of g), and the share of g's nonzero "
+    "entries that wgrad-path rounding sets to zero (with the share of g's energy they hold):",
+    "",
+    "| layer | "
+    + " | ".join(f"{m} dW: fwd / clip / round | {m} zeroed (energy)" for m in methods)
+    + " |",
+    "|---|" + "---|---|" * len(methods),
+  ]
+  for layer in result["layers"]:
+    cells = []
+    for m in methods:
+      split, zeroed = layer["methods"][m]["split_dw"], layer["methods"][m]["wgrad_zeroed"]
+      cells.append(
+        f"{split['forward']:.3f} / {split['clipping']:.3f} / {split['rounding']:.3f} | "
+        f"{zeroed['share']:.0%} ({zeroed['energy']:.1%})"
+      )
+    lines.append(f"| {layer['layer']} | " + " | ".join(cells) + " |")
+  lines += [
+    "",
+    "dX relative L2 error: each method, and one g scale per output position on the dgrad "
+    "path (per-row; measured here only):",
+    "",
+    "| layer | " + " | ".join(methods) + " | per-row, nearest | per-row, stochastic |",
+    "|---|" + "---|" * (len(methods) + 2),
+  ]
+  for layer in result["layers"]:
+    cells = [f"{layer['methods'][m]['dx']['rel_l2']:.3f}" for m in methods]
+    cells += [f"{layer['dgrad_per_row'][r]['rel_l2']:.3f}" for r in ("nearest", "stochastic")]
+    lines.append(f"| {layer['layer']} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _summary(result: dict, images) -> str:
@@ -251,6 +294,7 @@ def _summary(result: dict, images) -> str:
   lines.append("")
   for key, value in result["comparison"].items():
     lines.append(f"- {key}: {len(value['layers'])} of {value['of']} layers")
+  lines += ["", *_cause_tables(result), ""]
   lines += ["", "## Per layer: the most bell-shaped and the most inverted-T channel", ""]
   lines += [f"![{layer}]({name})" for layer, name in images]
   return "\n".join(lines) + "\n"

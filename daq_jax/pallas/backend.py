@@ -41,5 +41,5 @@ class PallasBackend(Im2colBackend):
   def quantize_gradient(self, g, state, cfg, key):
     if not grad_quant.supports(cfg):
       return gradient.quantize_gradient(g, state, cfg, key)
-    fused = functools.partial(grad_quant.quantize_gradient, cfg=cfg)
-    return on_platform(fused, g, state, key)
+    fused = functools.partial(grad_quant.quantize_gradient, cfg=cfg, key=key)
+    return on_platform(fused, g, state)

@@ -42,7 +42,8 @@ def analysis(default_run):
 
 def test_the_analysis_of_a_2_step_default_run_writes_every_file(default_run, analysis):
   out = os.path.join(default_run, "analysis")
-  images = {f"hist_{layer}.png" for layer in LAYERS} | {"distributions.png", "errors.png"}
+  images = {f"hist_{layer}.png" for layer in LAYERS}
+  images |= {"distributions.png", "errors.png", "dw_errors.png"}
   assert set(os.listdir(out)) == images | {"analysis.json", "summary.md"}
   for name in images:
     with open(os.path.join(out, name), "rb") as f:
@@ -61,7 +62,15 @@ def test_its_numbers_are_in_range(analysis):
     r = np.asarray(layer["r"])
     assert r.shape == (layer["channels"],) and ((r >= 0) & (r <= 1)).all()
     assert 0 <= layer["inverted_t_share"] <= 1 and layer["batches"] == 2
-    assert set(layer["methods"]) == {"daq", "per_tensor", "gvq", "mcs", "ui8"}
+    assert set(layer["methods"]) == {
+      "daq",
+      "daq_sr",
+      "daq_sr_wgrad",
+      "per_tensor",
+      "gvq",
+      "mcs",
+      "ui8",
+    }
     for name, method in layer["methods"].items():
       for what in ("wgrad_g", "dgrad_g", "dw", "dx"):
         # int8 with sensible scales: close to the float gradients, never identical
@@ -69,9 +78,39 @@ def test_its_numbers_are_in_range(analysis):
         assert 0 < method[what]["rel_l2"] < 0.5, (layer["layer"], name, what)
       clip = method["clip_over_max"]
       assert 0 < clip["min"] <= clip["mean"] <= clip["max"]
+      for what in ("dw", "dx"):
+        # The three increments bound the whole error (triangle inequality) per batch, so
+        # their batch means bound the mean error too.
+        split = method[f"split_{what}"]
+        assert all(v >= 0 for v in split.values()) and split["forward"] > 0
+        assert method[what]["rel_l2"] <= sum(split.values()) * (1 + 1e-4), (name, what, split)
+      for path in ("wgrad_zeroed", "dgrad_zeroed"):
+        assert 0 <= method[path]["share"] <= 1 and 0 <= method[path]["energy"] <= 1
+    # Nearest rounding zeroes exactly the entries below half a level: the smallest ones, so
+    # they hold a smaller share of g's energy than of its entries.
+    zeroed = layer["methods"]["daq"]["wgrad_zeroed"]
+    assert zeroed["energy"] <= zeroed["share"]
+    per_row = layer["dgrad_per_row"]
+    assert set(per_row) == {"nearest", "stochastic"}
+    assert all(0 < e["rel_l2"] < 0.5 for e in per_row.values())
     for h in layer["histograms"].values():
       assert sum(h["counts"]) == np.prod(layer["g_shape"][:-1])
       assert len(h["edges"]) == gradients.HISTOGRAM_BINS + 1
+
+
+def test_zeroed_share_and_energy_and_the_error_split_on_known_values():
+  import jax.numpy as jnp
+
+  zeroed = gradients._zeroed(jnp.array([1.0, 1e-3, 2e-3, 0.0]), jnp.array([127, 0, 0, 0]))
+  assert float(zeroed["share"]) == pytest.approx(2 / 3)
+  assert float(zeroed["energy"]) == pytest.approx(5e-6 / (1 + 5e-6), rel=1e-5)
+  exact = jnp.array([3.0, 4.0])  # |exact| = 5
+  split = gradients._split(exact, exact + 0.5, exact + 0.5, exact + jnp.array([0.5, 1.5]))
+  assert {k: round(float(v), 6) for k, v in split.items()} == {
+    "forward": round(0.5 * 2**0.5 / 5, 6),
+    "clipping": 0.0,
+    "rounding": 0.2,
+  }
 
 
 def test_per_channel_max_scales_are_no_worse_than_a_per_tensor_scale(analysis):
@@ -92,7 +131,7 @@ def test_analyze_refuses_a_workdir_without_checkpoint_or_an_unknown_method(
   assert f"workdir {tmp_path} has no checkpoint to analyze" in capsys.readouterr().err
   assert analyze_main(["--workdir", default_run, "--methods", "daq,int4"]) == 1
   err = capsys.readouterr().err
-  assert "--methods: int4 is not a quantization method; known: daq, per_tensor" in err
+  assert "--methods: int4 is not a quantization method; known: daq, daq_sr, daq_sr_wgrad" in err
   assert err.count("\n") == 1
 
 
