@@ -75,20 +75,13 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
   log = pathlib.Path(args.root) / f"{method}_seed{seed}.log"
   log.parent.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
-
-  def pin():  # one core per job: the run's threads and its decoding workers inherit it
-    if core is not None:
-      os.sched_setaffinity(0, {core})
-
+  # One core per job (taskset, not a preexec_fn: forking this multithreaded process to run
+  # Python before exec can deadlock); the run's threads and decoding workers inherit it.
+  pin = ["taskset", "-c", str(core)] if core is not None else []
   start = time.monotonic()
   with open(log, "a") as out:
     code = subprocess.call(
-      [sys.executable, *command],
-      cwd=REPO,
-      env=env,
-      stdout=out,
-      stderr=subprocess.STDOUT,
-      preexec_fn=pin,
+      [*pin, sys.executable, *command], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
     )
   seconds = time.monotonic() - start
   summary_path = workdir / "summary.json"

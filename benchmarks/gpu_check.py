@@ -16,8 +16,8 @@ Stages, in order of value (`python -m benchmarks.gpu_check STAGE --out DIR [--sm
                 implicit-GEMM shape (Pallas int8 vs XLA int8 vs bf16 vs float32).
   resnet50_step the ResNet-50 training step at batch 128: fp32, bf16, per_tensor, DAQ and
                 daq_sr on impl="auto", the int8 ones with bf16 float parts.
-  cifar         CIFAR-10 ResNet-20, fp32 against DAQ and the recommended method
-                (quant.config.RECOMMENDED), alternating epochs until the deadline,
+  cifar         CIFAR-10 ResNet-20, fp32 against the recommended method
+                (quant.config.RECOMMENDED), daq and daq_sr, alternating epochs until the deadline,
                 validation top-1 after each (the last 500 images of each class in sorted file
                 order are the validation split); the JPEGs, packed by `prepare`, are decoded
                 once and held on the device.
@@ -517,7 +517,8 @@ def stage_cifar(
 
   runs = {}
   rec.set("model", "small_cnn" if smoke else "resnet20")
-  for method in dict.fromkeys(("fp32", "daq", quant_config.RECOMMENDED)):
+  # The recommended method, and the paper's DAQ against its stochastic-rounding variant.
+  for method in dict.fromkeys(("fp32", quant_config.RECOMMENDED, "daq", "daq_sr")):
     cfg = from_dict(
       {
         "model": {"name": rec.data["model"], "dtype": "float32"},

@@ -1,4 +1,5 @@
-"""The default run: DAQ INT8 training of a small CNN on the embedded 8x8 digits.
+"""The default run: INT8 training of a small CNN on the embedded 8x8 digits with the
+recommended method (`quant.config.RECOMMENDED`: daq; docs/accuracy.md says why).
 
     python train.py                          # about half a minute on 2 CPU cores
     python train.py --config.quant.method=fp32 --workdir runs/default_fp32

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from daq_jax.quant.config import RECOMMENDED
+
 
 @pytest.mark.parametrize(
   "module, args, keys",
@@ -69,4 +71,8 @@ def test_gpu_check_smoke_runs_every_stage(tmp_path):
     assert max(v for k, v in row.items() if k.endswith("_rel_err")) < 1e-5, row
   timed = [r for r in stages["contractions"]["rows"] if "ms" in r]
   assert {r["impl"] for r in timed} >= {"xla", "im2col", "pallas", "xla_bf16", "xla_f32"}
-  assert {r["method"] for r in stages["cifar"]["rows"]} == {"fp32", "daq"}
+  assert {r["method"] for r in stages["cifar"]["rows"]} == {"fp32", RECOMMENDED, "daq", "daq_sr"}
+  quantizer = [r for r in timed if r["contraction"] == "gradient quantizer"]
+  assert {(r["impl"], r["method"]) for r in quantizer} == {
+    (impl, method) for impl in ("jnp", "pallas") for method in ("daq", "daq_sr")
+  }

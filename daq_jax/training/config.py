@@ -72,7 +72,7 @@ class QuantSettings:
       layer with `method`, as the two flags above allow. Layers no rule matches stay float.
   """
 
-  method: str = "daq"
+  method: str = quant_config.RECOMMENDED
   impl: str = "auto"
   quantize_first_conv: bool = True
   quantize_last_dense: bool = True
@@ -150,8 +150,9 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-  """One training run. The defaults are the default run: DAQ on the embedded 8x8 digits with a
-  small CNN, 30 epochs of batch 64 (about half a minute on 2 CPU cores).
+  """One training run. The defaults are the default run: the recommended method
+  (`quant.config.RECOMMENDED`, daq) on the embedded 8x8 digits with a small CNN, 30 epochs
+  of batch 64 (about half a minute on 2 CPU cores).
 
   Attributes:
     seed: parameters, data order, augmentation and stochastic rounding all derive from it.

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from daq_jax.quant.config import RECOMMENDED
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Largest relative differences, 4 devices vs 1, after 4 steps. Reductions (BN statistics,
@@ -38,7 +40,7 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
   workdir = str(tmp_path / "run")
   proc = _run(["train.py", f"--workdir={workdir}", "--config.num_steps=2"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "final: small_cnn daq step 2: test top-1" in proc.stderr
+  assert f"final: small_cnn {RECOMMENDED} step 2: test top-1" in proc.stderr
   assert {"config.json", "dataset.json", "metrics.jsonl", "summary.json", "checkpoints"} <= set(
     os.listdir(workdir)
   )

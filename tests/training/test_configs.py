@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from daq_jax.quant.config import RECOMMENDED
 from daq_jax.training.config import TrainConfig, from_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +47,7 @@ def test_every_promised_config_exists():
 def test_config_builds_and_documents_its_command(path):
   config = _load(path)
   cfg = from_dict(config.to_dict())
-  assert cfg.quant.method == "daq"
+  assert cfg.quant.method == RECOMMENDED
   with open(path) as f:
     source = f.read()
   assert "python train.py" in source.split('"""')[1]

@@ -1,0 +1,56 @@
+"""benchmarks/accuracy.py: the table's statistics on known numbers (mean, sample std, the
+difference to fp32 paired by seed), and two real train.py runs of the default config end to
+end, then skipped when asked again (the results file is the harness's memory)."""
+
+import json
+import statistics
+
+import pytest
+
+from benchmarks import accuracy
+
+
+def _run(method, seed, top1):
+  return {"method": method, "seed": seed, "top1": top1, "train_loss": 1.0, "seconds": 60.0}
+
+
+def test_the_table_pairs_each_method_with_fp32_by_seed():
+  runs = {}
+  for method, values in {"fp32": (0.60, 0.62, 0.61), "daq_sr": (0.61, 0.62, 0.63)}.items():
+    for seed, top1 in enumerate(values):
+      runs[accuracy.run_key(method, seed)] = _run(method, seed, top1)
+  runs[accuracy.run_key("daq", 0)] = _run("daq", 0, 0.55)  # one seed: no std
+  table = accuracy.tabulate(runs, ["fp32", "daq", "daq_sr"], [0, 1, 2])
+  assert table["fp32"]["top1"]["mean"] == pytest.approx(0.61)
+  assert table["fp32"]["top1"]["std"] == pytest.approx(statistics.stdev([0.60, 0.62, 0.61]))
+  assert "vs_fp32" not in table["fp32"]
+  paired = table["daq_sr"]["vs_fp32"]
+  assert paired["mean"] == pytest.approx(0.01) and paired["std"] == pytest.approx(0.01)
+  assert paired["seeds"] == [0, 1, 2]
+  assert table["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.05)
+  assert table["daq"]["top1"]["std"] is None and table["daq"]["seeds"] == [0]
+  assert table["daq"]["minutes"]["mean"] == pytest.approx(1.0)
+
+
+def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
+  out = tmp_path / "acc.json"
+  argv = [
+    "--config=configs/default.py",
+    "--methods=fp32,daq_sr",
+    "--seeds=0",
+    "--set=num_steps=2",
+    f"--root={tmp_path / 'runs'}",
+    f"--out={out}",
+  ]
+  accuracy.main(argv)
+  result = json.loads(out.read_text())
+  assert set(result["runs"]) == {"fp32/seed0", "daq_sr/seed0"}
+  for run in result["runs"].values():
+    assert 0 <= run["top1"] <= 1 and run["steps"] == 2 and run["train_loss"] > 0
+    assert "--config.num_steps=2" in run["command"]
+  assert {"machine", "versions", "command", "date"} <= set(result)
+  assert "vs_fp32" in result["table"]["daq_sr"]
+  assert "| daq_sr | 1 |" in out.with_suffix(".md").read_text()
+  capsys.readouterr()
+  accuracy.main(argv)
+  assert "0 run(s) to go" in capsys.readouterr().out
