@@ -62,12 +62,63 @@ def is_cifar_pickle_dir(path: str) -> bool:
   )
 
 
+def _plain_dtype(*args):
+  """numpy.dtype, refusing object dtypes (whose arrays would unpickle arbitrary objects)."""
+  dtype = np.dtype(*args)
+  if dtype.hasobject:
+    raise pickle.UnpicklingError(f"refuses an object dtype ({dtype})")
+  return dtype
+
+
+def _latin1_bytes(text, encoding="latin1"):
+  """How Python 3 pickles bytes at protocol 2: `_codecs.encode(str, "latin1")`, and nothing
+  else of `_codecs`."""
+  if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+    raise pickle.UnpicklingError("refuses _codecs.encode other than of a str to latin1 bytes")
+  return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+  """The globals a pickled numpy array needs, under numpy 1's and numpy 2's module names, and
+  the one that bytes need in a protocol-2 pickle written by Python 3."""
+  core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+  allowed = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+  }
+  for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    allowed[(module, "_reconstruct")] = core.multiarray._reconstruct
+    allowed[(module, "scalar")] = core.multiarray.scalar
+  return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+  """An unpickler for what the official CIFAR batches hold: dicts, lists, bytes, str, numbers
+  and numpy arrays of plain dtypes. Any other global (a function to call on load, a class)
+  is refused before anything from the file runs."""
+
+  def find_class(self, module: str, name: str):
+    allowed = _numpy_globals()
+    if (module, name) not in allowed:
+      raise pickle.UnpicklingError(
+        f"refuses the global {module}.{name}: a CIFAR batch holds only dicts, lists, bytes, "
+        "str, numbers and numpy arrays"
+      )
+    return allowed[(module, name)]
+
+
 def _unpickle(path: str) -> dict:
+  """One CIFAR batch, read with `_CifarUnpickler` (never plain `pickle.load`)."""
   try:
     with open(path, "rb") as f:
-      return pickle.load(f, encoding="bytes")
-  except (OSError, pickle.UnpicklingError, EOFError) as e:
-    raise ValueError(f"cannot read CIFAR batch {path}: {e}") from e
+      batch = _CifarUnpickler(f, encoding="bytes").load()
+  except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+    raise ValueError(f"cannot read CIFAR batch {path}: {e}") from None
+  if not isinstance(batch, dict):
+    kind = type(batch).__name__
+    raise ValueError(f"cannot read CIFAR batch {path}: it holds a {kind}, not a dict")
+  return batch
 
 
 def load_cifar_pickle(path: str, split: str) -> ArrayDataset:

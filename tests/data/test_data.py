@@ -18,15 +18,50 @@ def write_cifar_pickles(root, n_per_batch=20):
   os.makedirs(root, exist_ok=True)
   rng = np.random.default_rng(0)
   for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+    # The official batches' structure: protocol 2, bytes keys, Python ints, a uint8 array.
     batch = {
+      b"batch_label": f"{name} of 6".encode(),
+      b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)],
       b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-      b"labels": list(rng.integers(0, 10, n_per_batch)),
+      b"filenames": [f"img_{i:05d}.png".encode() for i in range(n_per_batch)],
     }
     with open(os.path.join(root, name), "wb") as f:
-      pickle.dump(batch, f)
+      pickle.dump(batch, f, protocol=2)
+  meta = {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}
   with open(os.path.join(root, "batches.meta"), "wb") as f:
-    pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    pickle.dump(meta, f, protocol=2)
   return root
+
+
+class _RunsOnLoad:
+  """A pickle that calls a function when it is loaded (here: creates a marker file)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.mknod, (self.marker,))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+  root = write_cifar_pickles(str(tmp_path / "cifar-10-batches-py"))
+  marker = tmp_path / "ran"
+  with open(os.path.join(root, "data_batch_1"), "wb") as f:
+    pickle.dump({b"data": _RunsOnLoad(str(marker)), b"labels": [0]}, f, protocol=2)
+  with pytest.raises(ValueError) as info:
+    data.load_cifar_pickle(root, "train")
+  message = str(info.value)
+  assert "data_batch_1" in message and "refuses the global posix.mknod" in message
+  assert "\n" not in message
+  assert not marker.exists()
+
+
+def test_numpy_object_arrays_in_a_cifar_batch_are_refused(tmp_path):
+  root = write_cifar_pickles(str(tmp_path / "cifar-10-batches-py"))
+  with open(os.path.join(root, "test_batch"), "wb") as f:
+    pickle.dump({b"data": np.array([1, "x"], dtype=object), b"labels": [0]}, f, protocol=2)
+  with pytest.raises(ValueError, match="test_batch: refuses an object dtype"):
+    data.load_cifar_pickle(root, "test")
 
 
 def write_image_folder(root, classes=("cat", "dog"), per_class=5, size=12, ext=".png"):
