@@ -52,20 +52,28 @@ def train_command(args, method: str, seed: int, workdir: pathlib.Path) -> list[s
   return command
 
 
-def final_train_loss(workdir: pathlib.Path) -> float | None:
-  """The last logged training loss of a run (metrics.jsonl)."""
-  loss = None
+def train_records(workdir: pathlib.Path) -> list[dict]:
+  """The training records of a run's metrics.jsonl, in step order."""
   path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return None
-  for line in path.read_text().splitlines():
+  records = []
+  for line in path.read_text().splitlines() if path.exists() else []:
     try:
       record = json.loads(line)
     except json.JSONDecodeError:
       continue
     if "train/loss" in record:
-      loss = record["train/loss"]
-  return loss
+      records.append(record)
+  return sorted(records, key=lambda r: r["step"])
+
+
+def train_seconds(records: list[dict]) -> float:
+  """The run's time in training steps: each logged window's mean step time times its steps
+  (compilation, evaluation and start-up left out; whole across resumed invocations)."""
+  total, previous = 0.0, 0
+  for record in records:
+    total += record["train/step_time_s"] * (record["step"] - previous)
+    previous = record["step"]
+  return total
 
 
 def train_one(args, method: str, seed: int, core: int | None) -> dict:
@@ -88,14 +96,16 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
   if code != 0 or not summary_path.exists():
     raise RuntimeError(f"{run_key(method, seed)} exited {code}; see {log}")
   summary = json.loads(summary_path.read_text())
+  records = train_records(workdir)
   return {
     "method": method,
     "seed": seed,
     "command": " ".join(["python", *command]),
     "top1": summary["eval_top1"],
     "eval_loss": summary["eval_loss"],
-    "train_loss": final_train_loss(workdir),
+    "train_loss": records[-1]["train/loss"] if records else None,
     "steps": summary["step"],
+    "train_seconds": round(train_seconds(records), 1),
     "seconds": round(seconds, 1),  # this invocation's wall time (a resumed run: its rest)
     "cores": 1 if core is not None else os.cpu_count(),
     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -126,7 +136,7 @@ def tabulate(runs: dict, methods, seeds) -> dict:
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
       row["train_loss"] = _mean_std(losses)
-    minutes = [runs[run_key(method, s)]["seconds"] / 60 for s in done]
+    minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
     row["minutes"] = _mean_std(minutes)
     table[method] = row
   return table
@@ -145,7 +155,7 @@ def markdown(payload: dict) -> str:
     f"Machine: {payload['machine']['cpu']}, {payload['machine']['cpu_count']} cores; "
     f"command: `{payload['command']}`; written {payload['date']}.",
     "",
-    "| method | seeds done | top-1 | vs fp32 (paired by seed) | final train loss | minutes/run |",
+    "| method | seeds done | top-1 | vs fp32 (paired by seed) | final train loss | train minutes |",
     "|---|---|---|---|---|---|",
   ]
   for method, row in payload["table"].items():
@@ -156,7 +166,11 @@ def markdown(payload: dict) -> str:
       f"{_pm(row['minutes'], 1, 1)} |"
     )
   lines.append("")
-  lines.append("mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread.")
+  lines.append(
+    "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread. Train "
+    "minutes: the steps' time (no compilation or evaluation), one core a run, the machine "
+    "shared."
+  )
   return "\n".join(lines) + "\n"
 
 
@@ -180,9 +194,11 @@ def main(argv=None):
 
   def record(done: dict):
     runs[run_key(done["method"], done["seed"])] = done
-    # Every method with a run in the file: earlier invocations' methods stay in the table.
-    recorded = {run["method"] for run in runs.values()}
-    listed = [*methods, *sorted(recorded - set(methods))]
+    # Every method with a run in the file (earlier invocations' methods stay in the table),
+    # in the order of METHODS, then any other in the order given.
+    recorded = {run["method"] for run in runs.values()} | set(methods)
+    listed = [m for m in METHODS if m in recorded]
+    listed += [m for m in [*methods, *sorted(recorded)] if m not in listed]
     payload = {
       **environment("benchmarks.accuracy"),
       "config": args.config,

@@ -11,7 +11,7 @@ from benchmarks import accuracy
 
 
 def _run(method, seed, top1):
-  return {"method": method, "seed": seed, "top1": top1, "train_loss": 1.0, "seconds": 60.0}
+  return {"method": method, "seed": seed, "top1": top1, "train_loss": 1.0, "train_seconds": 60.0}
 
 
 def test_the_table_pairs_each_method_with_fp32_by_seed():
@@ -32,6 +32,15 @@ def test_the_table_pairs_each_method_with_fp32_by_seed():
   assert table["daq"]["minutes"]["mean"] == pytest.approx(1.0)
 
 
+def test_train_time_sums_each_logged_windows_steps():
+  records = [
+    {"step": 100, "train/step_time_s": 2.0},
+    {"step": 250, "train/step_time_s": 3.0},
+    {"step": 251, "train/step_time_s": 1.0},
+  ]
+  assert accuracy.train_seconds(records) == 200 + 450 + 1
+
+
 def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
   out = tmp_path / "acc.json"
   argv = [
@@ -47,6 +56,7 @@ def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
   assert set(result["runs"]) == {"fp32/seed0", "daq_sr/seed0"}
   for run in result["runs"].values():
     assert 0 <= run["top1"] <= 1 and run["steps"] == 2 and run["train_loss"] > 0
+    assert run["train_seconds"] > 0
     assert "--config.num_steps=2" in run["command"]
   assert {"machine", "versions", "command", "date"} <= set(result)
   assert "vs_fp32" in result["table"]["daq_sr"]
