@@ -37,8 +37,13 @@ def run_key(method: str, seed: int) -> str:
   return f"{method}/seed{seed}"
 
 
-def train_command(args, method: str, seed: int, workdir: pathlib.Path) -> list[str]:
+def workdir_of(args, method: str, seed: int) -> pathlib.Path:
+  return pathlib.Path(args.root) / f"{method}_seed{seed}"
+
+
+def train_command(args, method: str, seed: int) -> list[str]:
   """The train.py command of one run (what the results record, and compare on resume)."""
+  workdir = workdir_of(args, method, seed)
   command = [
     "train.py",
     f"--config={args.config}",
@@ -78,9 +83,9 @@ def train_seconds(records: list[dict]) -> float:
 
 def train_one(args, method: str, seed: int, core: int | None) -> dict:
   """Runs (or resumes) one run to its end and returns its record."""
-  workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
-  command = train_command(args, method, seed, workdir)
-  log = pathlib.Path(args.root) / f"{method}_seed{seed}.log"
+  workdir = workdir_of(args, method, seed)
+  command = train_command(args, method, seed)
+  log = workdir.with_name(workdir.name + ".log")
   log.parent.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
   # One core per job (taskset, not a preexec_fn: forking this multithreaded process to run
@@ -217,8 +222,7 @@ def main(argv=None):
   for seed in seeds:
     for method in methods:
       previous = runs.get(run_key(method, seed))
-      workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
-      command = " ".join(["python", *train_command(args, method, seed, workdir)])
+      command = " ".join(["python", *train_command(args, method, seed)])
       if previous and previous["command"] == command:
         continue
       todo.append((method, seed))

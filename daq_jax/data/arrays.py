@@ -8,6 +8,7 @@ decode images stay light.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pickle
 
@@ -78,6 +79,7 @@ def _latin1_bytes(text, encoding="latin1"):
   return text.encode("latin1")
 
 
+@functools.cache
 def _numpy_globals() -> dict[tuple[str, str], object]:
   """The globals a pickled numpy array needs, under numpy 1's and numpy 2's module names, and
   the one that bytes need in a protocol-2 pickle written by Python 3."""
