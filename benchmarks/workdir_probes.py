@@ -1,18 +1,20 @@
-"""Probes a workdir as a hostile but fair user would: each case of issue 10, run as the user
-runs it (`train.py` and `daq_jax.evaluate` as subprocesses), with what it printed, its exit
-status and what it left in the workdir.
+"""Probes a workdir as a hostile but fair user would: each case of "What survives what"
+(docs/training.md), run as the user runs it (`train.py` and `daq_jax.evaluate` as
+subprocesses), with what it printed, its exit status and what it left in the workdir.
 
     python -m benchmarks.workdir_probes            # about 5 minutes on 2 cores
 
 Prints a markdown table and writes benchmarks/results/workdir_probes.json. The read-only
 cases mount the workdir read-only in a mount namespace of their own (`unshare -m`, which needs
-root); they are skipped where `unshare` is missing.
+root); they are skipped where `unshare` is missing. The full-disk cases run on a 4 MB tmpfs
+(`mount -t tmpfs`, root), skipped where it cannot be mounted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 import signal
@@ -54,8 +56,16 @@ def _run(cmd, read_only=None, wait=True, timeout=300):
   return proc.returncode, proc.stdout + proc.stderr
 
 
+# What JAX's CUDA plugin prints at every start on a machine without a GPU.
+NOISE = ("absl::InitializeLog", "cudart_stub.cc")
+
+
 def last_lines(text: str, n: int = 1) -> str:
-  lines = [x for x in text.strip().splitlines() if x.strip() and not x.startswith("[")]
+  lines = [
+    x
+    for x in text.strip().splitlines()
+    if x.strip() and not x.startswith("[") and not any(noise in x for noise in NOISE)
+  ]
   return " / ".join(lines[-n:])[:400]
 
 
@@ -299,7 +309,80 @@ def probes(tmp):
   os.makedirs(f"{empty}/train/dog")
   record("an empty class folder", *train(f"{tmp}/r14", *folder_flags(empty)))
   record("a single class", *train(f"{tmp}/r15", *folder_flags(folder(f"{tmp}/one", ["cat"]))))
+
+  # 8. A CIFAR directory whose first batch runs a command when it is unpickled.
+  cifar = f"{tmp}/cifar-10-batches-py"
+  os.makedirs(cifar)
+  marker = f"{tmp}/the-pickle-ran"
+  with open(f"{cifar}/data_batch_1", "wb") as f:
+    pickle.dump(_RunsOnLoad(marker), f, protocol=2)
+  status, text = train(f"{tmp}/r16", "--config.data.name=cifar10", f"--config.data.dir={cifar}")
+  record(
+    "a CIFAR data_batch_1 whose pickle runs `touch` when loaded",
+    status,
+    text,
+    f"the command ran: {os.path.exists(marker)}",
+  )
+
+  # 9. A full disk: a 4 MB tmpfs, filled by a file that is then deleted ("free space").
+  disk = f"{tmp}/disk"
+  os.makedirs(disk)
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", disk]).returncode
+  if mounted == 0:
+    try:
+      full_disk_probes(disk, record)
+    finally:
+      subprocess.run(["umount", disk])
   return out
+
+
+class _RunsOnLoad:
+  """A pickle that creates the file `marker` when it is loaded (`touch`, without a shell)."""
+
+  def __init__(self, marker: str):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.mknod, (self.marker,))
+
+
+def _fill(disk: str, leave_kb: int) -> None:
+  """Writes `disk/filler` until `leave_kb` KB of the disk are left free."""
+  filler = os.path.join(disk, "filler")
+  if os.path.exists(filler):
+    os.remove(filler)
+  free_kb = shutil.disk_usage(disk).free // 1024
+  with open(filler, "wb") as f:
+    f.write(b"\0" * max(free_kb - leave_kb, 0) * 1024)
+
+
+def full_disk_probes(disk: str, record) -> None:
+  run = f"{disk}/run"
+  steps = ["--config.num_steps=60", "--config.checkpoint_every_steps=10"]
+
+  def state() -> str:
+    with open(f"{run}/metrics.jsonl") as f:
+      logged = [json.loads(line)["step"] for line in f]  # each line whole, or this fails
+    kept = sorted(os.listdir(f"{run}/checkpoints"))
+    return f"checkpoints {kept}; metrics.jsonl whole, last step {max(logged, default=None)}"
+
+  _fill(disk, 700)  # room for one checkpoint (about 550 KB), not two
+  status, text = train(run, *steps)
+  record("the disk fills during a checkpoint save", status, text, state())
+  os.remove(f"{disk}/filler")
+  status, text = train(run, *steps)
+  resumed = [x for x in text.splitlines() if "resumed from" in x]
+  record("... free space, run the same command", status, text, f"{resumed}; {state()}")
+  more = ["--config.num_steps=120", "--config.checkpoint_every_steps=10"]
+  _fill(disk, 0)
+  status, text = train(run, *more)
+  record("a full disk when a run (resume) starts", status, text, state())
+  _fill(disk, 16)
+  status, text = train(run, *more, "--config.log_every_steps=1")
+  record("the disk fills while metrics are written (16 KB free)", status, text, state())
+  os.remove(f"{disk}/filler")
+  status, text = train(run, *more)
+  record("... free space, run the same command", status, text, state())
 
 
 def main():

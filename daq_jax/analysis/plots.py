@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from daq_jax.training.files import save_figure
+
 INSTALL = "pip install 'daq_jax[plots]'  (or: pip install matplotlib)"
 COLORS = {
   "daq": "tab:red",
@@ -68,7 +70,7 @@ def histograms(layer: dict, path: str) -> str:
     fig.legend(handles, labels, loc="upper right", fontsize=8, title="wgrad clip", title_fontsize=8)
   fig.suptitle(f"{layer['layer']}: g {tuple(layer['g_shape'])}", fontsize=10)
   fig.tight_layout(rect=(0, 0, 0.9, 1))
-  fig.savefig(path, dpi=90)
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 
@@ -99,7 +101,7 @@ def distributions(layers: list[dict], bell_threshold: float, path: str) -> str:
   bottom.legend(fontsize=8, ncol=len(methods))
   bottom.set_xticks(x, [_short(layer["layer"]) for layer in layers], rotation=70, fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 
@@ -127,7 +129,7 @@ def errors(layers: list[dict], path: str) -> str:
     ax.set_xticks(x, [_short(layer["layer"]) for layer in layers], rotation=70, fontsize=7)
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 
@@ -152,7 +154,7 @@ def dw_errors(layers: list[dict], path: str, methods=None) -> str:
   axes[1].set_xticks(x, [_short(layer["layer"]) for layer in layers], rotation=70, fontsize=7)
   axes[0].legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 
@@ -176,7 +178,7 @@ def curves(runs: list[dict], path: str) -> str:
   right.set_yscale("log")
   left.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  save_figure(fig, path, dpi=90)
   plt.close(fig)
   return path
 

@@ -28,7 +28,7 @@ from daq_jax.quant import config as quant_config
 from daq_jax.quant import gradient
 from daq_jax.training import steps
 from daq_jax.training.evaluation import read_run, restore_run
-from daq_jax.training.workdir import write_json
+from daq_jax.training.files import replace, write_json
 
 METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "per_tensor", "gvq", "mcs", "ui8")
 
@@ -217,9 +217,8 @@ def _write(workdir: str, result: dict) -> None:
   plots.errors(layers, os.path.join(out, "errors.png"))
   plots.dw_errors(layers, os.path.join(out, "dw_errors.png"))
   write_json(os.path.join(out, "analysis.json"), result)
-  with open(os.path.join(out, "summary.md.tmp"), "w") as f:
+  with replace(os.path.join(out, "summary.md")) as f:
     f.write(_summary(result, images))
-  os.replace(os.path.join(out, "summary.md.tmp"), os.path.join(out, "summary.md"))
 
 
 def _cause_tables(result: dict) -> list[str]:

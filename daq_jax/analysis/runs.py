@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from daq_jax.analysis import plots
-from daq_jax.training.workdir import write_json
+from daq_jax.training.files import replace, write_json
 
 
 def read_run(workdir: str) -> dict:
@@ -90,7 +90,7 @@ def compare(workdirs: list[str], out: str) -> list[dict]:
   plots.pyplot()  # fail before reading anything if the figure cannot be drawn
   rows = [read_run(w) for w in workdirs]
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "comparison.md"), "w") as f:
+  with replace(os.path.join(out, "comparison.md")) as f:
     f.write(markdown(rows))
   write_json(os.path.join(out, "comparison.json"), rows)
   plots.curves(rows, os.path.join(out, "curves.png"))

@@ -104,8 +104,8 @@ class _CifarUnpickler(pickle.Unpickler):
     allowed = _numpy_globals()
     if (module, name) not in allowed:
       raise pickle.UnpicklingError(
-        f"refuses the global {module}.{name}: a CIFAR batch holds only dicts, lists, bytes, "
-        "str, numbers and numpy arrays"
+        f"it names the global {module}.{name}, which is refused (nothing of the file was "
+        "run): a CIFAR batch holds only dicts, lists, bytes, str, numbers and numpy arrays"
       )
     return allowed[(module, name)]
 

@@ -1,6 +1,6 @@
 """The training loop: config dataclasses, optimizer, steps, checkpoints, metrics, parallelism."""
 
-from daq_jax.training.checkpoint import CheckpointError, Checkpoints
+from daq_jax.training.checkpoint import CheckpointError, Checkpoints, SaveError
 from daq_jax.training.config import (
   ModelConfig,
   OptimConfig,
@@ -9,6 +9,7 @@ from daq_jax.training.config import (
   from_dict,
   to_dict,
 )
+from daq_jax.training.files import WriteError
 from daq_jax.training.optim import make_optimizer, scale_by_deviation, schedule
 from daq_jax.training.stops import Stopped
 from daq_jax.training.trainer import NonFiniteLossError, evaluate, train_and_evaluate
@@ -21,9 +22,11 @@ __all__ = [
   "NonFiniteLossError",
   "OptimConfig",
   "QuantSettings",
+  "SaveError",
   "Stopped",
   "TrainConfig",
   "WorkdirError",
+  "WriteError",
   "evaluate",
   "from_dict",
   "make_optimizer",

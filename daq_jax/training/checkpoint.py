@@ -15,19 +15,69 @@ step itself, because the batch order is a function of (seed, step) (daq_jax.data
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+
+from daq_jax.training import files
 
 MANIFEST = "MANIFEST"
 ASIDE = "checkpoints_aside"
+
+
+class SaveError(files.WriteError):
+  """A step could not be saved; the message says why, the last intact step and what to do."""
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  return unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+
+
+class _AboutFailedSaves(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" about a save already reported."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return ".orbax-checkpoint-tmp" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+  """A failed save is reported in one line by `save`, not in Orbax's words, which are many:
+  its logger reports each failed write with tracebacks from its threads, TensorStore's writes
+  still in flight call back into the event loop Orbax has closed (an unraisable
+  `RuntimeError('Event loop is closed')` each, until the process ends), and asyncio logs the
+  failed tasks when they are collected. While a save runs, Orbax's logger is silenced and
+  those callbacks are dropped; after a failed one, the callbacks and asyncio's records that
+  name its temporary folder stay dropped. Nothing else is hidden."""
+  logger = absl_logging.get_absl_logger()
+  level, unraisablehook = logger.level, sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      unraisablehook(unraisable)
+
+  logger.setLevel(logging.CRITICAL)
+  sys.unraisablehook = hook
+  try:
+    yield
+  except BaseException:
+    logging.getLogger("asyncio").addFilter(_AboutFailedSaves())
+    raise
+  else:
+    sys.unraisablehook = unraisablehook
+  finally:
+    logger.setLevel(level)
 
 
 class CheckpointError(ValueError):
@@ -52,10 +102,8 @@ def write_manifest(step_dir: str) -> None:
     rel: [os.path.getsize(os.path.join(step_dir, rel)), _digest(os.path.join(step_dir, rel))]
     for rel in _files(step_dir)
   }
-  tmp = os.path.join(step_dir, f"{MANIFEST}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
+  with files.replace(os.path.join(step_dir, MANIFEST)) as f:
     json.dump(manifest, f)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
 
 
 # Without a manifest (a step from an older version, or a crash between Orbax's rename and the
@@ -190,12 +238,46 @@ class Checkpoints:
     return os.path.join(self.directory, str(step))
 
   def save(self, step: int, state) -> None:
+    """Saves `step`, or raises `SaveError` with nothing of it left behind: one line with the
+    step, the cause (no space left, a read-only disk, a quota), the newest intact step and
+    what to do."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    self._manager.wait_until_finished()
-    if jax.process_index() == 0:
-      write_manifest(self.step_dir(step))
+    try:
+      with _orbax_quiet():
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_manifest(self.step_dir(step))
+    except Exception as e:  # Orbax and TensorStore raise ValueErrors; the manifest OSErrors
+      self._discard(step)
+      raise SaveError(
+        f"checkpoint step {step} could not be saved in {self.directory}: {files.cause(e)}. "
+        f"{self.resume_hint()}",
+        files.error_code(e),
+      ) from None
+
+  def _discard(self, step: int) -> None:
+    """Removes what a failed save of `step` left: Orbax's temporary folder, or the step
+    itself when only its manifest failed (it could not be verified on restore)."""
+    self._remove_partial_steps()
+    shutil.rmtree(self.step_dir(step), ignore_errors=True)
+    with contextlib.suppress(Exception):
+      self._manager.reload()
+
+  def last_intact_step(self) -> int | None:
+    """The newest step whose files are intact, or None."""
+    return next((s for s in reversed(self.all_steps()) if damage(self.step_dir(s)) is None), None)
+
+  def resume_hint(self) -> str:
+    """What a run stopped by a full disk (or another write failure) should do next."""
+    last = self.last_intact_step()
+    if last is None:
+      return "No checkpoint is saved yet: free space and run the same command to start again"
+    return (
+      f"The last intact checkpoint is step {last}: free space and run the same command to "
+      "resume from it"
+    )
 
   def set_aside(self, step: int, why: str) -> str:
     """Moves a step out of the checkpoints (never deletes it); returns where it went."""

@@ -11,7 +11,7 @@ import jax
 
 from daq_jax import data as data_lib
 from daq_jax.data.loader import DatasetInfo
-from daq_jax.training import checkpoint, parallel, steps, trainer
+from daq_jax.training import checkpoint, files, parallel, steps, trainer
 from daq_jax.training.config import TrainConfig, from_dict
 
 
@@ -107,8 +107,8 @@ def evaluate_workdir(
   if parallel.is_main_process():
     path = os.path.join(workdir, f"eval-{name}.json")
     try:
-      trainer.write_json(path, result)
+      files.write_json(path, result)
       result["written"] = path
     except OSError as e:
-      result["written"] = f"not written to {path}: {e.strerror}"
+      result["written"] = f"not written to {path}: {files.cause(e)}"
   return result

@@ -1,15 +1,26 @@
-"""Where metrics go: JSON lines, TensorBoard event files and a progress line on a terminal."""
+"""Where metrics go: JSON lines, TensorBoard event files and a progress line on a terminal.
+
+Both files grow by whole records, written synchronously: a record that cannot be written (a
+full disk) is cut off again and raises `files.WriteError` at the step that wrote it, so an
+earlier record is never damaged and no write fails unseen in a background thread (as it
+would in tensorboardX's `SummaryWriter`, whose queue then blocks the run).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
+import struct
 import sys
 import time
 
 import jax
-from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2, summary_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+from daq_jax.training import files
 
 
 def _format_duration(seconds: float) -> str:
@@ -53,10 +64,72 @@ def truncate_records(path: str, step: int, redo_eval: str = "") -> None:
       redone = redo_eval and at == step and any(k.startswith(f"{redo_eval}/") for k in record)
       if at <= step and not redone:
         kept.append(line if line.endswith("\n") else line + "\n")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
+  with files.replace(path) as f:
     f.writelines(kept)
-  os.replace(tmp, path)
+
+
+class _Records:
+  """A file that grows by whole records: a failed append is truncated away and raises
+  `files.WriteError` naming the file; after one, nothing more is written to it."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.failed = False
+    self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+  def append(self, data: bytes) -> None:
+    if self.failed:
+      return
+    size = os.fstat(self._fd).st_size
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view) :]
+    except OSError as e:
+      self.failed = True
+      try:
+        os.ftruncate(self._fd, size)  # frees what was written of the record
+        cut = ""
+      except OSError:
+        cut = " (its last record may be cut short)"
+      raise files.WriteError(
+        f"writing {self.path} failed: {files.cause(e)}{cut}", files.error_code(e)
+      ) from None
+
+  def close(self) -> None:
+    os.close(self._fd)
+
+
+class _EventFile:
+  """A TensorBoard events file (TFRecord framing of `Event` protos), written synchronously."""
+
+  def __init__(self, directory: str, purge_step: int | None):
+    os.makedirs(directory, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+    self._records = _Records(os.path.join(directory, name))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+    if purge_step is not None:  # TensorBoard hides the earlier events at steps >= it
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
+
+  def _write(self, event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._records.append(
+      header
+      + struct.pack("<I", masked_crc32c(header))
+      + data
+      + struct.pack("<I", masked_crc32c(data))
+    )
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    summary = summary_pb2.Summary(
+      value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
+    )
+    self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def close(self) -> None:
+    self._records.close()
 
 
 class MetricWriter:
@@ -91,14 +164,15 @@ class MetricWriter:
       if resume_step is None:
         shutil.rmtree(tb_dir, ignore_errors=True)  # the events of a start that saved nothing
       truncate_records(path, -1 if resume_step is None else resume_step, redo_eval)
-      self._jsonl = open(path, "a")  # noqa: SIM115
-      purge = None if resume_step is None else resume_step + 1
-      self._tb = SummaryWriter(tb_dir, purge_step=purge)
+      self._jsonl = _Records(path)
+      self._tb = _EventFile(tb_dir, None if resume_step is None else resume_step + 1)
 
   def write(
     self, step: int, values: dict[str, float], *, prefix: str = "train", show: bool = True
   ) -> None:
-    """Records `values` at `step` (the number of steps done); `show` prints them too."""
+    """Records `values` at `step` (the number of steps done); `show` prints them too.
+
+    Raises `files.WriteError` if a file cannot take the record (nothing of it is kept)."""
     if not self.enabled:
       return
     record = {
@@ -106,10 +180,8 @@ class MetricWriter:
       "time": round(time.time(), 3),
       **{f"{prefix}/{k}": v for k, v in values.items()},
     }
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    for k, v in values.items():
-      self._tb.add_scalar(f"{prefix}/{k}", v, step)
+    self._jsonl.append((json.dumps(record) + "\n").encode())
+    self._tb.scalars(step, {f"{prefix}/{k}": v for k, v in values.items()})
     if not show:
       return
     if prefix == "train":
@@ -148,4 +220,4 @@ class MetricWriter:
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()  # flushes the events file
+      self._tb.close()

@@ -22,22 +22,14 @@ from daq_jax import data as data_lib
 from daq_jax.data import image_folder
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.quant import backends
-from daq_jax.training import checkpoint, optim, parallel, steps, stops
+from daq_jax.training import checkpoint, files, optim, parallel, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
+from daq_jax.training.files import write_json
 from daq_jax.training.metrics import MetricWriter, quantizer_statistics
-from daq_jax.training.workdir import read_json, write_json
+from daq_jax.training.workdir import read_json
 
-# Kept importable from here, where they were first defined.
-RESUME_KEYS = workdir_lib.RESUME_KEYS
-__all__ = [
-  "RESUME_KEYS",
-  "NonFiniteLossError",
-  "Trainer",
-  "evaluate",
-  "train_and_evaluate",
-  "write_json",
-]
+__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "train_and_evaluate"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,14 +81,25 @@ def train_and_evaluate(
   Raises:
     stops.Stopped: SIGTERM or SIGINT stopped the run (after saving a checkpoint).
     ValueError: the workdir, its checkpoints or the config cannot make this run (one line).
+    files.WriteError: a file of the run could not be written (a full disk): one line with the
+      file, the cause, the last intact checkpoint and what to do. Nothing written before is
+      damaged, and the same command resumes.
   """
   cfg = config if isinstance(config, TrainConfig) else from_dict(config)
   with stops.StopSignals() as stop:
     trainer = Trainer(cfg, workdir, stop=stop, restore_step=restore_step)
     try:
-      return trainer.run()
-    finally:
-      trainer.close()
+      summary = trainer.run()
+    except files.WriteError as e:
+      trainer.close(quiet=True)
+      if isinstance(e, checkpoint.SaveError):  # its message says what to do already
+        raise
+      raise files.WriteError(f"{e}. {trainer.ckpts.resume_hint()}", e.errno) from None
+    except BaseException:
+      trainer.close(quiet=True)
+      raise
+    trainer.close()
+    return summary
 
 
 class Trainer:
@@ -120,7 +123,7 @@ class Trainer:
     try:
       self._setup()
     except BaseException:
-      self.close()
+      self.close(quiet=True)
       raise
 
   def _setup(self) -> None:
@@ -162,12 +165,20 @@ class Trainer:
     self._pending: list[tuple[int, dict]] = []
     self._last_log = (0, time.perf_counter())
 
-  def close(self) -> None:
+  def close(self, quiet: bool = False) -> None:
+    """Closes every part, even when one fails; `quiet`: after the run failed, a part's failure
+    to close (the same full disk) does not replace the error that ended it."""
+    failure = None
     for part in (self.writer, self.ckpts, self.train_batches, self.eval_batches, self.decoder):
       if part is not None:
-        part.close()
+        try:
+          part.close()
+        except Exception as e:  # the rest are closed all the same
+          failure = failure or e
     if self.lock is not None:
       self.lock.release()
+    if failure is not None and not quiet:
+      raise files.WriteError(f"closing the run in {self.workdir} failed: {files.cause(failure)}")
 
   def _initial_state(self) -> steps.TrainState:
     """The restored (or fresh) state; then the run's record and metrics writer, which are

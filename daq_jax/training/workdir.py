@@ -18,6 +18,7 @@ import sys
 import time
 
 from daq_jax.data.loader import DatasetInfo
+from daq_jax.training import files
 
 LOCK_FILE = "run.lock"
 
@@ -43,14 +44,6 @@ DATA_KEYS = ("dir", "class_names", "image_shape", "train_examples", "eval_exampl
 
 class WorkdirError(ValueError):
   """The workdir cannot hold this run; the message is one line naming the path and the fix."""
-
-
-def write_json(path: str, value) -> None:
-  """Writes `value` as JSON atomically (a temporary file renamed over `path`)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def read_json(path: str):
@@ -123,8 +116,16 @@ class RunLock:
       "started": time.strftime("%Y-%m-%d %H:%M:%S"),
       "command": " ".join(sys.argv),
     }
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, json.dumps(me).encode(), 0)
+    try:
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, json.dumps(me).encode(), 0)
+    except OSError as e:
+      self.release()
+      raise files.WriteError(
+        f"writing {self.path} failed: {files.cause(e)}; nothing was started or changed: free "
+        "space and run the same command",
+        files.error_code(e),
+      ) from None
 
   def release(self) -> None:
     if self._fd is not None:

@@ -125,7 +125,7 @@ def test_one_process_per_workdir_and_a_dead_holders_lock_is_taken_over(tmp_path,
       sys.executable,
       "-c",
       "import sys, time; from daq_jax.training import workdir as w; "
-      f"w.RunLock(w.prepare({run!r})); print('locked', flush=True); time.sleep(120)",
+      f"w.RunLock(w.prepare({run!r})); print('locked', flush=True); time.sleep(10**6)",
     ],
     stdout=subprocess.PIPE,
     text=True,
@@ -245,8 +245,8 @@ def test_evaluate_prints_its_result_where_it_cannot_write_it(finished_run, monke
   def read_only(path, value):
     raise PermissionError(13, "Permission denied", path)
 
-  monkeypatch.setattr("daq_jax.training.trainer.write_json", read_only)
+  monkeypatch.setattr("daq_jax.training.files.write_json", read_only)
   assert evaluate_main(["--workdir", run]) == 0
   out = capsys.readouterr()
   assert f"top-1 {summary['eval_top1']:.4f}" in out.out
-  assert "not written to" in out.err and "Permission denied" in out.err
+  assert "not written to" in out.err and "permission denied" in out.err
