@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 import daq_jax.nn as qnn
 from daq_jax import quant
-from daq_jax.analysis import inspect
+from daq_jax.analysis import layer_reports
 from daq_jax.quant import lowering
 
 
@@ -106,10 +106,10 @@ def main():
   print(f"accuracy on 512 fresh images: {float(jnp.mean(jnp.argmax(logits, -1) == y)):.3f}")
   x, y = x[:64], y[:64]  # the training batch size: the clip state is on that gradient scale
   if cfg is not None:
-    reports = inspect.inspect_gradients(
+    reports = layer_reports.inspect_gradients(
       model, {"params": params, "quant_state": state}, lambda out: cross_entropy(out, y), x
     )
-    print(inspect.format_reports(reports))
+    print(layer_reports.format_reports(reports))
 
 
 if __name__ == "__main__":

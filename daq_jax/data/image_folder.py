@@ -218,10 +218,11 @@ def _pool(workers: int) -> futures.ProcessPoolExecutor:
   return futures.ProcessPoolExecutor(workers, mp_context=_spawn(), initializer=_ignore_stop_signals)
 
 
-def load_example(path: str, size: int, train: bool, seed: tuple[int, ...]) -> np.ndarray:
-  """One image for a batch: random-resized-crop and flip in training, centre crop in eval."""
+def load_example(path: str, size: int, random_crop: bool, seed: tuple[int, ...]) -> np.ndarray:
+  """One image for a batch: a random-resized crop and flip drawn from `seed` (ImageNet's
+  training augmentation), or else the centre crop."""
   image = open_image(path)
-  if train:
+  if random_crop:
     return augment.random_resized_crop(image, size, np.random.default_rng(seed))
   return augment.center_crop(image, size)
 
@@ -232,8 +233,9 @@ class Decoder:
   def __init__(self, workers: int):
     self._pool = _pool(workers) if workers > 0 else None
 
-  def __call__(self, paths, size: int, train: bool, seeds) -> np.ndarray:
-    args = (paths, [size] * len(paths), [train] * len(paths), seeds)
+  def __call__(self, paths, size: int, random_crop: bool, seeds) -> np.ndarray:
+    """The images at `paths` (`load_example`), stacked."""
+    args = (paths, [size] * len(paths), [random_crop] * len(paths), seeds)
     if self._pool is None:
       return np.stack(list(map(load_example, *args)))
     return np.stack(list(self._pool.map(load_example, *args, chunksize=8)))

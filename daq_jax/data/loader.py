@@ -260,16 +260,21 @@ class Batches:
     return self._order[1]
 
   def _images(self, indices: np.ndarray, train: bool, step: int) -> np.ndarray:
+    """The batch's images, augmented in training as `info.augment` says: `none` (resized, or
+    centre-cropped when decoded from files), `cifar` (then pad-crop-flip) or `imagenet`
+    (random-resized-crop-flip)."""
     size = self.info.image_shape[:2]
+    kind = self.info.augment if train else "none"
+    rng = np.random.default_rng([self.seed, step, 1])
     if self._decoder is not None:
       seeds = [(self.seed, step, int(i)) for i in indices]
       paths = [self.dataset.paths[i] for i in indices]
-      return self._decoder(paths, size[0], train, seeds)
+      images = self._decoder(paths, size[0], kind == "imagenet", seeds)
+      return augment.pad_crop_flip(images, rng) if kind == "cifar" else images
     images = self.dataset.images[indices]
-    if not train or self.info.augment == "none":
+    if kind == "none":
       return augment.resize_batch(images, size)
-    rng = np.random.default_rng([self.seed, step, 1])
-    if self.info.augment == "cifar":
+    if kind == "cifar":
       return augment.pad_crop_flip(augment.resize_batch(images, size), rng)
     crops = [
       augment.random_resized_crop(Image.fromarray(augment.as_pil(im)), size[0], rng)

@@ -51,7 +51,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path)
   with pytest.raises(ValueError) as info:
     data.load_cifar_pickle(root, "train")
   message = str(info.value)
-  assert "data_batch_1" in message and "refuses the global posix.mknod" in message
+  assert "data_batch_1" in message and "names the global posix.mknod, which is refused" in message
   assert "\n" not in message
   assert not marker.exists()
 
@@ -234,7 +234,8 @@ def test_large_images_are_read_lazily_with_imagenet_transforms(tmp_path):
   assert next(data.Batches(val, info, 4).evaluation())["image"].shape == (4, 32, 32, 3)
 
 
-def test_worker_processes_decode_the_same_batches(tmp_path):
+def _large_images(tmp_path, **options):
+  """An image folder of 80x80 JPEGs (decoded every batch), read at 32x32 with a val split."""
   write_image_folder(str(tmp_path / "d" / "train"), per_class=4, size=80, ext=".jpg")
   cfg = DataConfig(
     name="image_folder",
@@ -242,8 +243,31 @@ def test_worker_processes_decode_the_same_batches(tmp_path):
     image_size=32,
     val_fraction=0.25,
     eval_split="val",
+    **options,
   )
-  train, _, info = data.load(cfg)
+  return data.load(cfg)
+
+
+@pytest.mark.parametrize("kind", ["none", "cifar", "imagenet"])
+def test_images_decoded_every_batch_are_augmented_as_configured(tmp_path, kind):
+  train, _, info = _large_images(tmp_path, augment=kind)
+  assert isinstance(train, data.FileDataset) and info.augment == kind
+  batches = data.Batches(train, info, 6, seed=0)
+  indices = batches._epoch_order(0)[:6]
+  centre = np.stack([image_folder.load_example(train.paths[i], 32, False, ()) for i in indices])
+  got = batches.train(0)["image"]
+  assert got.shape == centre.shape == (6, 32, 32, 3)
+  if kind == "none":  # the centre crop, as in evaluation: no random crop, no flip
+    np.testing.assert_array_equal(got, centre)
+  elif kind == "cifar":  # pad-crop-flip of the centre crop, drawn as for in-memory images
+    flipped = augment.pad_crop_flip(centre, np.random.default_rng([0, 0, 1]))
+    np.testing.assert_array_equal(got, flipped)
+  else:
+    assert not np.array_equal(got, centre)
+
+
+def test_worker_processes_decode_the_same_batches(tmp_path):
+  train, _, info = _large_images(tmp_path)
   local = data.Batches(train, info, 4, seed=0).train(1)["image"]
   pooled = data.Batches(train, info, 4, seed=0, workers=2)
   try:

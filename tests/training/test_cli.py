@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -94,9 +93,13 @@ def test_a_signal_saves_a_checkpoint_and_stops_with_one_message(tmp_path, signum
       if "/100000 loss" in line:  # training, past the compile
         break
     proc.send_signal(signum)
-    time.sleep(0.15)
+    seen = []
+    for line in proc.stderr:  # the first one acknowledged: the run is stopping, not stopped
+      seen.append(line)
+      if "received: stopping" in line:
+        break
     proc.send_signal(signum)  # a second one, as an impatient user or scheduler sends
-    rest = proc.stderr.read()
+    rest = "".join(seen) + proc.stderr.read()
   assert proc.returncode == status, rest[-3000:]
   assert "Traceback" not in rest and "already stopping" in rest
   name = signal.Signals(signum).name

@@ -29,11 +29,6 @@ from daq_jax.quant.config import CONTRACTIONS
 
 log = logging.getLogger("daq_jax.quant")
 
-MEASURED = {
-  "cpu": "benchmarks/results/ops_impls_cpu.json",
-  "cuda": None,  # no GPU measurement yet
-}
-
 TABLE: dict[str, dict[str, tuple[str, ...]]] = {
   "cpu": {"forward": ("xla", "im2col"), "dgrad": ("xla", "im2col"), "wgrad": ("xla", "im2col")},
   "cuda": {

@@ -9,7 +9,7 @@ import pytest
 
 import daq_jax.nn as qnn
 from daq_jax import quant
-from daq_jax.analysis import inspect
+from daq_jax.analysis import layer_reports
 
 
 class _Net(nn.Module):
@@ -35,7 +35,7 @@ def test_reports_one_row_per_quantized_layer(method):
   net = _Net(cfg)
   x = jax.random.normal(jax.random.key(0), (8, 8, 8, 3))
   v = net.init(jax.random.key(1), x)
-  reports = inspect.inspect_gradients(net, v, _loss, x, mutable=["batch_stats"])
+  reports = layer_reports.inspect_gradients(net, v, _loss, x, mutable=["batch_stats"])
   assert [r.path for r in reports] == ["QConv_0", "QConv_1", "QDense_0"]
   for r in reports:
     assert r.method == method and 0.0 <= r.bell_fraction <= 1.0
@@ -45,5 +45,5 @@ def test_reports_one_row_per_quantized_layer(method):
       assert r.clip_ratio_mean == pytest.approx(1.0) and r.clip_ratio_min == pytest.approx(1.0)
     if method == "per_tensor":  # one tensor-wide max is at least every channel's max
       assert r.clip_ratio_min >= 1.0 - 1e-6
-  table = inspect.format_reports(reports)
+  table = layer_reports.format_reports(reports)
   assert table.count("\n") == 3 and "QDense_0" in table
