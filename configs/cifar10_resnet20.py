@@ -3,9 +3,9 @@
     python train.py --config configs/cifar10_resnet20.py --workdir runs/cifar10_resnet20 \
         --config.data.dir=PATH [--config.quant.method=fp32]
 
-Cost on the 2-core CPU: about 0.7 s a step for fp32 and DAQ alike (benchmarks/train_step.py),
-4-4.5 min an epoch, some 12 hours for the whole recipe: a GPU job. Measured short-run results
-are in the README ("Results").
+Cost on a 2-core AVX2 CPU: 1.2 s a step with DAQ, 2.4 s in fp32 (docs/speed.md), so 7-14
+minutes an epoch and 19-38 hours for the whole recipe: a GPU job. Measured short-run results
+are in docs/training.md ("Results") and docs/accuracy.md.
 """
 
 from configs import base_cifar10

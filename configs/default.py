@@ -9,8 +9,8 @@ docstrings describe every key), the one source of defaults: every other config i
 from this one or from a per-dataset base (configs/base_cifar10.py, configs/base_imagenet.py).
 The data ships with scikit-learn (1,797 handwritten digits; a fixed 360 of them are the test
 split, see daq_jax/data/arrays.py), so this runs on a fresh install with no download. Every
-layer is quantized, the first conv and the classifier included. Measured results are in the
-README ("Training").
+layer is quantized, the first conv and the classifier included. Measured results are in
+docs/training.md ("Results").
 """
 
 import ml_collections
