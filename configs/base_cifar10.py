@@ -1,8 +1,8 @@
-"""The base of the CIFAR-10 configs: the data, and the recipe of He et al. 2016 (section 4.2):
-164 epochs (64k steps) of batch 128, SGD 0.1 divided by 10 at epochs 82 and 123, weight decay
-1e-4. The variants (cifar10_*.py) name the model and change what their recipe changes.
+"""The base of the CIFAR-10 configs: `recipe` holds the data settings they share, and each
+cifar10_*.py spells out its model's whole recipe through it. `get_config` is He et al.'s
+ResNet-20 recipe (164 epochs of batch 128, SGD 0.1 divided by 10 at epochs 82 and 123).
 
-    python train.py --config configs/base_cifar10.py --config.model.name=resnet20 \
+    python train.py --config configs/base_cifar10.py \
         --config.data.dir=PATH           # what configs/cifar10_resnet20.py runs
 
 PATH (--config.data.dir) is either the official `cifar-10-batches-py` directory or an image
@@ -14,28 +14,47 @@ folder (`PATH/<class>/*.png`, or `PATH/train/<class>/...`). 45,000 images train 
 from configs import default
 
 
-def get_config():
+def recipe(
+  model: str,
+  *,
+  num_epochs: float,
+  schedule: str,
+  base_learning_rate: float,
+  weight_decay: float,
+  warmup_epochs: float,
+  decay_epochs: tuple[float, ...] = (),
+  batch_size: int = 128,
+):
+  """A CIFAR-10 config: the data settings every CIFAR config shares (the validation split,
+  pad-crop-flip) and the model's whole training recipe, every value named by the caller."""
   config = default.get_config()
+  config.model.name = model
   config.data.name = "cifar10"
   config.data.val_fraction = 0.1
   config.data.eval_split = "val"
   config.data.augment = "cifar"
-  config.optim.weight_decay = 1e-4
-  config.optim.schedule = "step"
-  config.optim.warmup_epochs = 0.0
-  config.optim.decay_epochs = (82.0, 123.0)
-  config.batch_size = 128
-  config.num_epochs = 164.0
+  config.optim.schedule = schedule
+  config.optim.base_learning_rate = base_learning_rate
+  config.optim.base_batch_size = 128
+  config.optim.weight_decay = weight_decay
+  config.optim.warmup_epochs = warmup_epochs
+  config.optim.decay_epochs = decay_epochs
+  config.batch_size = batch_size
+  config.num_epochs = num_epochs
   config.log_every_steps = 100
   config.eval_every_epochs = 4.0
   return config
 
 
-def cosine_recipe(config, *, num_epochs: float, weight_decay: float):
-  """The cosine schedule with one warmup epoch that MobileNetV2 and VGG-16 train with."""
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 1.0
-  config.optim.decay_epochs = ()
-  config.optim.weight_decay = weight_decay
-  config.num_epochs = num_epochs
-  return config
+def get_config():
+  """He et al.'s ResNet-20 recipe (section 4.2): 164 epochs (64k steps) of batch 128, SGD 0.1
+  divided by 10 at epochs 82 and 123, weight decay 1e-4."""
+  return recipe(
+    "resnet20",
+    num_epochs=164.0,
+    schedule="step",
+    base_learning_rate=0.1,
+    weight_decay=1e-4,
+    warmup_epochs=0.0,
+    decay_epochs=(82.0, 123.0),
+  )

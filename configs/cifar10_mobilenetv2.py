@@ -12,6 +12,11 @@ from configs import base_cifar10
 
 
 def get_config():
-  config = base_cifar10.get_config()
-  config.model.name = "mobilenetv2_cifar"
-  return base_cifar10.cosine_recipe(config, num_epochs=200.0, weight_decay=4e-5)
+  return base_cifar10.recipe(
+    "mobilenetv2_cifar",
+    num_epochs=200.0,
+    schedule="cosine",
+    base_learning_rate=0.1,
+    weight_decay=4e-5,
+    warmup_epochs=1.0,
+  )

@@ -13,11 +13,13 @@ from configs import base_cifar10
 
 
 def get_config():
-  config = base_cifar10.get_config()
-  config.model.name = "resnet20"
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 0.5
-  config.optim.decay_epochs = ()
-  config.num_epochs = 2.0
+  config = base_cifar10.recipe(
+    "resnet20",
+    num_epochs=2.0,
+    schedule="cosine",
+    base_learning_rate=0.1,
+    weight_decay=1e-4,
+    warmup_epochs=0.5,
+  )
   config.eval_every_epochs = 1.0
   return config

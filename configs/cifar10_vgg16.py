@@ -11,7 +11,11 @@ from configs import base_cifar10
 
 
 def get_config():
-  config = base_cifar10.get_config()
-  config.model.name = "vgg16_cifar"
-  config.optim.base_learning_rate = 0.05
-  return base_cifar10.cosine_recipe(config, num_epochs=200.0, weight_decay=5e-4)
+  return base_cifar10.recipe(
+    "vgg16_cifar",
+    num_epochs=200.0,
+    schedule="cosine",
+    base_learning_rate=0.05,
+    weight_decay=5e-4,
+    warmup_epochs=1.0,
+  )

@@ -1,4 +1,4 @@
-"""AlexNet on ImageNet with DAQ: VGG's schedule (`base_imagenet.step_recipe`).
+"""AlexNet on ImageNet with DAQ: VGG's schedule (`base_imagenet.STEP`).
 
     python train.py --config configs/imagenet_alexnet.py --workdir runs/imagenet_alexnet \
         --config.data.dir=/data/imagenet
@@ -10,6 +10,4 @@ from configs import base_imagenet
 
 
 def get_config():
-  config = base_imagenet.get_config()
-  config.model.name = "alexnet"
-  return base_imagenet.step_recipe(config)
+  return base_imagenet.recipe("alexnet", **base_imagenet.STEP)

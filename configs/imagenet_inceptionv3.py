@@ -11,8 +11,6 @@ from configs import base_imagenet
 
 
 def get_config():
-  config = base_imagenet.get_config()
-  config.model.name = "inceptionv3"
-  config.data.image_size = 299
-  config.num_epochs = 100.0
-  return config
+  return base_imagenet.recipe(
+    "inceptionv3", **{**base_imagenet.GOYAL, "num_epochs": 100.0}, image_size=299
+  )

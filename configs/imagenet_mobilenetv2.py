@@ -11,11 +11,12 @@ from configs import base_imagenet
 
 
 def get_config():
-  config = base_imagenet.get_config()
-  config.model.name = "mobilenetv2"
-  config.optim.base_learning_rate = 0.036
-  config.optim.weight_decay = 4e-5
-  config.optim.warmup_epochs = 0.0
-  config.num_epochs = 300.0
-  config.label_smoothing = 0.0
-  return config
+  return base_imagenet.recipe(
+    "mobilenetv2",
+    num_epochs=300.0,
+    schedule="cosine",
+    base_learning_rate=0.036,
+    weight_decay=4e-5,
+    warmup_epochs=0.0,
+    label_smoothing=0.0,
+  )

@@ -11,7 +11,4 @@ from configs import base_imagenet
 
 
 def get_config():
-  config = base_imagenet.get_config()
-  config.model.name = "resnet18"
-  config.label_smoothing = 0.0
-  return config
+  return base_imagenet.recipe("resnet18", **{**base_imagenet.GOYAL, "label_smoothing": 0.0})

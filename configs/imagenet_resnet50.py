@@ -10,6 +10,4 @@ from configs import base_imagenet
 
 
 def get_config():
-  config = base_imagenet.get_config()
-  config.model.name = "resnet50"
-  return config
+  return base_imagenet.recipe("resnet50", **base_imagenet.GOYAL)
