@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import warnings
 
 # The registered implementations of the int8 products (daq_jax.quant.backends); "auto" picks
 # one of them per platform and contraction (daq_jax.quant.backends.auto).
@@ -28,13 +27,6 @@ METHODS = ("fp32", "per_tensor", "daq", "daq_sr", "daq_sr_wgrad", "ui8", "gvq", 
 # accuracy (docs/accuracy.md) shows best so far. That is still the paper's DAQ with nearest
 # rounding: stochastic rounding removes the measured bias of dW, but did not train better yet.
 RECOMMENDED = "daq"
-
-
-_MOVED = {
-  "lr_scale_alpha": "set training.config.OptimConfig.lr_scale_alpha (optim.lr_scale_alpha)",
-  "lr_scale_beta": "set training.config.OptimConfig.lr_scale_beta (optim.lr_scale_beta)",
-  "interpret": "impl='pallas' compiles its kernels for a GPU and interprets them elsewhere",
-}
 
 
 def parse_impls(impl: str) -> tuple[str, ...]:
@@ -111,9 +103,6 @@ class QuantConfig:
       |g| > sigma exceeds it (a Gaussian gives 0.317, a Laplace 0.243).
     mcs_k, mcs_a: the inverted-T update s(t) = (1 - k*A) * s(t-1) + A * max|g(t)|.
     dsgc_ratios: candidate clip values for `dsgc`, as fractions of max|g|.
-    lr_scale_alpha, lr_scale_beta, interpret: deprecated and ignored (a DeprecationWarning):
-      UI8's learning-rate scaling is set in the optimizer config, and the Pallas kernels are
-      interpreted wherever the program is not lowered for a GPU.
   """
 
   name: str = dataclasses.field(default="custom", compare=False)
@@ -128,23 +117,9 @@ class QuantConfig:
   mcs_k: float = 1.0
   mcs_a: float = 0.8
   dsgc_ratios: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
-  lr_scale_alpha: dataclasses.InitVar[float | None] = None
-  lr_scale_beta: dataclasses.InitVar[float | None] = None
-  interpret: dataclasses.InitVar[bool | None] = None
   grad_rounding: dataclasses.InitVar[str | None] = None
 
-  def __post_init__(self, lr_scale_alpha, lr_scale_beta, interpret, grad_rounding):
-    for key, value in (
-      ("lr_scale_alpha", lr_scale_alpha),
-      ("lr_scale_beta", lr_scale_beta),
-      ("interpret", interpret),
-    ):
-      if value is not None:
-        warnings.warn(
-          f"QuantConfig({key}=...) is deprecated and ignored; {_MOVED[key]}",
-          DeprecationWarning,
-          stacklevel=3,
-        )
+  def __post_init__(self, grad_rounding):
     if self.bits != 8:
       raise ValueError(f"quant config: bits={self.bits!r} is not supported; only 8 bits are")
     object.__setattr__(self, "impl", ",".join(parse_impls(self.impl)))
@@ -297,10 +272,9 @@ def preset(method: str, **overrides) -> QuantConfig | None:
     if overrides:
       raise ValueError(f"method 'fp32' takes no options, got {sorted(overrides)}")
     return None
-  fields = OPTIONS | set(_MOVED)
-  unknown = sorted(set(overrides) - fields)
+  unknown = sorted(set(overrides) - OPTIONS)
   if unknown:
-    raise ValueError(f"unknown quantization option(s) {unknown}; known: {sorted(fields)}")
+    raise ValueError(f"unknown quantization option(s) {unknown}; known: {sorted(OPTIONS)}")
   return _PRESETS[method](**overrides)
 
 

@@ -13,12 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from daq_jax.quant import backends, gradient, numerics
-from daq_jax.quant.backends.simulate import float_dense
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.numerics import QTensor
 from daq_jax.quant.residuals import Residuals
 
-__all__ = ["dense", "float_dense"]
+__all__ = ["dense"]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -80,11 +80,10 @@ def test_impl_names_one_implementation_or_one_per_contraction():
 
 
 @pytest.mark.parametrize("field", ["lr_scale_alpha", "lr_scale_beta", "interpret"])
-def test_moved_fields_are_deprecated_and_ignored(field):
-  value = True if field == "interpret" else 1.0
-  with pytest.warns(DeprecationWarning, match=f"{field}=...\\) is deprecated"):
-    cfg = quant.preset("ui8", **{field: value})
-  assert cfg == quant.ui8()
+def test_fields_that_moved_out_of_the_config_are_unknown_options(field):
+  # UI8's learning-rate scaling is optim.lr_scale_*; Pallas interprets itself off a GPU.
+  with pytest.raises(ValueError, match=rf"unknown quantization option\(s\) \['{field}'\]"):
+    quant.preset("ui8", **{field: 1.0})
 
 
 def test_grad_rounding_is_the_shorthand_for_both_paths():

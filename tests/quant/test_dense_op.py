@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from daq_jax import quant
-from daq_jax.quant import dense_op, gradient, lowering
+from daq_jax.quant import gradient, lowering
+from daq_jax.quant.backends.simulate import float_dense
 from tests.helpers import assert_close, cosine, pow2_tensor
 
 TOLERANCE = {
@@ -38,7 +39,7 @@ def test_xla_equals_simulate_exactly_with_power_of_two_scales():
   want = _vjp(quant.daq(impl="simulate"), x, w, g)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_array_equal(a, b)
-  np.testing.assert_array_equal(got[0], dense_op.float_dense(x, w))
+  np.testing.assert_array_equal(got[0], float_dense(x, w))
 
 
 @pytest.mark.parametrize("method", ["daq", "gvq", "mcs", "per_tensor", "ui8"])
@@ -47,7 +48,7 @@ def test_every_method_matches_simulate_and_stays_close_to_float(method):
   x, w = jax.random.normal(keys[0], (16, 64)), jax.random.normal(keys[1], (64, 10))
   g = jax.random.normal(keys[2], (16, 10))
   cfg = quant.preset(method)
-  y_f, vjp_f = jax.vjp(dense_op.float_dense, x, w)
+  y_f, vjp_f = jax.vjp(float_dense, x, w)
   got, want = _vjp(cfg, x, w, g), _vjp(cfg.replace(impl="simulate"), x, w, g)
   for a, b in zip(got[:3], want[:3], strict=True):
     assert_close(a, b, TOLERANCE["xla_vs_simulate_rtol"])
