@@ -478,7 +478,7 @@ def stage_cifar(
 
   from daq_jax.data.loader import DatasetInfo
   from daq_jax.quant import config as quant_config
-  from daq_jax.training import parallel, steps, trainer
+  from daq_jax.training import optim, parallel, steps
   from daq_jax.training.config import from_dict
 
   start = time.perf_counter()
@@ -528,7 +528,7 @@ def stage_cifar(
       }
     )
     model = steps.create_model(cfg, len(classes))
-    tx, _ = trainer.build_optimizer(cfg, steps_per_epoch, 164 * steps_per_epoch)
+    tx, _ = optim.build_optimizer(cfg, steps_per_epoch, 164 * steps_per_epoch)
     state = steps.init_state(model, tx, info, 0, replicated)
     train_fn, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated)
     runs[method] = {"state": state, "train": train_fn, "eval": eval_fn, "epoch_s": None}

@@ -22,7 +22,7 @@ from benchmarks.common import environment, write_json
 from benchmarks.train_step import time_step
 from daq_jax.data.loader import DatasetInfo
 from daq_jax.quant import gradient
-from daq_jax.training import steps, trainer
+from daq_jax.training import optim, steps
 from daq_jax.training.config import from_dict
 from daq_jax.training.metrics import MetricWriter, quantizer_statistics
 
@@ -32,7 +32,7 @@ def host_logging_ms(model: str, repeats: int) -> float:
   cfg = from_dict({"model": {"name": model}, "quant": {"method": "daq"}})
   info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
   model_def = steps.create_model(cfg, 10)
-  tx, _ = trainer.build_optimizer(cfg, 390, 64_000)
+  tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   state = steps.init_state(model_def, tx, info, 0)
   with tempfile.TemporaryDirectory() as workdir:
     writer = MetricWriter(workdir, 100, stream=open("/dev/null", "w"))  # noqa: SIM115

@@ -9,10 +9,12 @@ from daq_jax.training.config import (
   from_dict,
   to_dict,
 )
+from daq_jax.training.evaluation import evaluate_batches
 from daq_jax.training.files import WriteError
+from daq_jax.training.metrics import NonFiniteLossError
 from daq_jax.training.optim import make_optimizer, scale_by_deviation, schedule
 from daq_jax.training.stops import Stopped
-from daq_jax.training.trainer import NonFiniteLossError, evaluate, train_and_evaluate
+from daq_jax.training.trainer import train_and_evaluate
 from daq_jax.training.workdir import WorkdirError
 
 __all__ = [
@@ -27,7 +29,7 @@ __all__ = [
   "TrainConfig",
   "WorkdirError",
   "WriteError",
-  "evaluate",
+  "evaluate_batches",
   "from_dict",
   "make_optimizer",
   "scale_by_deviation",

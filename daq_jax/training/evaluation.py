@@ -1,18 +1,40 @@
-"""Evaluation of a trained workdir on its own eval split or on any dataset the loaders read
-(the library side of `python -m daq_jax.evaluate`)."""
+"""Evaluation: the loop over an eval split (`evaluate_batches`, which training runs too), and
+a trained workdir's evaluation on its own eval split or on any dataset the loaders read (the
+library side of `python -m daq_jax.evaluate`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import jax
 
 from daq_jax import data as data_lib
 from daq_jax.data.loader import DatasetInfo
-from daq_jax.training import checkpoint, files, parallel, steps, trainer
+from daq_jax.training import checkpoint, files, optim, parallel, steps
 from daq_jax.training.config import TrainConfig, from_dict
+
+
+def evaluate_batches(
+  eval_fn, state, batches: data_lib.Batches, mesh, stop: Callable[[], bool] = lambda: False
+) -> dict[str, float] | None:
+  """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop()` became
+  true on the way (a signal asked the run to end)."""
+  sums = None
+  for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
+    if stop():
+      return None
+    out = eval_fn(state, batch)
+    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+  sums = jax.device_get(sums)
+  count = float(sums["count"])
+  result = {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count}
+  if batches.info.num_classes > 10:
+    result["top5"] = float(sums["top5"]) / count
+  result["examples"] = int(count)
+  return result
 
 
 def _read_json(path: str):
@@ -61,7 +83,7 @@ def restore_run(
   next training run moves it aside).
   """
   model = steps.create_model(cfg, info.num_classes, info.image_shape)
-  tx, _ = trainer.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
+  tx, _ = optim.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
   target = steps.init_state(model, tx, info, cfg.seed, sharding)
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   try:
@@ -101,7 +123,7 @@ def evaluate_workdir(
     process_count=jax.process_count(),
     workers=cfg.data.workers,
   )
-  result = trainer.evaluate(eval_fn, state, batches, mesh)
+  result = evaluate_batches(eval_fn, state, batches, mesh)
   batches.close()
   result = {"step": int(state.step), "data": data_dir or name, **result}
   if parallel.is_main_process():

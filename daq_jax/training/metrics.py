@@ -17,6 +17,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 
@@ -221,3 +222,66 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
+
+
+class TrainLog:
+  """The training steps' metrics between two logs: kept on the device as the steps return
+  them, checked for a non-finite loss before any checkpoint, and written as their means.
+
+  Args:
+    writer: where the means go.
+    learning_rate: the schedule, logged with them.
+    batch_size, steps_per_epoch: for images/s and the epoch.
+    start: the step the run starts from.
+  """
+
+  def __init__(
+    self, writer: MetricWriter, learning_rate, batch_size: int, steps_per_epoch: int, start: int
+  ):
+    self.writer, self.learning_rate = writer, learning_rate
+    self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
+    self._pending: list[tuple[int, dict]] = []
+    self._last = (start, time.perf_counter())
+
+  def add(self, step: int, metrics: dict) -> None:
+    """The device metrics of the step that made `step` steps done."""
+    self._pending.append((step, metrics))
+
+  def check_finite(self, last_checkpoint: int | None, directory: str) -> list[dict]:
+    """The pending metrics on the host; raises `NonFiniteLossError` at the first step whose
+    loss (or parameters) are not finite, naming the checkpoint that is kept."""
+    fetched = jax.device_get([m for _, m in self._pending])
+    for (step, _), m in zip(self._pending, fetched):
+      if not np.isfinite(m["loss"]) or not m["finite"]:
+        what = (
+          f"the loss is {float(m['loss'])}"
+          if not np.isfinite(m["loss"])
+          else "the parameters became non-finite"
+        )
+        raise NonFiniteLossError(
+          f"{what} at step {step}: stopping. The last good checkpoint "
+          f"(step {last_checkpoint}) is kept in {directory}"
+        )
+    return fetched
+
+  def write(self, step: int, quant_state, last_checkpoint: int | None, directory: str) -> None:
+    """Writes the means of the pending metrics at `step` (after checking them), and the
+    quantizer's statistics of the last step when `quant_state` holds any."""
+    if not self._pending or step == self._last[0]:
+      return
+    fetched = self.check_finite(last_checkpoint, directory)
+    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
+    steps_done = step - self._last[0]
+    elapsed = time.perf_counter() - self._last[1]
+    values["learning_rate"] = float(self.learning_rate(step - 1))
+    values["step_time_s"] = elapsed / steps_done
+    values["images_per_s"] = self.batch_size * steps_done / elapsed
+    values["epoch"] = step / self.steps_per_epoch
+    self.writer.write(step, values)
+    if quant_state:
+      self.writer.write(step, quantizer_statistics(quant_state), prefix="quant", show=False)
+    self._pending, self._last = [], (step, time.perf_counter())

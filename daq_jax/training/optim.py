@@ -8,6 +8,7 @@ backward pass (`daq_jax.quant.value_and_grad`) and is passed to the optimizer on
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from daq_jax.nn.ops import OP_NAME
-from daq_jax.training.config import OptimConfig
+from daq_jax.training.config import OptimConfig, TrainConfig
 
 
 def peak_learning_rate(cfg: OptimConfig, batch_size: int) -> float:
@@ -104,3 +105,18 @@ def make_optimizer(
     parts.append(scale_by_deviation(*ui8_scaling))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*parts)
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+  """The steps of a run: `num_steps`, or `num_epochs` of `steps_per_epoch`."""
+  return cfg.num_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+
+
+def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, num_steps: int):
+  """(optax transformation, learning-rate schedule) of a run's config; layers quantized with
+  UI8's clipping (`dsgc`) get its learning-rate scaling."""
+  ui8 = None
+  if any(layer_cfg.wgrad_clip == "dsgc" for layer_cfg in cfg.quant.configs()):
+    ui8 = (cfg.optim.lr_scale_alpha, cfg.optim.lr_scale_beta)
+  learning_rate = schedule(cfg.optim, cfg.batch_size, steps_per_epoch, num_steps)
+  return make_optimizer(cfg.optim, learning_rate, ui8_scaling=ui8), learning_rate

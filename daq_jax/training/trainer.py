@@ -6,14 +6,16 @@ run checks that it is the recorded one, restores the newest intact checkpoint an
 exactly where it stopped: the state holds everything a step reads, and the batch of a step is a
 function of (seed, step). Nothing in the workdir is written before those checks pass. SIGTERM
 and SIGINT stop a run at a step boundary after saving (`training.stops`).
+
+The parts live in modules of their own: the optimizer (`optim.build_optimizer`), where the
+run starts (`resume.start`), the logged metrics and the non-finite guard
+(`metrics.TrainLog`), the evaluation loop (`evaluation.evaluate_batches`) and the files
+(`files`, `checkpoint`). This module puts them in order.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -22,51 +24,13 @@ from daq_jax import data as data_lib
 from daq_jax.data import image_folder
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.quant import backends
-from daq_jax.training import checkpoint, files, optim, parallel, steps, stops
+from daq_jax.training import checkpoint, files, optim, parallel, resume, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
-from daq_jax.training.files import write_json
-from daq_jax.training.metrics import MetricWriter, quantizer_statistics
-from daq_jax.training.workdir import read_json
+from daq_jax.training.evaluation import evaluate_batches
+from daq_jax.training.metrics import MetricWriter, TrainLog
 
-__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "train_and_evaluate"]
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; the message names the step and the kept checkpoint."""
-
-
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-  return cfg.num_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
-
-
-def build_optimizer(cfg: TrainConfig, steps_per_epoch: int, num_steps: int):
-  """(optax transformation, learning-rate schedule) of a config; UI8 gets its LR scaling."""
-  ui8 = None
-  if any(layer_cfg.wgrad_clip == "dsgc" for layer_cfg in cfg.quant.configs()):
-    ui8 = (cfg.optim.lr_scale_alpha, cfg.optim.lr_scale_beta)
-  learning_rate = optim.schedule(cfg.optim, cfg.batch_size, steps_per_epoch, num_steps)
-  return optim.make_optimizer(cfg.optim, learning_rate, ui8_scaling=ui8), learning_rate
-
-
-def evaluate(
-  eval_fn, state, batches: data_lib.Batches, mesh, stop: Callable[[], bool] = lambda: False
-) -> dict[str, float] | None:
-  """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop()` became
-  true on the way (a signal asked the run to end)."""
-  sums = None
-  for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
-    if stop():
-      return None
-    out = eval_fn(state, batch)
-    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-  sums = jax.device_get(sums)
-  count = float(sums["count"])
-  result = {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count}
-  if batches.info.num_classes > 10:
-    result["top5"] = float(sums["top5"]) / count
-  result["examples"] = int(count)
-  return result
+__all__ = ["Trainer", "train_and_evaluate"]
 
 
 def train_and_evaluate(
@@ -84,6 +48,8 @@ def train_and_evaluate(
     files.WriteError: a file of the run could not be written (a full disk): one line with the
       file, the cause, the last intact checkpoint and what to do. Nothing written before is
       damaged, and the same command resumes.
+    metrics.NonFiniteLossError: the loss became NaN or infinite (the checkpoint before it is
+      kept).
   """
   cfg = config if isinstance(config, TrainConfig) else from_dict(config)
   with stops.StopSignals() as stop:
@@ -103,7 +69,11 @@ def train_and_evaluate(
 
 
 class Trainer:
-  """One run: data, model, optimizer, checkpoints and metrics of a config in a workdir."""
+  """One run: data, model, optimizer, checkpoints and metrics of a config in a workdir.
+
+  The constructor checks everything a run needs and writes nothing but the lock; `run()`
+  restores or starts the state, writes the run's record and trains.
+  """
 
   def __init__(
     self,
@@ -159,11 +129,9 @@ class Trainer:
       raise ValueError(
         f"config batch_size={cfg.batch_size} is larger than the {len(train_set)} training examples"
       )
-    self.num_steps = total_steps(cfg, self.steps_per_epoch)
+    self.num_steps = optim.total_steps(cfg, self.steps_per_epoch)
     self.model = steps.create_model(cfg, self.info.num_classes, self.info.image_shape)
-    self.tx, self.learning_rate = build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
-    self._pending: list[tuple[int, dict]] = []
-    self._last_log = (0, time.perf_counter())
+    self.tx, self.learning_rate = optim.build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
 
   def close(self, quiet: bool = False) -> None:
     """Closes every part, even when one fails; `quiet`: after the run failed, a part's failure
@@ -180,84 +148,43 @@ class Trainer:
     if failure is not None and not quiet:
       raise files.WriteError(f"closing the run in {self.workdir} failed: {files.cause(failure)}")
 
-  def _initial_state(self) -> steps.TrainState:
-    """The restored (or fresh) state; then the run's record and metrics writer, which are
-    written only now that the workdir is known to hold this run."""
-    state = steps.init_state(
-      self.model, self.tx, self.info, self.cfg.seed, parallel.replicated(self.mesh)
-    )
-    notes, resumed = [], bool(self.ckpts.all_steps())
-    if resumed:
-      state = self.ckpts.restore(state, self.restore_step, report=notes.append)
-      restored = int(state.step)
-      for later in [s for s in self.ckpts.all_steps() if s > restored]:
-        notes.append(f"step {later} moved to {self.ckpts.set_aside(later, 'superseded')}")
-      notes.append(f"resumed from {self.ckpts.step_dir(restored)}")
+  def _write_record(self, start: resume.Start) -> None:
+    """The run's record (`config.json`, `dataset.json`) and its metrics writer, opened at the
+    step it starts from; written only now that the workdir is known to hold this run."""
     if self.main:
-      write_json(os.path.join(self.workdir, "config.json"), to_dict(self.cfg))
-      write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
-    # The end of this run, restored: done if its summary was written, else the final
-    # evaluation is to be done again (and its record replaced).
-    final = resumed and int(state.step) >= self.num_steps
-    summary = read_json(os.path.join(self.workdir, "summary.json")) if final else None
-    self.complete = summary if summary and summary.get("step") == self.num_steps else None
+      files.write_json(os.path.join(self.workdir, "config.json"), to_dict(self.cfg))
+      files.write_json(os.path.join(self.workdir, "dataset.json"), self.info.to_json())
     self.writer = MetricWriter(
       self.workdir,
       self.num_steps,
       enabled=self.main,
-      resume_step=int(state.step) if resumed else None,
-      redo_eval=self.cfg.data.eval_split if final and not self.complete else "",
+      resume_step=int(start.state.step) if start.resumed else None,
+      redo_eval=self.cfg.data.eval_split if start.redo_final_eval else "",
     )
     if self.lock is not None and self.lock.stale:
       self.writer.message(f"took over the workdir lock left by {self.lock.stale}, which ended")
-    for note in notes:
+    for note in start.notes:
       self.writer.message(note)
-    return state
-
-  def _check_finite(self) -> list[dict]:
-    """The pending metrics on the host; stops the run at the first non-finite loss."""
-    fetched = jax.device_get([m for _, m in self._pending])
-    for (step, _), m in zip(self._pending, fetched):
-      if not np.isfinite(m["loss"]) or not m["finite"]:
-        what = (
-          f"the loss is {float(m['loss'])}"
-          if not np.isfinite(m["loss"])
-          else "the parameters became non-finite"
-        )
-        raise NonFiniteLossError(
-          f"{what} at step {step + 1}: stopping. The last good checkpoint "
-          f"(step {self.ckpts.latest_step()}) is kept in {self.ckpts.directory}"
-        )
-    return fetched
-
-  def _log(self, step: int, state=None) -> None:
-    """Writes the mean of the pending metrics (after checking them), and the quantizer's
-    statistics of the last step when `state` is given."""
-    if not self._pending or step == self._last_log[0]:
-      return
-    fetched = self._check_finite()
-    values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
-    steps_done = step - self._last_log[0]
-    elapsed = time.perf_counter() - self._last_log[1]
-    values["learning_rate"] = float(self.learning_rate(step - 1))
-    values["step_time_s"] = elapsed / steps_done
-    values["images_per_s"] = self.cfg.batch_size * steps_done / elapsed
-    values["epoch"] = step / self.steps_per_epoch
-    self.writer.write(step, values)
-    if state is not None and state.quant_state:
-      stats = quantizer_statistics(state.quant_state)
-      self.writer.write(step, stats, prefix="quant", show=False)
-    self._pending, self._last_log = [], (step, time.perf_counter())
 
   def _evaluate(self, eval_fn, state) -> dict[str, float] | None:
-    return evaluate(eval_fn, state, self.eval_batches, self.mesh, stop=lambda: self.stop.requested)
+    batches, mesh = self.eval_batches, self.mesh
+    return evaluate_batches(eval_fn, state, batches, mesh, stop=lambda: self.stop.requested)
+
+  def _log(self, step: int, state) -> None:
+    """Writes the metrics since the last log (checked: a non-finite loss stops the run)."""
+    self.log.write(step, state.quant_state, self.ckpts.latest_step(), self.ckpts.directory)
+
+  def _save(self, step: int, state) -> None:
+    """Checkpoints `state`, never past a non-finite loss."""
+    self.log.check_finite(self.ckpts.latest_step(), self.ckpts.directory)
+    self.ckpts.save(step, state)
 
   def _stop(self, state, during: str = "") -> None:
     """Saves the state (after its pending metrics) and raises `stops.Stopped`."""
     done = int(state.step)
-    self._log(done, state)  # checks the pending metrics: no checkpoint past a non-finite loss
+    self._log(done, state)
     if done > 0:
-      self.ckpts.save(done, state)
+      self._save(done, state)
       saved = f"checkpoint {self.ckpts.step_dir(done)} is saved"
     else:
       saved = "nothing to save yet"
@@ -269,19 +196,20 @@ class Trainer:
 
   def run(self) -> dict:
     cfg, spe = self.cfg, self.steps_per_epoch
-    state = self._initial_state()
-    start = int(state.step)
-    if self.complete:
+    replicated = parallel.replicated(self.mesh)
+    fresh = steps.init_state(self.model, self.tx, self.info, cfg.seed, replicated)
+    start = resume.start(self.ckpts, fresh, self.num_steps, self.restore_step)
+    self._write_record(start)
+    if start.complete:
       self.writer.message(
         f"the run in {self.workdir} is complete at step {self.num_steps} "
-        f"({cfg.data.eval_split} top-1 {self.complete['eval_top1']:.4f}); nothing to do. Raise "
-        "num_epochs or num_steps to train further"
+        f"({cfg.data.eval_split} top-1 {start.complete['eval_top1']:.4f}); nothing to do. "
+        "Raise num_epochs or num_steps to train further"
       )
-      return self.complete
+      return start.complete
+    state, first = start.state, int(start.state.step)
     self.writer.message(f"data: {self.info.source}")
-    train_fn, eval_fn = steps.compile_steps(
-      self.model, self.tx, self.info, cfg, parallel.replicated(self.mesh)
-    )
+    train_fn, eval_fn = steps.compile_steps(self.model, self.tx, self.info, cfg, replicated)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
@@ -290,25 +218,24 @@ class Trainer:
       f"of {cfg.batch_size} on {self.mesh.size} {self.mesh.devices.flat[0].platform} "
       f"device(s), workdir {self.workdir}"
     )
+    self.log = TrainLog(self.writer, self.learning_rate, cfg.batch_size, spe, first)
     checkpoint_every = cfg.checkpoint_every_steps or spe
     eval_every = round(cfg.eval_every_epochs * spe) if cfg.eval_every_epochs > 0 else 0
-    self._last_log = (start, time.perf_counter())
     batches = data_lib.prefetch(
-      (self.train_batches.train(s) for s in range(start, self.num_steps)),
+      (self.train_batches.train(s) for s in range(first, self.num_steps)),
       cfg.data.prefetch,
       lambda b: parallel.put_batch(b, self.mesh),
     )
     try:
-      for step in range(start + 1, self.num_steps + 1):
+      for step in range(first + 1, self.num_steps + 1):
         if self.stop.requested:
           self._stop(state)
         state, metrics = train_fn(state, next(batches))
-        self._pending.append((step - 1, metrics))
+        self.log.add(step, metrics)
         if step % cfg.log_every_steps == 0 or step == self.num_steps:
           self._log(step, state)
         if step % checkpoint_every == 0 or step == self.num_steps:
-          self._check_finite()  # never checkpoint a state past a non-finite loss
-          self.ckpts.save(step, state)
+          self._save(step, state)
         if eval_every and step % eval_every == 0 and step != self.num_steps:
           result = self._evaluate(eval_fn, state)
           if result is None:
@@ -317,7 +244,7 @@ class Trainer:
     except KeyboardInterrupt:  # no signal handlers (a run outside the main thread)
       done = int(state.step)
       self._log(done, state)
-      self.ckpts.save(done, state)
+      self._save(done, state)
       self.writer.message(
         f"interrupted: saved step {done} in {self.ckpts.directory}; run again to resume"
       )
@@ -346,5 +273,5 @@ class Trainer:
       f"examples, loss {result['loss']:.4f}"
     )
     if self.main:
-      write_json(os.path.join(self.workdir, "summary.json"), summary)
+      files.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary

@@ -26,7 +26,7 @@ def _restore(workdir, cfg_dict, step=None):
   cfg = from_dict(cfg_dict)
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
-  tx, _ = trainer.build_optimizer(cfg, 1, 1)
+  tx, _ = optim.build_optimizer(cfg, 1, 1)
   target = steps.init_state(model, tx, info, cfg.seed)
   ckpts = Checkpoints(workdir)
   try:
@@ -216,7 +216,7 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
   assert model.dtype == jax.numpy.dtype(dtype)
-  tx, _ = trainer.build_optimizer(cfg, 10, 100)
+  tx, _ = optim.build_optimizer(cfg, 10, 100)
   state = steps.init_state(model, tx, info, 0)
   batch = {"image": np.zeros((32, 8, 8, 1), np.uint8), "label": np.zeros(32, np.int32)}
 
@@ -255,13 +255,13 @@ def test_each_step_compiles_once_over_a_run(tmp_path, monkeypatch):
 
   monkeypatch.setattr(steps, "compile_steps", recording)
   calls = {"eval": 0}
-  evaluate = trainer.evaluate
+  evaluate = trainer.evaluate_batches
 
   def counting(*args, **kwargs):
     calls["eval"] += 1
     return evaluate(*args, **kwargs)
 
-  monkeypatch.setattr(trainer, "evaluate", counting)
+  monkeypatch.setattr(trainer, "evaluate_batches", counting)
   # 1,437 training digits in batches of 32: 44 steps an epoch, so 0.05 epochs is 2 steps.
   train_and_evaluate(tiny(num_steps=8, eval_every_epochs=0.05), str(tmp_path))
   ((train, evaluate_fn),) = made

@@ -20,7 +20,7 @@ from PIL import Image
 
 from daq_jax import data
 from daq_jax.evaluate import main as evaluate_main
-from daq_jax.training import WorkdirError, steps, train_and_evaluate, trainer, workdir
+from daq_jax.training import WorkdirError, optim, steps, train_and_evaluate, workdir
 from daq_jax.training.checkpoint import ASIDE, Checkpoints
 from daq_jax.training.config import from_dict
 from tests.training.common import tiny
@@ -209,7 +209,7 @@ def test_a_checkpoint_from_before_the_quantizer_statistics_resumes(copied_run):
   cfg = from_dict(tiny())
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
-  tx, _ = trainer.build_optimizer(cfg, 1, 1)
+  tx, _ = optim.build_optimizer(cfg, 1, 1)
   ckpts = Checkpoints(run)
   state = ckpts.restore(steps.init_state(model, tx, info, cfg.seed), 3)
   old = state.replace(
