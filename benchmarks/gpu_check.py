@@ -476,7 +476,7 @@ def stage_cifar(
   import jax
   import jax.numpy as jnp
 
-  from daq_jax.data.loader import DatasetInfo
+  from daq_jax.data.info import DatasetInfo
   from daq_jax.quant import config as quant_config
   from daq_jax.training import optim, parallel, steps
   from daq_jax.training.config import from_dict

@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.common import environment, write_json
 from benchmarks.train_step import time_step
-from daq_jax.data.loader import DatasetInfo
+from daq_jax.data.info import DatasetInfo
 from daq_jax.quant import gradient
 from daq_jax.training import optim, steps
 from daq_jax.training.config import from_dict

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import environment, median_ms, write_json
-from daq_jax.data.loader import DatasetInfo
+from daq_jax.data.info import DatasetInfo
 from daq_jax.training import optim, parallel, steps
 from daq_jax.training.config import from_dict
 

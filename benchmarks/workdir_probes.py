@@ -179,7 +179,9 @@ def probes(tmp):
 
   # 3. A damaged newest checkpoint.
   base = f"{tmp}/base"
-  train(base, *TINY)
+  status, text = train(base, *TINY)
+  if status != 0:  # every later case copies it
+    raise SystemExit(f"the base run failed (exit {status}): {last_lines(text, 3)}")
   for damage in ("truncated", "garbage", "deleted _METADATA"):
     run = f"{tmp}/r4-{damage.split()[0]}"
     shutil.copytree(base, run)

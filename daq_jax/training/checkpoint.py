@@ -10,7 +10,7 @@ found before it is restored, and reported naming the file.
 A damaged step is never deleted: `restore` moves it to `<workdir>/checkpoints_aside/` and goes
 back to the newest intact step. A checkpoint holds the whole `TrainState` (parameters,
 optimizer state, BN statistics, quantization state, step, PRNG key); the data position is the
-step itself, because the batch order is a function of (seed, step) (daq_jax.data.loader).
+step itself, because the batch order is a function of (seed, step) (daq_jax.data.batches).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import math
 import typing
 from typing import Any
 
-from daq_jax.data.loader import DataConfig
+from daq_jax.data.config import DataConfig
 from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
 from daq_jax.training import user_model

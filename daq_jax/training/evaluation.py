@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 
 from daq_jax import data as data_lib
-from daq_jax.data.loader import DatasetInfo
+from daq_jax.data.info import DatasetInfo
 from daq_jax.training import checkpoint, files, optim, parallel, steps
 from daq_jax.training.config import TrainConfig, from_dict
 

@@ -13,7 +13,7 @@ import optax
 
 import daq_jax.nn as qnn
 from daq_jax import models, quant
-from daq_jax.data.loader import DatasetInfo
+from daq_jax.data.info import DatasetInfo
 from daq_jax.training import user_model
 from daq_jax.training.config import TrainConfig
 

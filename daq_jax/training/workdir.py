@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from daq_jax.data.loader import DatasetInfo
+from daq_jax.data.info import DatasetInfo
 from daq_jax.training import files
 
 LOCK_FILE = "run.lock"

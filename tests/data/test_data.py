@@ -11,7 +11,7 @@ from PIL import Image
 
 from daq_jax import data
 from daq_jax.data import augment, image_folder
-from daq_jax.data.loader import DataConfig
+from daq_jax.data.config import DataConfig
 
 
 def write_cifar_pickles(root, n_per_batch=20):

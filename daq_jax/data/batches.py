@@ -1,0 +1,114 @@
+"""`Batches`: the deterministic, resumable batch order of one dataset for one process.
+
+The batch of training step s is a pure function of (seed, s): epoch e = s // steps_per_epoch
+is a permutation seeded with (seed, e), and augmentation draws from (seed, s). A run resumed
+at step s therefore sees exactly the batches the uninterrupted run saw. With several processes
+each one takes its slice of the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from PIL import Image
+
+from daq_jax.data import augment, image_folder
+from daq_jax.data.image_folder import FileDataset
+from daq_jax.data.info import DatasetInfo
+from daq_jax.data.sources import Dataset
+
+
+class Batches:
+  """Host batches of one dataset for one process: `train(step)` and `evaluation()`.
+
+  Each batch is a dict of `image` (B, H, W, C) uint8, `label` (B,) int32 and, in evaluation,
+  `mask` (B,) bool marking the examples that pad the last batch. Images on disk are decoded by
+  `decoder` when given (one worker pool serving train and eval), else by `workers` processes.
+  """
+
+  def __init__(
+    self,
+    dataset: Dataset,
+    info: DatasetInfo,
+    global_batch: int,
+    *,
+    seed: int = 0,
+    workers: int = 0,
+    decoder: image_folder.Decoder | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
+    if global_batch % process_count:
+      raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
+    self.dataset, self.info, self.global_batch, self.seed = dataset, info, global_batch, seed
+    self.local = slice(
+      process_index * global_batch // process_count,
+      (process_index + 1) * global_batch // process_count,
+    )
+    # A FileDataset decodes in `decoder` (shared, closed by its owner) or in a pool of its own.
+    self._owns_decoder = decoder is None and isinstance(dataset, FileDataset)
+    self._decoder = image_folder.Decoder(workers) if self._owns_decoder else decoder
+    self._order: tuple[int, np.ndarray] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.dataset) // self.global_batch
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    if self._order is None or self._order[0] != epoch:
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+      self._order = (epoch, order)
+    return self._order[1]
+
+  def _images(self, indices: np.ndarray, train: bool, step: int) -> np.ndarray:
+    """The batch's images, augmented in training as `info.augment` says: `none` (resized, or
+    centre-cropped when decoded from files), `cifar` (then pad-crop-flip) or `imagenet`
+    (random-resized-crop-flip)."""
+    size = self.info.image_shape[:2]
+    kind = self.info.augment if train else "none"
+    rng = np.random.default_rng([self.seed, step, 1])
+    if self._decoder is not None:
+      seeds = [(self.seed, step, int(i)) for i in indices]
+      paths = [self.dataset.paths[i] for i in indices]
+      images = self._decoder(paths, size[0], kind == "imagenet", seeds)
+      return augment.pad_crop_flip(images, rng) if kind == "cifar" else images
+    images = self.dataset.images[indices]
+    if kind == "none":
+      return augment.resize_batch(images, size)
+    if kind == "cifar":
+      return augment.pad_crop_flip(augment.resize_batch(images, size), rng)
+    crops = [
+      augment.random_resized_crop(Image.fromarray(augment.as_pil(im)), size[0], rng)
+      for im in images
+    ]
+    return np.stack(crops).reshape(len(images), *self.info.image_shape)
+
+  def train(self, step: int) -> dict[str, np.ndarray]:
+    """The local part of training batch `step` (a pure function of the seed and the step)."""
+    if self.steps_per_epoch == 0:
+      raise ValueError(
+        f"the training split has {len(self.dataset)} examples, fewer than one batch of "
+        f"{self.global_batch}"
+      )
+    epoch, i = divmod(step, self.steps_per_epoch)
+    indices = self._epoch_order(epoch)[i * self.global_batch : (i + 1) * self.global_batch]
+    indices = indices[self.local]
+    return {"image": self._images(indices, True, step), "label": self.dataset.labels[indices]}
+
+  def evaluation(self) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in order; the last batch is padded and masked."""
+    n = len(self.dataset)
+    for start in range(0, n, self.global_batch):
+      indices = np.arange(start, start + self.global_batch)[self.local]
+      mask = indices < n
+      indices = np.where(mask, indices, 0)
+      yield {
+        "image": self._images(indices, False, 0),
+        "label": self.dataset.labels[indices],
+        "mask": mask,
+      }
+
+  def close(self) -> None:
+    if self._owns_decoder:
+      self._decoder.close()

@@ -1,0 +1,41 @@
+"""`DatasetInfo`: what a trained model needs to know of its data, and which data it was (the
+run's `dataset.json`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a trained model needs to know of its data, and which data it was (`dataset.json`).
+
+  Attributes:
+    class_names, image_shape, mean, std, augment: what the model and its input pipeline use.
+    dir: the data directory, absolute ("" for the embedded digits).
+    train_examples, eval_examples: the sizes of the two splits.
+    source: how the data is read, in words (logged at the start of a run).
+  """
+
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augment: str
+  dir: str = ""
+  train_examples: int = 0
+  eval_examples: int = 0
+  source: str = ""
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> DatasetInfo:
+    """The info of a `dataset.json`, of this version or an older one (fewer fields)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})

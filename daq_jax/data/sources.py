@@ -1,0 +1,125 @@
+"""From a `DataConfig` to its datasets: which format a directory holds (CIFAR pickles or an
+image folder, decoded into memory or per batch), the validation split carved from train, the
+eval split, and the normalization statistics and augmentation the run records."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from daq_jax.data import arrays, image_folder
+from daq_jax.data.arrays import ArrayDataset
+from daq_jax.data.config import DataConfig
+from daq_jax.data.image_folder import FileDataset
+from daq_jax.data.info import DatasetInfo
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+Dataset = ArrayDataset | FileDataset
+
+
+def _data_dir(cfg: DataConfig) -> str:
+  if not cfg.dir:
+    raise ValueError(f"config data.dir is empty: data.name={cfg.name!r} needs a directory")
+  path = os.path.expanduser(cfg.dir)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"config data.dir={cfg.dir!r}: no such directory")
+  return path
+
+
+def read_dir(
+  path: str,
+  split: str,
+  cfg: DataConfig,
+  class_names=None,
+  channels: int = 3,
+  classes_at_top: bool = False,
+) -> Dataset:
+  """The `split` of a CIFAR pickle directory or an image folder at `path`.
+
+  Args:
+    class_names: fixes the label of each class folder (evaluation of a trained model).
+    channels: 3 (RGB) or 1 (grey).
+    classes_at_top: a test split may also be the class folders right under `path`.
+  """
+  return _read_dir(path, split, cfg, class_names, channels, classes_at_top)[0]
+
+
+def _read_dir(path, split, cfg, class_names=None, channels=3, classes_at_top=False):
+  """`read_dir`, and how the data is read, in words."""
+  if arrays.is_cifar_pickle_dir(path):
+    dataset = arrays.load_cifar_pickle(path, split)
+    return dataset, f"CIFAR python pickles in {path}, {len(dataset)} {split} images"
+  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
+  if folder is None:
+    raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
+  files = image_folder.list_images(folder, class_names)
+  small, how = image_folder.survey(files)
+  how = f"image folder {folder}: {how}"
+  if small:
+    cache = os.path.expanduser(cfg.cache_dir) if cfg.cache_dir else None
+    return image_folder.decode_all(files, cache, cfg.workers, channels, cfg.image_size), how
+  return files, how
+
+
+def _statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  if isinstance(train, FileDataset):
+    return IMAGENET_MEAN, IMAGENET_STD
+  # Exact per-channel moments, a chunk of images at a time (no float copy of the dataset).
+  channels = train.images.shape[-1]
+  total, squares, count = np.zeros(channels), np.zeros(channels), 0
+  for start in range(0, len(train), 1024):
+    chunk = train.images[start : start + 1024].reshape(-1, channels).astype(np.int64)
+    total += chunk.sum(0)
+    squares += (chunk * chunk).sum(0)
+    count += len(chunk)
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean**2, 0))
+  return tuple((mean / 255).round(4).tolist()), tuple((std / 255).round(4).tolist())
+
+
+def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+  """(train, eval, info) for a config; eval is the validation or the test split."""
+  if cfg.name == "digits":
+    train, source = arrays.load_digits("train"), "the embedded 8x8 digits"
+  else:
+    train, source = _read_dir(_data_dir(cfg), "train", cfg)
+  if cfg.name in ("cifar10", "cifar100"):
+    expected = 10 if cfg.name == "cifar10" else 100
+    if len(train.class_names) != expected:
+      raise ValueError(
+        f"config data.dir={cfg.dir!r} holds {len(train.class_names)} classes, not {cfg.name}'s "
+        f"{expected}"
+      )
+  if cfg.val_fraction > 0:
+    train_idx, val_idx = arrays.validation_split(train.labels, cfg.val_fraction)
+    train, val = train.take(train_idx), train.take(val_idx)
+  if cfg.eval_split == "val":
+    evaluation = val
+  elif cfg.name == "digits":
+    evaluation = arrays.load_digits("test")
+  else:
+    evaluation = read_dir(_data_dir(cfg), "test", cfg, train.class_names)
+  if isinstance(train, FileDataset):
+    size = cfg.image_size or 224
+    shape = (size, size, 3)
+    kind = "imagenet" if cfg.augment == "auto" else cfg.augment
+  else:
+    size = cfg.image_size
+    shape = (size, size, train.images.shape[-1]) if size else train.images.shape[1:]
+    small_default = "none" if cfg.name == "digits" else "cifar"
+    kind = small_default if cfg.augment == "auto" else cfg.augment
+  mean, std = _statistics(train)
+  info = DatasetInfo(
+    train.class_names,
+    tuple(shape),
+    mean,
+    std,
+    kind,
+    dir="" if cfg.name == "digits" else os.path.abspath(os.path.expanduser(cfg.dir)),
+    train_examples=len(train),
+    eval_examples=len(evaluation),
+    source=source,
+  )
+  return train, evaluation, info
