@@ -529,7 +529,7 @@ def stage_cifar(
     )
     model = steps.create_model(cfg, len(classes))
     tx, _ = optim.build_optimizer(cfg, steps_per_epoch, 164 * steps_per_epoch)
-    state = steps.init_state(model, tx, info, 0, replicated)
+    state = steps.init_train_state(model, tx, info, 0, replicated)
     train_fn, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated)
     runs[method] = {"state": state, "train": train_fn, "eval": eval_fn, "epoch_s": None}
 

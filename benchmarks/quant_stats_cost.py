@@ -33,7 +33,7 @@ def host_logging_ms(model: str, repeats: int) -> float:
   info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
   model_def = steps.create_model(cfg, 10)
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
-  state = steps.init_state(model_def, tx, info, 0)
+  state = steps.init_train_state(model_def, tx, info, 0)
   with tempfile.TemporaryDirectory() as workdir:
     writer = MetricWriter(workdir, 100, stream=open("/dev/null", "w"))  # noqa: SIM115
     times = []

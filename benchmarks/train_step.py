@@ -48,7 +48,7 @@ def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> 
   model_def = steps.create_model(cfg, 10)
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
-  state = steps.init_state(model_def, tx, info, 0, replicated)
+  state = steps.init_train_state(model_def, tx, info, 0, replicated)
   train_fn, _ = steps.compile_steps(model_def, tx, info, cfg, replicated, donate=False)
   rng = np.random.default_rng(0)
   batch_data = parallel.put_batch(

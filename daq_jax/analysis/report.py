@@ -27,7 +27,7 @@ from daq_jax.nn.ops import OP_NAME, RNG_STREAM, STATE_COLLECTION, QuantConvOp
 from daq_jax.quant import config as quant_config
 from daq_jax.quant import gradient
 from daq_jax.training import steps
-from daq_jax.training.evaluation import read_run, restore_run
+from daq_jax.training.evaluation import read_run_record, restore_run
 from daq_jax.training.files import replace, write_json
 
 METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "per_tensor", "gvq", "mcs", "ui8")
@@ -64,7 +64,7 @@ def analyze_workdir(
   plots.pyplot()  # before any work: the figures are half of what is asked
   if batches <= 0:
     raise ValueError(f"--batches={batches} must be > 0")
-  cfg, info = read_run(workdir)
+  cfg, info = read_run_record(workdir)
   if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not any(
     name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints"))
   ):

@@ -13,7 +13,7 @@ from daq_jax.analysis import plots
 from daq_jax.training.files import replace, write_json
 
 
-def read_run(workdir: str) -> dict:
+def run_summary(workdir: str) -> dict:
   """One row of the comparison, with the curves; a one-line error if `workdir` is no run."""
   paths = {name: os.path.join(workdir, name) for name in ("config.json", "metrics.jsonl")}
   missing = [name for name, path in paths.items() if not os.path.isfile(path)]
@@ -88,7 +88,7 @@ def compare(workdirs: list[str], out: str) -> list[dict]:
   if not workdirs:
     raise ValueError("compare needs at least one workdir")
   plots.pyplot()  # fail before reading anything if the figure cannot be drawn
-  rows = [read_run(w) for w in workdirs]
+  rows = [run_summary(w) for w in workdirs]
   os.makedirs(out, exist_ok=True)
   with replace(os.path.join(out, "comparison.md")) as f:
     f.write(markdown(rows))

@@ -60,7 +60,7 @@ def _dataset(path: str, cfg, info: DatasetInfo):
   return dataset
 
 
-def read_run(workdir: str) -> tuple[TrainConfig, DatasetInfo]:
+def read_run_record(workdir: str) -> tuple[TrainConfig, DatasetInfo]:
   """The config and data record of a training workdir; clear errors if it is not one."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir {workdir}: no such directory")
@@ -84,7 +84,7 @@ def restore_run(
   """
   model = steps.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
-  target = steps.init_state(model, tx, info, cfg.seed, sharding)
+  target = steps.init_train_state(model, tx, info, cfg.seed, sharding)
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   try:
     return model, tx, ckpts.restore(target, step, report=report)
@@ -104,7 +104,7 @@ def evaluate_workdir(
   The result is written to `<workdir>/eval-<name>.json` where the workdir is writable;
   `result["written"]` says where, or why not.
   """
-  cfg, info = read_run(workdir)
+  cfg, info = read_run_record(workdir)
   batch_size = batch_size or cfg.batch_size
   if data_dir:
     dataset, name = _dataset(data_dir, cfg, info), os.path.basename(os.path.normpath(data_dir))

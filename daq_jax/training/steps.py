@@ -85,7 +85,7 @@ class TrainState:
   key: jax.Array  # raw uint32 key data, so checkpoints hold a plain array
 
 
-def init_state(
+def init_train_state(
   model: nn.Module, tx: optax.GradientTransformation, info: DatasetInfo, seed: int, sharding=None
 ) -> TrainState:
   """A fresh `TrainState`, initialised under jit and placed with `sharding` (the replicated

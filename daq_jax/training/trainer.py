@@ -197,7 +197,7 @@ class Trainer:
   def run(self) -> dict:
     cfg, spe = self.cfg, self.steps_per_epoch
     replicated = parallel.replicated(self.mesh)
-    fresh = steps.init_state(self.model, self.tx, self.info, cfg.seed, replicated)
+    fresh = steps.init_train_state(self.model, self.tx, self.info, cfg.seed, replicated)
     start = resume.start(self.ckpts, fresh, self.num_steps, self.restore_step)
     self._write_record(start)
     if start.complete:

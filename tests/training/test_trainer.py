@@ -27,7 +27,7 @@ def _restore(workdir, cfg_dict, step=None):
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
   tx, _ = optim.build_optimizer(cfg, 1, 1)
-  target = steps.init_state(model, tx, info, cfg.seed)
+  target = steps.init_train_state(model, tx, info, cfg.seed)
   ckpts = Checkpoints(workdir)
   try:
     return ckpts.restore(target, step)
@@ -217,7 +217,7 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
   model = steps.create_model(cfg, info.num_classes)
   assert model.dtype == jax.numpy.dtype(dtype)
   tx, _ = optim.build_optimizer(cfg, 10, 100)
-  state = steps.init_state(model, tx, info, 0)
+  state = steps.init_train_state(model, tx, info, 0)
   batch = {"image": np.zeros((32, 8, 8, 1), np.uint8), "label": np.zeros(32, np.int32)}
 
   def step(state, batch):

@@ -211,7 +211,7 @@ def test_a_checkpoint_from_before_the_quantizer_statistics_resumes(copied_run):
   model = steps.create_model(cfg, info.num_classes)
   tx, _ = optim.build_optimizer(cfg, 1, 1)
   ckpts = Checkpoints(run)
-  state = ckpts.restore(steps.init_state(model, tx, info, cfg.seed), 3)
+  state = ckpts.restore(steps.init_train_state(model, tx, info, cfg.seed), 3)
   old = state.replace(
     quant_state=jax.tree.map(
       lambda layer: {k: v for k, v in layer.items() if not k.startswith("stat_")},
