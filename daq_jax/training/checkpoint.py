@@ -16,7 +16,6 @@ step itself, because the batch order is a function of (seed, step) (daq_jax.data
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -145,45 +144,6 @@ def _tree_paths(tree) -> set[str]:
   return {str(tuple(_key_name(k) for k in path)) for path, _ in flat}
 
 
-def _is_statistic(path: str) -> bool:
-  """A quantizer statistic (`gradient.STAT_KEYS`): logged, never read back, and absent from
-  the checkpoints written before the statistics existed."""
-  return path.rsplit(",", 1)[-1].strip(" ')(").startswith("stat_")
-
-
-def _prune(tree, drop: set[str], prefix=()):
-  """`tree` without the leaves at `drop` (dict entries; dataclass fields are kept)."""
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      here = (*prefix, str(k))
-      if isinstance(v, dict) or dataclasses.is_dataclass(v):
-        out[k] = _prune(v, drop, here)
-      elif str(here) not in drop:
-        out[k] = v
-    return out
-  if dataclasses.is_dataclass(tree):
-    fields = {
-      f.name: _prune(getattr(tree, f.name), drop, (*prefix, f.name))
-      for f in dataclasses.fields(tree)
-    }
-    return tree.replace(**fields)
-  return tree
-
-
-def _fill(target, restored):
-  """`restored`, with what it lacks taken from `target` (the same tree, pruned)."""
-  if isinstance(target, dict):
-    return {k: _fill(v, restored[k]) if k in restored else v for k, v in target.items()}
-  if dataclasses.is_dataclass(target):
-    fields = {
-      f.name: _fill(getattr(target, f.name), getattr(restored, f.name))
-      for f in dataclasses.fields(target)
-    }
-    return target.replace(**fields)
-  return restored
-
-
 def _saved_paths(step_dir: str) -> set[str]:
   path = os.path.join(step_dir, "default", "_METADATA")
   try:
@@ -298,18 +258,12 @@ class Checkpoints:
     except CheckpointError as e:
       raise CheckpointError(f"checkpoint step {step} is damaged: {e}") from None
     ours = _tree_paths(abstract)
-    # A checkpoint from before the quantizer statistics lacks them: they start at 0.
-    missing = ours - saved
-    if saved - ours or not all(_is_statistic(p) for p in missing):
+    if saved != ours:
       raise ValueError(
         f"checkpoint {self.step_dir(step)} does not match this model and config (first "
         f"difference at {sorted(saved ^ ours)[0]}): use another --workdir"
       )
     try:
-      if missing:
-        pruned = _prune(abstract, missing)
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(pruned))
-        return _fill(target, restored)
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax and TensorStore raise bare Exceptions
       # The files are intact (or, without a manifest, at least present): not damage, so no

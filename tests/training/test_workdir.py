@@ -204,8 +204,8 @@ def test_a_finished_run_started_again_does_nothing(copied_run, capsys, monkeypat
   assert _records(run) == before
 
 
-def test_a_checkpoint_from_before_the_quantizer_statistics_resumes(copied_run):
-  run, summary = copied_run
+def test_a_checkpoint_of_another_state_layout_is_refused_in_one_line(copied_run):
+  run, _ = copied_run
   cfg = from_dict(tiny())
   _, _, info = data.load(cfg.data)
   model = steps.create_model(cfg, info.num_classes)
@@ -219,11 +219,15 @@ def test_a_checkpoint_from_before_the_quantizer_statistics_resumes(copied_run):
       is_leaf=lambda node: isinstance(node, dict) and "wgrad_clip" in node,
     )
   )
+  ckpts.close()
   shutil.rmtree(os.path.join(run, "checkpoints", "6"))
   shutil.rmtree(os.path.join(run, "checkpoints", "3"))
-  ckpts.save(3, old)  # as the code before the statistics wrote it
+  ckpts = Checkpoints(run)  # opened anew: Orbax lists the steps it found when opened
+  ckpts.save(3, old)  # as the code before the statistics wrote it: without them
   ckpts.close()
-  assert train_and_evaluate(tiny(), run) == summary  # the statistics are never read back
+  assert os.listdir(os.path.join(run, "checkpoints")) == ["3"]
+  with pytest.raises(ValueError, match=r"checkpoints/3 does not match this model and config "):
+    train_and_evaluate(tiny(), run)
 
 
 def test_the_workdir_must_be_a_writable_directory(tmp_path):
