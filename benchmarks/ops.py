@@ -66,11 +66,11 @@ def _daq_parts(cfg, spec, state, x, w, g):
     )
     return (y, *vjp(g))
 
-  fwd = jax.jit(lambda x, w: conv_op._conv_fwd(cfg, spec, x, w, state, None))
+  plan = backends.plan(cfg, spec)
+  fwd = jax.jit(lambda x, w: conv_op._conv_fwd(plan, cfg, spec, x, w, state, None))
   quantize_g = jax.jit(lambda g: gradient.quantize_gradient(g, state, cfg))
   _, res = fwd(x, w)
   gq = quantize_g(g)
-  plan = backends.plan(cfg, spec)
   dgrad = jax.jit(lambda gd, wd: plan.dgrad.conv_dgrad(gd, wd, x.shape, w.shape, spec))
   wgrad = jax.jit(lambda xt, gw: plan.wgrad.conv_wgrad(xt, gw, x.shape, w.shape, spec))
   return {

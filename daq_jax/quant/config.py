@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 
 # The registered implementations of the int8 products (daq_jax.quant.backends); "auto" picks
 # one of them per platform and contraction (daq_jax.quant.backends.auto).
@@ -46,6 +47,7 @@ def parse_impls(impl: str) -> tuple[str, ...]:
   return names
 
 
+@functools.cache  # parsed once per impl string, however many layers and traces ask
 def contraction_impls(impl: str) -> tuple[str, str, str]:
   """The names of `impl` for the forward product, dgrad and wgrad (one name: all three)."""
   names = parse_impls(impl)

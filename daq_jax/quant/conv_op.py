@@ -22,13 +22,14 @@ from daq_jax.quant.numerics import QTensor
 from daq_jax.quant.residuals import Residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _conv(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
-  return _conv_fwd(cfg, spec, lhs, rhs, state, key)[0]
+# The plan (which implementation computes each product) is chosen once per layer call and
+# trace, in `conv_general`, and reaches both passes as a static argument.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _conv(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
+  return _conv_fwd(plan, cfg, spec, lhs, rhs, state, key)[0]
 
 
-def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
-  plan = backends.plan(cfg, spec)
+def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
   x = QTensor.of(lhs, numerics.max_abs(lhs))
   w = QTensor.of(rhs, numerics.max_abs(rhs))
   out = plan.forward.conv_forward(x, w, spec)
@@ -38,8 +39,7 @@ def _conv_fwd(cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, key, lhs, rhs)
 
 
-def _conv_bwd(cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
-  plan = backends.plan(cfg, spec)
+def _conv_bwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
   dx = plan.dgrad.conv_dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
   dw = plan.wgrad.conv_wgrad(res.inputs, gq.wgrad, res.lhs_shape, res.rhs_shape, spec)
@@ -91,27 +91,4 @@ def conv_general(
     feature_group_count=feature_group_count,
   )
   gradient.check_state(state, cfg, rhs.shape[-1])
-  return _conv(cfg, spec, lhs, rhs, state, key)
-
-
-_MOVED = {
-  "out_spatial": "daq_jax.quant.geometry",
-  "dgrad_kernel": "daq_jax.quant.geometry",
-  "dgrad_spec": "daq_jax.quant.geometry",
-  "uses_subpixel_dgrad": "daq_jax.quant.backends.xla",
-  "subpixel_kernels": "daq_jax.quant.backends.xla",
-  "wgrad_int8": "daq_jax.quant.backends.xla",
-}
-
-
-def __getattr__(name: str):
-  """Names that moved out of this module still resolve, with a DeprecationWarning."""
-  if name not in _MOVED:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  import importlib
-  import warnings
-
-  warnings.warn(
-    f"daq_jax.quant.conv_op.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2
-  )
-  return getattr(importlib.import_module(_MOVED[name]), name)
+  return _conv(backends.plan(cfg, spec), cfg, spec, lhs, rhs, state, key)

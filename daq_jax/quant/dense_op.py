@@ -20,13 +20,13 @@ from daq_jax.quant.residuals import Residuals
 __all__ = ["dense"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _dense(cfg: QuantConfig, x, w, state, key):
-  return _dense_fwd(cfg, x, w, state, key)[0]
+# The plan is chosen once per layer call and trace, in `dense`, as in conv_op.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _dense(plan: backends.Plan, cfg: QuantConfig, x, w, state, key):
+  return _dense_fwd(plan, cfg, x, w, state, key)[0]
 
 
-def _dense_fwd(cfg: QuantConfig, x, w, state, key):
-  plan = backends.plan(cfg)
+def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, key):
   x2d = x.reshape(-1, x.shape[-1])
   xq = QTensor.of(x2d, numerics.max_abs(x))
   wq = QTensor.of(w, numerics.max_abs(w))
@@ -37,8 +37,7 @@ def _dense_fwd(cfg: QuantConfig, x, w, state, key):
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, key, x, w)
 
 
-def _dense_bwd(cfg: QuantConfig, res: Residuals, g):
-  plan = backends.plan(cfg)
+def _dense_bwd(plan: backends.Plan, cfg: QuantConfig, res: Residuals, g):
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
   g2d = QTensor(gq.dgrad_q.reshape(-1, g.shape[-1]), gq.dgrad_scale)
   dx = plan.dgrad.dense_dgrad(g2d, res.kernel).reshape(res.lhs_shape)
@@ -75,4 +74,4 @@ def dense(
       f"dense: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit: need x (..., K) and w (K, N)"
     )
   gradient.check_state(state, cfg, w.shape[-1])
-  return _dense(cfg, x, w, state, key)
+  return _dense(backends.plan(cfg), cfg, x, w, state, key)
