@@ -41,22 +41,21 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 stage() {
   local name=$1 cap=$2
   shift 2
+  local deadline=()  # the command's prefix: `timeout`, or nothing with TOTAL=0
   if ((TOTAL == 0)); then
     echo "[$name] no deadline" | tee -a "$OUT/check.log"
-    "$PYTHON" -m benchmarks.gpu_check "$name" --out "$OUT" "${SMOKE[@]}" "$@" 2>&1 \
-      | tee "$OUT/$name.log" | tail -n 40
-    echo "[$name] exit ${PIPESTATUS[0]} after $((SECONDS - START))s" | tee -a "$OUT/check.log"
-    return
+  else
+    local left=$((TOTAL - (SECONDS - START)))
+    local limit=$((cap < left ? cap : left))
+    if ((limit < 5)); then
+      echo "[$name] skipped: ${left}s left" | tee -a "$OUT/check.log"
+      return
+    fi
+    echo "[$name] up to ${limit}s" | tee -a "$OUT/check.log"
+    deadline=(timeout --kill-after=5 "$limit")
   fi
-  local left=$((TOTAL - (SECONDS - START)))
-  local limit=$((cap < left ? cap : left))
-  if ((limit < 5)); then
-    echo "[$name] skipped: ${left}s left" | tee -a "$OUT/check.log"
-    return
-  fi
-  echo "[$name] up to ${limit}s" | tee -a "$OUT/check.log"
-  timeout --kill-after=5 "$limit" "$PYTHON" -m benchmarks.gpu_check "$name" --out "$OUT" \
-    "${SMOKE[@]}" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 40
+  "${deadline[@]}" "$PYTHON" -m benchmarks.gpu_check "$name" --out "$OUT" "${SMOKE[@]}" "$@" \
+    2>&1 | tee "$OUT/$name.log" | tail -n 40
   echo "[$name] exit ${PIPESTATUS[0]} after $((SECONDS - START))s" | tee -a "$OUT/check.log"
 }
 

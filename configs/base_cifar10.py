@@ -1,6 +1,6 @@
 """The base of the CIFAR-10 configs: `recipe` holds the data settings they share, and each
-cifar10_*.py spells out its model's whole recipe through it. `get_config` is He et al.'s
-ResNet-20 recipe (164 epochs of batch 128, SGD 0.1 divided by 10 at epochs 82 and 123).
+cifar10_*.py spells out its model's whole recipe through it, or names a shared one (HE, He et
+al.'s). `get_config` is ResNet-20 with HE.
 
     python train.py --config configs/base_cifar10.py \
         --config.data.dir=PATH           # what configs/cifar10_resnet20.py runs
@@ -46,15 +46,17 @@ def recipe(
   return config
 
 
+# He et al. 2016's CIFAR ResNet recipe (section 4.2): 164 epochs (64k steps) of batch 128, SGD
+# 0.1 divided by 10 at epochs 82 and 123, weight decay 1e-4.
+HE = {
+  "num_epochs": 164.0,
+  "schedule": "step",
+  "base_learning_rate": 0.1,
+  "weight_decay": 1e-4,
+  "warmup_epochs": 0.0,
+  "decay_epochs": (82.0, 123.0),
+}
+
+
 def get_config():
-  """He et al.'s ResNet-20 recipe (section 4.2): 164 epochs (64k steps) of batch 128, SGD 0.1
-  divided by 10 at epochs 82 and 123, weight decay 1e-4."""
-  return recipe(
-    "resnet20",
-    num_epochs=164.0,
-    schedule="step",
-    base_learning_rate=0.1,
-    weight_decay=1e-4,
-    warmup_epochs=0.0,
-    decay_epochs=(82.0, 123.0),
-  )
+  return recipe("resnet20", **HE)

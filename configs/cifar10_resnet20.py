@@ -12,12 +12,4 @@ from configs import base_cifar10
 
 
 def get_config():
-  return base_cifar10.recipe(
-    "resnet20",
-    num_epochs=164.0,
-    schedule="step",
-    base_learning_rate=0.1,
-    weight_decay=1e-4,
-    warmup_epochs=0.0,
-    decay_epochs=(82.0, 123.0),
-  )
+  return base_cifar10.recipe("resnet20", **base_cifar10.HE)

@@ -50,6 +50,9 @@ class _AboutFailedSaves(logging.Filter):
     return ".orbax-checkpoint-tmp" not in record.getMessage()
 
 
+_ABOUT_FAILED_SAVES = _AboutFailedSaves()  # one instance: adding it again changes nothing
+
+
 @contextlib.contextmanager
 def _orbax_quiet():
   """A failed save is reported in one line by `save`, not in Orbax's words, which are many:
@@ -71,7 +74,7 @@ def _orbax_quiet():
   try:
     yield
   except BaseException:
-    logging.getLogger("asyncio").addFilter(_AboutFailedSaves())
+    logging.getLogger("asyncio").addFilter(_ABOUT_FAILED_SAVES)
     raise
   else:
     sys.unraisablehook = unraisablehook

@@ -40,6 +40,11 @@ class WriteError(OSError):
     self.errno = code  # str(self) stays the message alone, without "[Errno N]"
 
 
+def write_failed(path: str, e: BaseException, then: str = "") -> WriteError:
+  """The error for a failed write of `path`: "writing PATH failed: <cause>" and `then`."""
+  return WriteError(f"writing {path} failed: {cause(e)}{then}", error_code(e))
+
+
 def error_code(e: BaseException) -> int | None:
   """The errno behind `e`: its own, or the one a TensorStore or Orbax message names."""
   if isinstance(e, OSError) and e.errno:
@@ -80,7 +85,7 @@ def replace(path: str, mode: str = "w"):
       os.remove(tmp)
     if isinstance(e, WriteError):
       raise
-    raise WriteError(f"writing {path} failed: {cause(e)}", error_code(e)) from None
+    raise write_failed(path, e) from None
 
 
 def write_json(path: str, value) -> None:

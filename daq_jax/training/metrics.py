@@ -93,9 +93,7 @@ class _Records:
         cut = ""
       except OSError:
         cut = " (its last record may be cut short)"
-      raise files.WriteError(
-        f"writing {self.path} failed: {files.cause(e)}{cut}", files.error_code(e)
-      ) from None
+      raise files.write_failed(self.path, e, cut) from None
 
   def close(self) -> None:
     os.close(self._fd)

@@ -121,10 +121,8 @@ class RunLock:
       os.pwrite(self._fd, json.dumps(me).encode(), 0)
     except OSError as e:
       self.release()
-      raise files.WriteError(
-        f"writing {self.path} failed: {files.cause(e)}; nothing was started or changed: free "
-        "space and run the same command",
-        files.error_code(e),
+      raise files.write_failed(
+        self.path, e, "; nothing was started or changed: free space and run the same command"
       ) from None
 
   def release(self) -> None:
