@@ -478,7 +478,7 @@ def stage_cifar(
 
   from daq_jax.data.info import DatasetInfo
   from daq_jax.quant import config as quant_config
-  from daq_jax.training import optim, parallel, steps
+  from daq_jax.training import modeling, optim, parallel, steps
   from daq_jax.training.config import from_dict
 
   start = time.perf_counter()
@@ -527,7 +527,7 @@ def stage_cifar(
         "optim": {"base_batch_size": 128, "weight_decay": 1e-4},
       }
     )
-    model = steps.create_model(cfg, len(classes))
+    model = modeling.create_model(cfg, len(classes), info.image_shape)
     tx, _ = optim.build_optimizer(cfg, steps_per_epoch, 164 * steps_per_epoch)
     state = steps.init_train_state(model, tx, info, 0, replicated)
     train_fn, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated)

@@ -1,7 +1,7 @@
 """What the quantizer statistics logged during training cost: the ResNet-20 DAQ training step
-(batch 128) with the statistics in its state and without them (`gradient.STAT_KEYS` emptied,
-so XLA drops their computation), timed alternately in one run, plus the host side of logging
-them (fetch, summarise, write), paid once every `log_every_steps`.
+(batch 128) with the statistics (the `quant_stats` collection fed to the step) and without
+them (no collection, so the ops compute none), timed alternately in one run, plus the host side
+of logging them (fetch, summarise, write), paid once every `log_every_steps`.
 
     python -m benchmarks.quant_stats_cost            # about 4 minutes on 2 CPU cores
 
@@ -21,8 +21,7 @@ import numpy as np
 from benchmarks.common import environment, write_json
 from benchmarks.train_step import time_step
 from daq_jax.data.info import DatasetInfo
-from daq_jax.quant import gradient
-from daq_jax.training import optim, steps
+from daq_jax.training import modeling, steps
 from daq_jax.training.config import from_dict
 from daq_jax.training.metrics import MetricWriter, quantizer_statistics
 
@@ -31,15 +30,15 @@ def host_logging_ms(model: str, repeats: int) -> float:
   """Fetching the statistics of every layer, summarising and writing them, once."""
   cfg = from_dict({"model": {"name": model}, "quant": {"method": "daq"}})
   info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
-  model_def = steps.create_model(cfg, 10)
-  tx, _ = optim.build_optimizer(cfg, 390, 64_000)
-  state = steps.init_train_state(model_def, tx, info, 0)
+  model_def = modeling.create_model(cfg, 10, info.image_shape)
+  shapes = steps.statistics_input(model_def, info)
+  zeros = jax.device_put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
   with tempfile.TemporaryDirectory() as workdir:
     writer = MetricWriter(workdir, 100, stream=open("/dev/null", "w"))  # noqa: SIM115
     times = []
     for step in range(repeats):
       start = time.perf_counter()
-      stats = quantizer_statistics(state.quant_state)
+      stats = quantizer_statistics(zeros)
       writer.write(step, stats, prefix="quant", show=False)
       times.append((time.perf_counter() - start) * 1e3)
     writer.close()
@@ -58,7 +57,7 @@ def main(argv=None):
   with_stats, without = [], []
   for _ in range(args.rounds):  # alternated, so that drifts in machine load hit both
     with_stats.append(time_step("daq", "float32", args.model, args.batch, args.repeats))
-    with mock.patch.object(gradient, "STAT_KEYS", ()):
+    with mock.patch.object(steps, "statistics_input", lambda model, info: {}):
       without.append(time_step("daq", "float32", args.model, args.batch, args.repeats))
     print(f"with {with_stats[-1]:.1f} ms, without {without[-1]:.1f} ms", flush=True)
   step_with, step_without = float(np.median(with_stats)), float(np.median(without))

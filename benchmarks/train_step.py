@@ -19,7 +19,7 @@ import numpy as np
 
 from benchmarks.common import environment, median_ms, write_json
 from daq_jax.data.info import DatasetInfo
-from daq_jax.training import optim, parallel, steps
+from daq_jax.training import modeling, optim, parallel, steps
 from daq_jax.training.config import from_dict
 
 # name, quant.method, model.dtype
@@ -45,7 +45,7 @@ def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> 
   )
   info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
   mesh = parallel.make_mesh(1, batch)
-  model_def = steps.create_model(cfg, 10)
+  model_def = modeling.create_model(cfg, 10, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
   state = steps.init_train_state(model_def, tx, info, 0, replicated)

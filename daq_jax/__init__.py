@@ -16,6 +16,6 @@ def quantize(model, rules, **kwargs):
     from daq_jax.nnx import quantize as quantize_nnx
 
     return quantize_nnx(model, rules, **kwargs)
-  from daq_jax.nn.rules import quantize as quantize_linen
+  from daq_jax.nn.quantized_model import quantize as quantize_linen
 
   return quantize_linen(model, rules, **kwargs)

@@ -48,6 +48,7 @@ LAYERS = {
   "daq_jax.quant.contract": 1,
   "daq_jax.quant.residuals": 1,
   "daq_jax.quant.lowering": 1,
+  "daq_jax.quant.rules": 1,
   "daq_jax.quant.backends": 2,
   "daq_jax.pallas": 2,
   "daq_jax.quant": 3,  # the ops (conv_op, dense_op, state) and the package's re-exports

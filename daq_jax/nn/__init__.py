@@ -2,12 +2,19 @@
 
 from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
-from daq_jax.nn.ops import RNG_STREAM, STATE_COLLECTION, QuantConvOp, QuantDotGeneralOp
-from daq_jax.nn.rules import QuantizedModel, quantize
+from daq_jax.nn.ops import (
+  RNG_STREAM,
+  STATE_COLLECTION,
+  STATS_COLLECTION,
+  QuantConvOp,
+  QuantDotGeneralOp,
+)
+from daq_jax.nn.quantized_model import QuantizedModel, quantize
 
 __all__ = [
   "RNG_STREAM",
   "STATE_COLLECTION",
+  "STATS_COLLECTION",
   "QConv",
   "QDense",
   "QuantConvOp",

@@ -5,7 +5,11 @@ the layer's contraction and owns its quantization state.
 The state lives in the `quant_state` collection under the layer's path, in a child named
 `quant` (`quant_state/<layer>/quant/wgrad_clip`). The forward pass never changes it: the new
 state is the cotangent of these variables under `jax.grad` (see `daq_jax.quant.value_and_grad`).
-Stochastic gradient rounding draws from the `quant` rng stream.
+What the quantizer saw in the step (`gradient.STATISTICS`: the share of inverted-T channels,
+the clip ratio, the dgrad scale) comes out the same way from a collection of its own,
+`quant_stats`, of zeros: apply the model with it and differentiate with respect to it too to
+get them; without it they are not computed. Stochastic gradient rounding draws from the
+`quant` rng stream.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import jax
 
 from daq_jax.quant import conv_op, dense_op, gradient
 from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.state import STATE_COLLECTION, STATS_COLLECTION
 
-STATE_COLLECTION = "quant_state"
 RNG_STREAM = "quant"
 OP_NAME = "quant"
 
@@ -32,7 +36,9 @@ def _layer_path(module: nn.Module) -> str:
 
 
 def quant_inputs(module: nn.Module, cfg: QuantConfig, features: int):
-  """The layer's quantization state (created at init) and its PRNG key for stochastic rounding.
+  """The layer's quantization state (created at init), its statistics input (zeros; empty
+  when the variables passed to apply have no `quant_stats`) and its PRNG key for stochastic
+  rounding.
 
   Raises:
     ValueError: when the variables lack the `quant_state` collection, or when the layer was
@@ -56,8 +62,14 @@ def quant_inputs(module: nn.Module, cfg: QuantConfig, features: int):
     name: module.variable(STATE_COLLECTION, name, lambda v=value: v).value
     for name, value in init.items()
   }
+  stats = {}
+  if module.is_initializing() or module.has_variable(STATS_COLLECTION, gradient.STATISTICS[0]):
+    stats = {
+      name: module.variable(STATS_COLLECTION, name, lambda v=value: v).value
+      for name, value in gradient.init_statistics().items()
+    }
   key = module.make_rng(RNG_STREAM) if cfg.stochastic and module.has_rng(RNG_STREAM) else None
-  return state, key
+  return state, stats, key
 
 
 def check_dense_call(where: str, lhs, rhs, dimension_numbers, preferred_element_type) -> None:
@@ -112,7 +124,7 @@ class QuantConvOp(QuantOp):
         f"quantized conv {_layer_path(self)}: batch_group_count and preferred_element_type "
         "are not supported"
       )
-    state, key = quant_inputs(self, self.quant, rhs.shape[-1])
+    state, stats, key = quant_inputs(self, self.quant, rhs.shape[-1])
     return conv_op.conv_general(
       lhs,
       rhs,
@@ -125,6 +137,7 @@ class QuantConvOp(QuantOp):
       rhs_dilation=rhs_dilation,
       feature_group_count=feature_group_count,
       dimension_numbers=dimension_numbers,
+      stats=stats,
     )
 
 
@@ -143,8 +156,8 @@ class QuantDotGeneralOp(QuantOp):
   ) -> jax.Array:
     del precision
     check_dense_call(_layer_path(self), lhs, rhs, dimension_numbers, preferred_element_type)
-    state, key = quant_inputs(self, self.quant, rhs.shape[-1])
-    return dense_op.dense(lhs, rhs, state, key, cfg=self.quant)
+    state, stats, key = quant_inputs(self, self.quant, rhs.shape[-1])
+    return dense_op.dense(lhs, rhs, state, key, cfg=self.quant, stats=stats)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,10 @@ masking, batch dimensions and dtype promotion) with the contraction it calls swa
 length of one call, for `daq_jax.quant.conv_general` / `daq_jax.quant.dense`. Its gradient
 state is a `QuantState` Variable per entry (`quant_wgrad_clip`, `quant_dgrad_clip`, ...): the
 forward pass reads it, and differentiating with respect to `QuantState` as well as `Param`
-(`daq_jax.nnx.value_and_grad`) gives its next value as the "gradient". Stochastic rounding
-draws keys from the layer's own `quant_rngs` stream.
+(`daq_jax.nnx.value_and_grad`) gives its next value as the "gradient". What the quantizer saw
+in the step (`gradient.STATISTICS`) comes out the same way, in `QuantStats` Variables of its
+own (`quant_inverted_t`, ...), kept apart from the state. Stochastic rounding draws keys from
+the layer's own `quant_rngs` stream.
 """
 
 from __future__ import annotations
@@ -34,8 +36,13 @@ class QuantState(nnx.Variable):
   comes out of the backward pass as its gradient; the optimizer never sees it."""
 
 
-def _entries(layer) -> list[str]:
-  return sorted(k for k, v in vars(layer).items() if isinstance(v, QuantState))
+class QuantStats(nnx.Variable):
+  """What a quantized layer's gradient quantizer saw in the last step, for logging: never read
+  back. It comes out of the backward pass as its gradient, as `QuantState` does."""
+
+
+def _entries(layer, kind: type) -> list[str]:
+  return sorted(k for k, v in vars(layer).items() if isinstance(v, kind))
 
 
 def init_quant(layer, quant: QuantConfig | None, features: int, rngs: nnx.Rngs | None) -> None:
@@ -45,6 +52,8 @@ def init_quant(layer, quant: QuantConfig | None, features: int, rngs: nnx.Rngs |
     return
   for name, value in gradient.init_state(quant, features).items():
     setattr(layer, STATE_PREFIX + name, QuantState(value))
+  for name, value in gradient.init_statistics().items():
+    setattr(layer, STATE_PREFIX + name, QuantStats(value))
   if quant.stochastic:
     if rngs is None:
       raise ValueError(
@@ -53,8 +62,12 @@ def init_quant(layer, quant: QuantConfig | None, features: int, rngs: nnx.Rngs |
     layer.quant_rngs = nnx.Rngs(quant=rngs.params())
 
 
-def _state_and_key(layer):
-  state = {name[len(STATE_PREFIX) :]: getattr(layer, name)[...] for name in _entries(layer)}
+def _inputs(layer):
+  """The layer's state, statistics input and PRNG key, read from its Variables."""
+  state, stats = (
+    {name[len(STATE_PREFIX) :]: getattr(layer, name)[...] for name in _entries(layer, kind)}
+    for kind in (QuantState, QuantStats)
+  )
   first = next(iter(state.values()))
   if isinstance(first, jax.core.Tracer):
     seen = _TRACED.get(id(layer))
@@ -66,30 +79,38 @@ def _state_and_key(layer):
       )
     _TRACED[id(layer)] = weakref.ref(first)
   key = layer.quant_rngs.quant() if layer.quant.stochastic else None
-  return state, key
+  return state, stats, key
 
 
-def _conv_hook(lhs, rhs, window_strides, padding, *, state, key, cfg, **kwargs):
+def _conv_hook(lhs, rhs, window_strides, padding, *, state, stats, key, cfg, **kwargs):
   kwargs.pop("precision", None)  # int8 products are exact
   kwargs.pop("out_sharding", None)
   if kwargs.pop("preferred_element_type", None) is not None:
     raise ValueError("quantized nnx.Conv: preferred_element_type is not supported")
   return conv_op.conv_general(
-    lhs, rhs, state, key, cfg=cfg, window_strides=window_strides, padding=padding, **kwargs
+    lhs,
+    rhs,
+    state,
+    key,
+    cfg=cfg,
+    window_strides=window_strides,
+    padding=padding,
+    stats=stats,
+    **kwargs,
   )
 
 
-def _dense_hook(lhs, rhs, dimension_numbers, *, state, key, cfg, **kwargs):
+def _dense_hook(lhs, rhs, dimension_numbers, *, state, stats, key, cfg, **kwargs):
   check_dense_call("nnx.Linear", lhs, rhs, dimension_numbers, kwargs.get("preferred_element_type"))
-  return dense_op.dense(lhs, rhs, state, key, cfg=cfg)
+  return dense_op.dense(lhs, rhs, state, key, cfg=cfg, stats=stats)
 
 
 def _call_with(layer, attr: str, hook, base_call, *args, **kwargs):
   """`base_call(layer, ...)` with `layer.<attr>` swapped for `hook` during the call only, so
   that nnx's graph never sees the traced state the hook closes over."""
-  state, key = _state_and_key(layer)
+  state, stats, key = _inputs(layer)
   original = vars(layer)[attr]
-  vars(layer)[attr] = functools.partial(hook, state=state, key=key, cfg=layer.quant)
+  vars(layer)[attr] = functools.partial(hook, state=state, stats=stats, key=key, cfg=layer.quant)
   try:
     return base_call(layer, *args, **kwargs)
   finally:

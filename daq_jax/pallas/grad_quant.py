@@ -88,7 +88,7 @@ def _round_half_even(t):
 
 
 def _quantize(v, inverse, rounding, seed, index):
-  """`numerics.quantize` given 127/s: a multiply, a clip, a rounding (nearest, or stochastic
+  """`numerics.quantize_tensor` given 127/s: a multiply, a clip, a rounding (nearest, or stochastic
   with the same dither as the jnp quantizer)."""
   t = jnp.clip(v * inverse, -QMAX, QMAX)  # clipping before rounding: the bounds are integers
   if rounding == "stochastic":
@@ -227,7 +227,7 @@ def quantize_gradient(
     jnp.reshape(numerics.inverse_step(dgrad_scale), (1,)),
     seeds,
   )
-  gq = gradient.QuantizedGradient(
+  return gradient.QuantizedGradient(
     wgrad_q=wq[:rows, :channels],
     wgrad_scale=clip,
     dgrad_q=dq[:rows, :channels].reshape(g.shape),
@@ -235,4 +235,3 @@ def quantize_gradient(
     new_state={"dgrad_clip": dgrad_scale, "wgrad_clip": ema},
     wgrad_stats=stats,
   )
-  return gradient.with_statistics(gq, state, cfg)

@@ -1,6 +1,6 @@
-"""Quantization: numerics, the DAQ gradient quantizer and baselines, configs, the
-implementations of the int8 products (`backends`), and the quantized conv and dense ops with
-their custom VJPs."""
+"""Quantization: numerics, the DAQ gradient quantizer and baselines, configs, the rules that
+decide which layer gets which config, the implementations of the int8 products (`backends`),
+and the quantized conv and dense ops with their custom VJPs."""
 
 from daq_jax.quant.config import (
   METHODS,
@@ -19,17 +19,20 @@ from daq_jax.quant.config import (
 from daq_jax.quant.conv_op import conv_general
 from daq_jax.quant.dense_op import dense
 from daq_jax.quant.gradient import init_state, quantize_gradient
-from daq_jax.quant.numerics import QTensor, dequantize, fake_quantize, quantize
+from daq_jax.quant.numerics import QTensor, dequantize, fake_quantize, quantize_tensor
+from daq_jax.quant.rules import Rules, default_rules
 from daq_jax.quant.state import split_grads, value_and_grad
 
 __all__ = [
   "METHODS",
   "QTensor",
   "QuantConfig",
+  "Rules",
   "conv_general",
   "daq",
   "daq_sr",
   "daq_sr_wgrad",
+  "default_rules",
   "dense",
   "dequantize",
   "fake_quantize",
@@ -40,8 +43,8 @@ __all__ = [
   "mcs",
   "per_tensor",
   "preset",
-  "quantize",
   "quantize_gradient",
+  "quantize_tensor",
   "split_grads",
   "ui8",
   "value_and_grad",

@@ -25,25 +25,26 @@ from daq_jax.quant.residuals import Residuals
 # The plan (which implementation computes each product) is chosen once per layer call and
 # trace, in `conv_general`, and reaches both passes as a static argument.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _conv(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
-  return _conv_fwd(plan, cfg, spec, lhs, rhs, state, key)[0]
+def _conv(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, stats, key):
+  return _conv_fwd(plan, cfg, spec, lhs, rhs, state, stats, key)[0]
 
 
-def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, key):
+def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, stats, key):
   x = QTensor.of(lhs, numerics.max_abs(lhs))
   w = QTensor.of(rhs, numerics.max_abs(rhs))
   out = plan.forward.conv_forward(x, w, spec)
   kernel = plan.dgrad.conv_keep_kernel(rhs, w, spec)
   inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
   out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
-  return out.astype(out_dtype), Residuals.of(kernel, inputs, state, key, lhs, rhs)
+  return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, lhs, rhs)
 
 
 def _conv_bwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
   dx = plan.dgrad.conv_dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
   dw = plan.wgrad.conv_wgrad(res.inputs, gq.wgrad, res.lhs_shape, res.rhs_shape, spec)
-  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, None
+  new_stats = gradient.statistics(gq, cfg, res.statistics)
+  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -62,6 +63,7 @@ def conv_general(
   rhs_dilation=None,
   feature_group_count: int = 1,
   dimension_numbers=None,
+  stats: gradient.State | None = None,
 ) -> jax.Array:
   """A channels-last convolution with DAQ int8 forward and backward passes.
 
@@ -76,6 +78,8 @@ def conv_general(
       `lax.conv_general_dilated` (padding: SAME, SAME_LOWER, VALID or (low, high) pairs).
     dimension_numbers: None, or the channels-last layout spelled out (("NHWC", "HWIO",
       "NHWC") and its 1-D/3-D forms); other layouts are refused with a clear error.
+    stats: zeros (`gradient.init_statistics()`, or some of its keys) whose cotangent under
+      `jax.grad` is what the gradient quantizer saw in this step; None computes none.
 
   Returns:
     The convolution output (N, *out_spatial, C_out) in the operands' float dtype.
@@ -91,4 +95,6 @@ def conv_general(
     feature_group_count=feature_group_count,
   )
   gradient.check_state(state, cfg, rhs.shape[-1])
-  return _conv(backends.plan(cfg, spec), cfg, spec, lhs, rhs, state, key)
+  stats = {} if stats is None else stats
+  gradient.check_statistics(stats)
+  return _conv(backends.plan(cfg, spec), cfg, spec, lhs, rhs, state, stats, key)

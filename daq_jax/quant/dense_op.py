@@ -22,11 +22,11 @@ __all__ = ["dense"]
 
 # The plan is chosen once per layer call and trace, in `dense`, as in conv_op.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense(plan: backends.Plan, cfg: QuantConfig, x, w, state, key):
-  return _dense_fwd(plan, cfg, x, w, state, key)[0]
+def _dense(plan: backends.Plan, cfg: QuantConfig, x, w, state, stats, key):
+  return _dense_fwd(plan, cfg, x, w, state, stats, key)[0]
 
 
-def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, key):
+def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, stats, key):
   x2d = x.reshape(-1, x.shape[-1])
   xq = QTensor.of(x2d, numerics.max_abs(x))
   wq = QTensor.of(w, numerics.max_abs(w))
@@ -34,7 +34,7 @@ def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, key):
   kernel = plan.dgrad.dense_keep_kernel(w, wq)
   inputs = plan.wgrad.dense_keep_input(x2d, xq)
   out_dtype = jnp.result_type(x.dtype, w.dtype)
-  return out.astype(out_dtype), Residuals.of(kernel, inputs, state, key, x, w)
+  return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, x, w)
 
 
 def _dense_bwd(plan: backends.Plan, cfg: QuantConfig, res: Residuals, g):
@@ -42,7 +42,8 @@ def _dense_bwd(plan: backends.Plan, cfg: QuantConfig, res: Residuals, g):
   g2d = QTensor(gq.dgrad_q.reshape(-1, g.shape[-1]), gq.dgrad_scale)
   dx = plan.dgrad.dense_dgrad(g2d, res.kernel).reshape(res.lhs_shape)
   dw = plan.wgrad.dense_wgrad(res.inputs, gq.wgrad)
-  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, None
+  new_stats = gradient.statistics(gq, cfg, res.statistics)
+  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
@@ -55,6 +56,7 @@ def dense(
   key: jax.Array | None = None,
   *,
   cfg: QuantConfig,
+  stats: gradient.State | None = None,
 ) -> jax.Array:
   """x @ w with DAQ int8 forward and backward passes.
 
@@ -65,6 +67,8 @@ def dense(
       `jax.grad` is the state for the next step.
     key: PRNG key for stochastic gradient rounding, else None.
     cfg: the quantization config.
+    stats: zeros (`gradient.init_statistics()`, or some of its keys) whose cotangent under
+      `jax.grad` is what the gradient quantizer saw in this step; None computes none.
 
   Returns:
     (..., N) in the operands' float dtype.
@@ -74,4 +78,6 @@ def dense(
       f"dense: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit: need x (..., K) and w (K, N)"
     )
   gradient.check_state(state, cfg, w.shape[-1])
-  return _dense(backends.plan(cfg), cfg, x, w, state, key)
+  stats = {} if stats is None else stats
+  gradient.check_statistics(stats)
+  return _dense(backends.plan(cfg), cfg, x, w, state, stats, key)

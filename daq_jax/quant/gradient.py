@@ -76,12 +76,6 @@ class QuantizedGradient(NamedTuple):
     )
 
 
-# What the quantizer saw in the last step, carried in the state for logging and never read
-# back: the share of inverted-T channels in the wgrad path (live channels, by the bell test
-# with cfg.bell_threshold), the mean wgrad clip / max|g| over them, and the dgrad scale.
-STAT_KEYS = ("stat_inverted_t", "stat_clip_ratio", "stat_dgrad_scale")
-
-
 def init_state(cfg: QuantConfig, channels: int) -> State:
   """The state of a layer before its first step: zeros, read as 'no history yet'."""
   shape = (channels,) if cfg.wgrad_granularity == "per_channel" else ()
@@ -91,28 +85,49 @@ def init_state(cfg: QuantConfig, channels: int) -> State:
   }
   if "dsgc" in (cfg.wgrad_clip, cfg.dgrad_clip):
     state["deviation"] = jnp.zeros((), jnp.float32)
-  state.update({key: jnp.zeros((), jnp.float32) for key in STAT_KEYS})
   return state
 
 
-def statistics(gq: QuantizedGradient, cfg: QuantConfig) -> State:
-  """The `STAT_KEYS` of a quantized gradient: scalars, from what the quantizer computed."""
+# What the quantizer saw in a step, for logging, apart from the state it learns from and never
+# read back: the share of inverted-T channels in the wgrad path (live channels, by the bell
+# test with cfg.bell_threshold), the mean wgrad clip / max|g| over them, and the dgrad scale.
+# An op hands them out of the backward pass as the cotangent of an input of zeros
+# (`init_statistics`, or any subset of its keys); given none, it computes none.
+STATISTICS = ("inverted_t", "clip_ratio", "dgrad_scale")
+
+
+def init_statistics() -> State:
+  """The statistics input of an op: zero scalars, whose cotangent is the step's statistics."""
+  return {name: jnp.zeros((), jnp.float32) for name in STATISTICS}
+
+
+def statistics(gq: QuantizedGradient, cfg: QuantConfig, names=STATISTICS) -> State:
+  """The statistics `names` (of `STATISTICS`) of a quantized gradient: scalars, from what the
+  quantizer computed; nothing is computed for no names."""
+  if not names:
+    return {}
   stats = gq.wgrad_stats
   live = stats.gmax > 0
   count = jnp.maximum(jnp.sum(live), 1).astype(jnp.float32)
   clip = jnp.broadcast_to(gq.wgrad_scale, stats.gmax.shape)
   ratio = clip / jnp.where(live, stats.gmax, 1.0)
-  return {
-    "stat_inverted_t": jnp.sum(live & ~stats.is_bell(cfg)) / count,
-    "stat_clip_ratio": jnp.sum(jnp.where(live, ratio, 0.0)) / count,
-    "stat_dgrad_scale": gq.dgrad_scale.astype(jnp.float32),
+  every = {
+    "inverted_t": jnp.sum(live & ~stats.is_bell(cfg)) / count,
+    "clip_ratio": jnp.sum(jnp.where(live, ratio, 0.0)) / count,
+    "dgrad_scale": gq.dgrad_scale.astype(jnp.float32),
   }
+  return {name: every[name] for name in names}
 
 
-def with_statistics(gq: QuantizedGradient, state: State, cfg: QuantConfig) -> QuantizedGradient:
-  """`gq` whose new state holds the keys of `state`, the statistics included where asked."""
-  full = {**gq.new_state, **statistics(gq, cfg)}
-  return gq._replace(new_state={k: full[k] for k in state})
+def check_statistics(stats: State) -> None:
+  """Raises a clear error when `stats` are not scalars named in `STATISTICS`."""
+  unknown = sorted(set(stats) - set(STATISTICS))
+  shapes = {k: jnp.shape(v) for k, v in stats.items() if jnp.shape(v) != ()}
+  if unknown or shapes:
+    raise ValueError(
+      f"quantizer statistics must be scalars named in {STATISTICS}; got unknown {unknown}, "
+      f"non-scalar {shapes}"
+    )
 
 
 def check_state(state: State, cfg: QuantConfig, channels: int) -> None:
@@ -222,7 +237,7 @@ def quantize_gradient(
 
   dclip, dstate = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
   dgrad_scale = dclip[0]
-  dgrad_q = numerics.quantize(g, dgrad_scale, rounding=cfg.dgrad_rounding, seed=dseed)
+  dgrad_q = numerics.quantize_tensor(g, dgrad_scale, rounding=cfg.dgrad_rounding, seed=dseed)
   new_state = {"dgrad_clip": dstate[0]}
 
   per_channel = cfg.wgrad_granularity == "per_channel"
@@ -236,7 +251,7 @@ def quantize_gradient(
     wgrad_scale, wstate = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
     if not per_channel:
       wgrad_scale, wstate = wgrad_scale[0], wstate[0]
-    wgrad_q = numerics.quantize(g2d, wgrad_scale, rounding=cfg.wgrad_rounding, seed=wseed)
+    wgrad_q = numerics.quantize_tensor(g2d, wgrad_scale, rounding=cfg.wgrad_rounding, seed=wseed)
   new_state["wgrad_clip"] = wstate
   if "deviation" in state:
     # UI8 scales a layer's learning rate by the deviation of the gradient the layer actually
@@ -256,4 +271,4 @@ def quantize_gradient(
     new_state=new_state,
     wgrad_stats=wstats,
   )
-  return with_statistics(gq, state, cfg)
+  return gq

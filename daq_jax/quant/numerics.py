@@ -87,7 +87,7 @@ def flat_index(shape) -> jax.Array:
   return index
 
 
-def quantize(
+def quantize_tensor(
   v: jax.Array,
   scale: jax.Array,
   *,
@@ -131,7 +131,7 @@ def dequantize(q: jax.Array, scale: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 def fake_quantize(v: jax.Array, scale: jax.Array, **kwargs) -> jax.Array:
   """Quantize then dequantize, in float32: the float twin of the int8 path."""
-  return dequantize(quantize(v, scale, **kwargs), scale)
+  return dequantize(quantize_tensor(v, scale, **kwargs), scale)
 
 
 def rescale(acc: jax.Array, *scales: jax.Array) -> jax.Array:
@@ -159,7 +159,7 @@ class QTensor:
   @classmethod
   def of(cls, v: jax.Array, scale: jax.Array, **kwargs) -> QTensor:
     """`v` quantized with `scale` (keyword arguments as for `quantize`)."""
-    return cls(quantize(v, scale, **kwargs), scale)
+    return cls(quantize_tensor(v, scale, **kwargs), scale)
 
   def dequantize(self) -> jax.Array:
     """q * s / 127 in float32."""

@@ -19,6 +19,7 @@ class Residuals:
     inputs: what the wgrad implementation keeps of the input (`Backend.*_keep_input`).
     state: the layer's quantization state, read by the gradient quantizer.
     key: the PRNG key for stochastic rounding, or None.
+    statistics: the names of the statistics the backward pass hands out (`gradient.STATISTICS`).
   """
 
   kernel: Any
@@ -29,7 +30,9 @@ class Residuals:
   lhs_dtype: Any = dataclasses.field(metadata=dict(static=True))
   rhs_shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
   rhs_dtype: Any = dataclasses.field(metadata=dict(static=True))
+  statistics: tuple[str, ...] = dataclasses.field(metadata=dict(static=True))
 
   @classmethod
-  def of(cls, kernel, inputs, state, key, lhs, rhs) -> Residuals:
-    return cls(kernel, inputs, state, key, lhs.shape, lhs.dtype, rhs.shape, rhs.dtype)
+  def of(cls, kernel, inputs, state, stats, key, lhs, rhs) -> Residuals:
+    shapes = (lhs.shape, lhs.dtype, rhs.shape, rhs.dtype)
+    return cls(kernel, inputs, state, key, *shapes, tuple(stats))

@@ -18,6 +18,11 @@ from typing import Any
 
 import jax
 
+# The Flax collections of the quantized layers (`daq_jax.nn.ops`): the state the quantizer
+# learns from, and what it saw in the last step.
+STATE_COLLECTION = "quant_state"
+STATS_COLLECTION = "quant_stats"
+
 
 def value_and_grad(
   fun: Callable[..., Any], *, has_aux: bool = False
@@ -48,10 +53,13 @@ def value_and_grad(
   return wrapped
 
 
-def split_grads(variable_grads: dict, collection: str = "quant_state") -> tuple[dict, Any]:
-  """Splits the gradients of a whole variables dict into (everything else, new state).
+def split_grads(variable_grads: dict) -> tuple[dict, Any, Any]:
+  """Splits the gradients of a whole variables dict into (everything else, new state,
+  statistics): the `quant_state` and `quant_stats` collections come out apart ({} if absent).
 
-  For loops that differentiate with respect to `{"params": ..., "quant_state": ...}` at once.
+  For loops that differentiate with respect to `{"params": ..., "quant_state": ...,
+  "quant_stats": ...}` at once.
   """
-  rest = {k: v for k, v in variable_grads.items() if k != collection}
-  return rest, variable_grads.get(collection, {})
+  quant = (STATE_COLLECTION, STATS_COLLECTION)
+  rest = {k: v for k, v in variable_grads.items() if k not in quant}
+  return rest, *(variable_grads.get(name, {}) for name in quant)

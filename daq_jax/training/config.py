@@ -18,7 +18,8 @@ from typing import Any
 from daq_jax.data.config import DataConfig
 from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
-from daq_jax.training import user_model
+from daq_jax.quant import rules as quant_rules
+from daq_jax.training import modeling
 
 DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "step", "constant")
@@ -30,7 +31,7 @@ class ModelConfig:
 
   Attributes:
     name: a key of `daq_jax.models.MODELS`, or the dotted import path of a user's
-      flax.linen Module class ("my_pkg.models.MyNet", see `training.user_model`).
+      flax.linen Module class ("my_pkg.models.MyNet", see `training.modeling`).
     dtype: compute dtype of the float parts (BN, pooling, the float layers).
   """
 
@@ -38,8 +39,8 @@ class ModelConfig:
   dtype: str = "float32"
 
   def __post_init__(self):
-    if user_model.is_import_path(self.name):
-      user_model.import_model_class(self.name)  # a one-line error if it is not one
+    if modeling.is_import_path(self.name):
+      modeling.import_model_class(self.name)  # a one-line error if it is not one
     elif self.name not in MODELS:
       raise ValueError(
         f"config model.name={self.name!r} is unknown; known: {', '.join(MODELS)}, or a "
@@ -63,13 +64,13 @@ class QuantSettings:
       (the GPU kernels) or simulate (float emulation); or three of them, comma-separated,
       for the forward product, dgrad and wgrad (`QuantConfig.impl`). All give the same int8
       values (results differ at most by float32 rounding), so a run may resume on another.
-    quantize_first_conv: quantize the model's first conv (the zoo's `stem_conv`; a user
-      model's first conv called) too.
-    quantize_last_dense: quantize the classifier (the zoo's `head`; a user model's last dense
-      called) too.
+    quantize_first_conv: quantize the first conv the model calls (the zoo's `stem_conv`) too.
+    quantize_last_dense: quantize the last dense layer the model calls (the classifier, the
+      zoo's `head`) too.
     rules: "regex:spec;regex:spec": per-layer method specs (as `method`, options included)
-      by layer path, the first full match deciding (`daq_jax.quantize`); "" quantizes every
-      layer with `method`, as the two flags above allow. Layers no rule matches stay float.
+      by layer path, the first full match deciding (`daq_jax.quant.rules`); "" gives the
+      default rules: every layer with `method`, as the two flags above allow. Layers no rule
+      matches stay float.
   """
 
   method: str = quant_config.RECOMMENDED
@@ -87,19 +88,22 @@ class QuantSettings:
       self.layer_config()
     except ValueError as e:
       raise ValueError(f"config quant.method: {e}") from None
-    self.rule_list()  # a bad rule is an error naming it
+    self.rule_set()  # a bad rule is an error naming it
 
   def layer_config(self) -> quant_config.QuantConfig | None:
     cfg = quant_config.from_spec(self.method)
     return None if cfg is None else cfg.replace(impl=self.impl)
 
-  def rule_list(self) -> list[tuple[str, quant_config.QuantConfig | None]]:
-    """`rules` parsed into (regex, config or None) pairs."""
-    return user_model.parse_rules(self.rules, self.impl)
+  def rule_set(self) -> quant_rules.Rules:
+    """`rules` parsed (`daq_jax.quant.rules.parse`); no rules when it is ""."""
+    try:
+      return quant_rules.parse(self.rules, self.impl)
+    except ValueError as e:
+      raise ValueError(f"config quant.rules: {e}") from None
 
   def configs(self) -> list[quant_config.QuantConfig]:
     """Every quantization config this run's layers may use."""
-    cfgs = [self.layer_config(), *(cfg for _, cfg in self.rule_list())]
+    cfgs = [self.layer_config(), *self.rule_set().configs()]
     return [cfg for cfg in cfgs if cfg is not None]
 
 

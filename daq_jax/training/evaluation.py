@@ -13,7 +13,7 @@ import jax
 
 from daq_jax import data as data_lib
 from daq_jax.data.info import DatasetInfo
-from daq_jax.training import checkpoint, files, optim, parallel, steps
+from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps
 from daq_jax.training.config import TrainConfig, from_dict
 
 
@@ -82,7 +82,7 @@ def restore_run(
   A damaged newest checkpoint is reported through `report` and skipped, left in place (the
   next training run moves it aside).
   """
-  model = steps.create_model(cfg, info.num_classes, info.image_shape)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 1, 1)  # the state's structure, not its values
   target = steps.init_train_state(model, tx, info, cfg.seed, sharding)
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)

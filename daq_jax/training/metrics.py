@@ -21,6 +21,8 @@ import numpy as np
 from tensorboardX.proto import event_pb2, summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from daq_jax.nn.ops import OP_NAME
+from daq_jax.quant import gradient
 from daq_jax.training import files
 
 
@@ -30,20 +32,17 @@ def _format_duration(seconds: float) -> str:
   return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def quantizer_statistics(quant_state: dict) -> dict[str, float]:
-  """The quantizer's statistics of the last step (`gradient.STAT_KEYS`), per quantized layer
+def quantizer_statistics(quant_stats: dict) -> dict[str, float]:
+  """The quantizer's statistics of a step (the `quant_stats` collection: `gradient.STATISTICS`
+  by name under each layer's op, `<layer path>/quant/inverted_t`), per quantized layer
   (`<layer path>/inverted_t`, `clip_ratio`, `dgrad_scale`) and averaged over the layers
-  (`mean/...`). Only these scalars leave the device, not the per-channel state."""
+  (`mean/...`)."""
   out, sums = {}, {}
-  stats = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(quant_state)[0]:
-    names = [str(getattr(k, "key", k)) for k in path]
-    if names[-1].startswith("stat_"):
-      stats[tuple(names)] = value
-  for names, value in jax.device_get(stats).items():
-    stat = names[-1].removeprefix("stat_")
-    layer = "/".join(names[:-2])  # without the op's name and the statistic
-    out[f"{layer}/{stat}"] = float(value)
+  for path, value in jax.tree_util.tree_flatten_with_path(jax.device_get(quant_stats))[0]:
+    *layer, op, stat = (str(getattr(k, "key", k)) for k in path)
+    if op != OP_NAME or stat not in gradient.STATISTICS:
+      raise ValueError(f"quantizer statistics: {'/'.join([*layer, op, stat])} is not one")
+    out[f"{'/'.join(layer)}/{stat}"] = float(value)
     sums.setdefault(stat, []).append(float(value))
   out.update({f"mean/{stat}": sum(v) / len(v) for stat, v in sums.items()})
   return out
@@ -243,10 +242,14 @@ class TrainLog:
     self.writer, self.learning_rate = writer, learning_rate
     self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
     self._pending: list[tuple[int, dict]] = []
+    self._stats = None  # the quantizer's statistics of the last step, on the device
     self._last = (start, time.perf_counter())
 
   def add(self, step: int, metrics: dict) -> None:
-    """The device metrics of the step that made `step` steps done."""
+    """The device metrics of the step that made `step` steps done; the quantizer's
+    statistics among them (`quant`) are kept of the last step only."""
+    metrics = dict(metrics)
+    self._stats = metrics.pop("quant", None)
     self._pending.append((step, metrics))
 
   def check_finite(self, last_checkpoint: int | None, directory: str) -> list[dict]:
@@ -266,9 +269,9 @@ class TrainLog:
         )
     return fetched
 
-  def write(self, step: int, quant_state, last_checkpoint: int | None, directory: str) -> None:
+  def write(self, step: int, last_checkpoint: int | None, directory: str) -> None:
     """Writes the means of the pending metrics at `step` (after checking them), and the
-    quantizer's statistics of the last step when `quant_state` holds any."""
+    quantizer's statistics of the last step when it had quantized layers."""
     if not self._pending or step == self._last[0]:
       return
     fetched = self.check_finite(last_checkpoint, directory)
@@ -280,6 +283,6 @@ class TrainLog:
     values["images_per_s"] = self.batch_size * steps_done / elapsed
     values["epoch"] = step / self.steps_per_epoch
     self.writer.write(step, values)
-    if quant_state:
-      self.writer.write(step, quantizer_statistics(quant_state), prefix="quant", show=False)
+    if self._stats:
+      self.writer.write(step, quantizer_statistics(self._stats), prefix="quant", show=False)
     self._pending, self._last = [], (step, time.perf_counter())

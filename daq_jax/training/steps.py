@@ -1,4 +1,4 @@
-"""The model of a config, the train state, and the jitted-to-be train and eval steps."""
+"""The train state, and the jitted-to-be train and eval steps."""
 
 from __future__ import annotations
 
@@ -12,65 +12,11 @@ import jax.numpy as jnp
 import optax
 
 import daq_jax.nn as qnn
-from daq_jax import models, quant
+from daq_jax import quant
 from daq_jax.data.info import DatasetInfo
-from daq_jax.training import user_model
 from daq_jax.training.config import TrainConfig
 
 AUX_LOSS_WEIGHT = 0.4  # Inception-v3's auxiliary classifier (torchvision's reference recipe)
-
-
-def _layer(cls, cfg: quant.QuantConfig | None, float_names: frozenset[str]):
-  """`cls` with `quant=cfg`, except for the layers named in `float_names`."""
-
-  def make(*args, name: str | None = None, **kwargs):
-    return cls(*args, name=name, quant=None if name in float_names else cfg, **kwargs)
-
-  return make
-
-
-def create_model(cfg: TrainConfig, num_classes: int, input_shape=None):
-  """The config's model: a zoo model with QConv/QDense layers of the config's method, or, for
-  a user's model (`model.name` an import path) or `quant.rules`, the float model quantized by
-  rules (`daq_jax.quantize`). `input_shape` (H, W, C) is needed to find a user model's first
-  conv and last dense."""
-  layer_cfg = cfg.quant.layer_config()
-  dtype = jnp.dtype(cfg.model.dtype)
-  if not (user_model.is_import_path(cfg.model.name) or cfg.quant.rules):
-    float_names = frozenset(
-      name
-      for name, quantized in (
-        ("stem_conv", cfg.quant.quantize_first_conv),
-        ("head", cfg.quant.quantize_last_dense),
-      )
-      if not quantized
-    )
-    return models.create(
-      cfg.model.name,
-      num_classes=num_classes,
-      dtype=dtype,
-      conv=_layer(qnn.QConv, layer_cfg, float_names),
-      dense=_layer(qnn.QDense, layer_cfg, float_names),
-    )
-  if user_model.is_import_path(cfg.model.name):
-    model = user_model.build(user_model.import_model_class(cfg.model.name), num_classes, dtype)
-  else:  # a zoo model with float layers, quantized by the rules
-    model = models.create(cfg.model.name, num_classes=num_classes, dtype=dtype)
-  rules = cfg.quant.rule_list()
-  if not rules:
-    if input_shape is None:
-      raise ValueError("create_model: a user model needs input_shape to find its first conv")
-    rules = user_model.default_rules(
-      model,
-      layer_cfg,
-      input_shape,
-      first_conv=cfg.quant.quantize_first_conv,
-      last_dense=cfg.quant.quantize_last_dense,
-    )
-  wrapped = user_model.TrainingModel(qnn.quantize(model, rules))
-  if input_shape is not None:
-    user_model.check_outputs(wrapped, cfg.model.name, input_shape, num_classes)
-  return wrapped
 
 
 @flax.struct.dataclass
@@ -122,15 +68,29 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype):
-  """One SGD step; the new quantization state comes out of the backward pass."""
+def statistics_input(model, info: DatasetInfo) -> dict:
+  """The model's `quant_stats` collection as shapes: the steps feed it as zeros and get the
+  quantizer's statistics of the step as its cotangent (`daq_jax.nn.ops`)."""
+  dummy = jnp.zeros((2, *info.image_shape), jnp.float32)
+  variables = jax.eval_shape(
+    lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, dummy, train=False
+    )
+  )
+  return variables.get(qnn.STATS_COLLECTION, {})
+
+
+def train_step(
+  state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype, statistics
+):
+  """One SGD step; the new quantization state comes out of the backward pass, and with it the
+  quantizer's statistics (`metrics["quant"]`, of the `statistics` shapes)."""
   images = normalize(batch["image"], info, input_dtype)
   labels = batch["label"]
   dropout_key, quant_key = jax.random.split(jax.random.fold_in(state.key, state.step))
 
-  def loss_fn(params, quant_state):
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    variables[qnn.STATE_COLLECTION] = quant_state
+  def loss_fn(params, quant_variables):
+    variables = {"params": params, "batch_stats": state.batch_stats, **quant_variables}
     out, updates = model.apply(
       variables,
       images,
@@ -144,14 +104,18 @@ def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, in
       loss += AUX_LOSS_WEIGHT * cross_entropy(aux, labels, label_smoothing).mean()
     return loss, (logits, updates.get("batch_stats", {}))
 
-  (loss, (logits, batch_stats)), grads, quant_state = quant.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.quant_state
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), statistics)
+  quant_variables = {qnn.STATE_COLLECTION: state.quant_state, qnn.STATS_COLLECTION: zeros}
+  (loss, (logits, batch_stats)), grads, new = quant.value_and_grad(loss_fn, has_aux=True)(
+    state.params, quant_variables
   )
+  quant_state = new[qnn.STATE_COLLECTION]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, quant_state=quant_state)
   metrics = {
     "loss": loss,
     "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
     "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
+    "quant": new[qnn.STATS_COLLECTION],
   }
   params = optax.apply_updates(state.params, updates)
   # Checked by the loop before any checkpoint: a finite loss can still give inf parameters.
@@ -195,6 +159,7 @@ def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = 
       info=info,
       label_smoothing=cfg.label_smoothing,
       input_dtype=input_dtype,
+      statistics=statistics_input(model, info),
     ),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,) if donate else (),

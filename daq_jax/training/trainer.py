@@ -24,7 +24,7 @@ from daq_jax import data as data_lib
 from daq_jax.data import image_folder
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.quant import backends
-from daq_jax.training import checkpoint, files, optim, parallel, resume, steps, stops
+from daq_jax.training import checkpoint, files, modeling, optim, parallel, resume, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
 from daq_jax.training.evaluation import evaluate_batches
@@ -130,7 +130,7 @@ class Trainer:
         f"config batch_size={cfg.batch_size} is larger than the {len(train_set)} training examples"
       )
     self.num_steps = optim.total_steps(cfg, self.steps_per_epoch)
-    self.model = steps.create_model(cfg, self.info.num_classes, self.info.image_shape)
+    self.model = modeling.create_model(cfg, self.info.num_classes, self.info.image_shape)
     self.tx, self.learning_rate = optim.build_optimizer(cfg, self.steps_per_epoch, self.num_steps)
 
   def close(self, quiet: bool = False) -> None:
@@ -170,9 +170,9 @@ class Trainer:
     batches, mesh = self.eval_batches, self.mesh
     return evaluate_batches(eval_fn, state, batches, mesh, stop=lambda: self.stop.requested)
 
-  def _log(self, step: int, state) -> None:
+  def _log(self, step: int) -> None:
     """Writes the metrics since the last log (checked: a non-finite loss stops the run)."""
-    self.log.write(step, state.quant_state, self.ckpts.latest_step(), self.ckpts.directory)
+    self.log.write(step, self.ckpts.latest_step(), self.ckpts.directory)
 
   def _save(self, step: int, state) -> None:
     """Checkpoints `state`, never past a non-finite loss."""
@@ -182,7 +182,7 @@ class Trainer:
   def _stop(self, state, during: str = "") -> None:
     """Saves the state (after its pending metrics) and raises `stops.Stopped`."""
     done = int(state.step)
-    self._log(done, state)
+    self._log(done)
     if done > 0:
       self._save(done, state)
       saved = f"checkpoint {self.ckpts.step_dir(done)} is saved"
@@ -233,7 +233,7 @@ class Trainer:
         state, metrics = train_fn(state, next(batches))
         self.log.add(step, metrics)
         if step % cfg.log_every_steps == 0 or step == self.num_steps:
-          self._log(step, state)
+          self._log(step)
         if step % checkpoint_every == 0 or step == self.num_steps:
           self._save(step, state)
         if eval_every and step % eval_every == 0 and step != self.num_steps:
@@ -243,7 +243,7 @@ class Trainer:
           self.writer.write(step, result, prefix=cfg.data.eval_split)
     except KeyboardInterrupt:  # no signal handlers (a run outside the main thread)
       done = int(state.step)
-      self._log(done, state)
+      self._log(done)
       self._save(done, state)
       self.writer.message(
         f"interrupted: saved step {done} in {self.ckpts.directory}; run again to resume"

@@ -19,7 +19,7 @@ import daq_jax
 import daq_jax.nn as qnn
 import daq_jax.nnx as dnnx
 from daq_jax import quant
-from daq_jax.quant import lowering
+from daq_jax.quant import gradient, lowering
 
 CFG = quant.daq()
 RULES = [("stem", None), (".*", CFG)]  # the stem float, the rest DAQ
@@ -147,6 +147,27 @@ def test_nnx_model_quantized_by_rules_is_the_zoo_model(zoo):
     for entry in ("wgrad_clip", "dgrad_clip"):
       got = new_state[name][f"quant_{entry}"][...]
       np.testing.assert_allclose(got, want_state[name]["quant"][entry], rtol=1e-6)
+
+
+def test_the_statistics_come_out_of_their_own_collection_in_linen_and_nnx(zoo):
+  variables, (_, _, want_state) = zoo
+
+  def loss_fn(params, quant_variables):
+    return _loss(Zoo().apply({"params": params, **quant_variables}, X))
+
+  quant_variables = {k: variables[k] for k in ("quant_state", "quant_stats")}
+  _, _, new = jax.jit(quant.value_and_grad(loss_fn))(variables["params"], quant_variables)
+  _assert_same(new["quant_state"], want_state)  # the state is the one made without them
+  stats = new["quant_stats"]
+  assert set(stats) == {"conv", "head"}
+  assert all(float(stats[name]["quant"]["dgrad_scale"]) > 0 for name in stats)
+  model = daq_jax.quantize(_nnx_from_linen(variables["params"]), RULES)
+  _, _, nnx_new = nnx.jit(dnnx.value_and_grad(lambda m: _loss(m(X))))(model)
+  for name in ("conv", "head"):
+    for stat in gradient.STATISTICS:
+      got = nnx_new[name][f"quant_{stat}"]
+      assert type(got) is dnnx.QuantStats  # a Variable type of its own, not QuantState
+      np.testing.assert_allclose(got[...], stats[name]["quant"][stat], rtol=1e-6)
 
 
 def test_nnx_step_lowers_to_int8_for_the_matched_layers_only(zoo):

@@ -154,7 +154,7 @@ def test_ui8_deviation_is_that_of_the_stochastically_rounded_gradient():
   assert out.new_state["deviation"] > 1.5 * nearest  # stochastic rounding adds about as much
 
 
-def test_the_state_carries_the_quantizers_statistics_of_the_step():
+def test_the_statistics_say_what_the_quantizer_saw_and_stay_out_of_the_state():
   cfg = quant.daq()
   # Two bell-shaped channels, three inverted-T ones and a dead one.
   g = jnp.concatenate(
@@ -162,15 +162,16 @@ def test_the_state_carries_the_quantizers_statistics_of_the_step():
   )
   prev = gradient.quantize_gradient(2 * g, gradient.init_state(cfg, 6), cfg).new_state
   out = gradient.quantize_gradient(g, prev, cfg)
+  assert set(out.new_state) == set(prev) == {"wgrad_clip", "dgrad_clip"}
+  stats = gradient.statistics(out, cfg)
   gmax = np.asarray(numerics.max_abs(g, axis=0))
   clip = np.asarray(out.wgrad_scale)
-  assert float(out.new_state["stat_inverted_t"]) == pytest.approx(3 / 5)  # of the live ones
-  np.testing.assert_allclose(out.new_state["stat_clip_ratio"], np.mean(clip[:5] / gmax[:5]))
-  assert float(out.new_state["stat_dgrad_scale"]) == float(out.dgrad_scale)
-  assert float(out.new_state["stat_clip_ratio"]) > 1  # the recursion lags the halved max
-  # A state without the statistics (made before they existed) gets none back.
-  old = {k: v for k, v in prev.items() if not k.startswith("stat_")}
-  assert set(gradient.quantize_gradient(g, old, cfg).new_state) == set(old)
+  assert float(stats["inverted_t"]) == pytest.approx(3 / 5)  # of the live ones
+  np.testing.assert_allclose(stats["clip_ratio"], np.mean(clip[:5] / gmax[:5]))
+  assert float(stats["dgrad_scale"]) == float(out.dgrad_scale)
+  assert float(stats["clip_ratio"]) > 1  # the recursion lags the halved max
+  assert gradient.statistics(out, cfg, ("clip_ratio",)) == {"clip_ratio": stats["clip_ratio"]}
+  assert gradient.statistics(out, cfg, ()) == {}
 
 
 def test_rounding_is_chosen_per_path_with_daqs_scales_kept():

@@ -11,7 +11,7 @@ from daq_jax.quant import numerics
 
 def test_levels_rounding_and_clipping():
   v = jnp.array([-2.0, -1.0, -0.5, 0.0, 0.25, 1.0 / 254, 3.0 / 254, 1.0, 2.0])
-  q = numerics.quantize(v, jnp.float32(1.0))
+  q = numerics.quantize_tensor(v, jnp.float32(1.0))
   assert q.dtype == jnp.int8
   # 0.5/254*... : 1/254 * 127 = 0.5 rounds to even (0); 3/254 * 127 = 1.5 rounds to 2.
   np.testing.assert_array_equal(q, [-127, -127, -64, 0, 32, 0, 2, 127, 127])
@@ -20,7 +20,7 @@ def test_levels_rounding_and_clipping():
 
 def test_zero_scale_gives_zeros_not_nan():
   v = jnp.zeros((4, 3))
-  q = numerics.quantize(v, numerics.max_abs(v))
+  q = numerics.quantize_tensor(v, numerics.max_abs(v))
   np.testing.assert_array_equal(q, 0)
   assert not np.isnan(np.asarray(numerics.fake_quantize(v, numerics.max_abs(v)))).any()
 
@@ -37,15 +37,15 @@ def test_nan_and_inf_scales_stay_visible_after_dequantize():
 def test_per_channel_scales_broadcast_on_the_last_axis():
   v = jnp.array([[1.0, 10.0], [-0.5, 5.0]])
   s = numerics.max_abs(v, axis=0)
-  np.testing.assert_array_equal(numerics.quantize(v, s), [[127, 127], [-64, 64]])
+  np.testing.assert_array_equal(numerics.quantize_tensor(v, s), [[127, 127], [-64, 64]])
 
 
 def test_stochastic_rounding_needs_a_key_and_a_known_mode():
   v = jnp.full((8,), 0.3 / 127)
   with pytest.raises(ValueError, match="needs a PRNG key"):
-    numerics.quantize(v, 1.0, rounding="stochastic")
+    numerics.quantize_tensor(v, 1.0, rounding="stochastic")
   with pytest.raises(ValueError, match=r"rounding='up' is not one of \('nearest', 'stochastic'\)"):
-    numerics.quantize(v, 1.0, rounding="up")
+    numerics.quantize_tensor(v, 1.0, rounding="up")
 
 
 # The mean of N = 2**20 roundings of a fraction f of a level has a standard deviation of at
@@ -64,7 +64,7 @@ def _mean_rounding(quantize, f: float) -> float:
 
 
 def _stochastic(v, key):
-  return numerics.quantize(v, 1.0, rounding="stochastic", key=key)
+  return numerics.quantize_tensor(v, 1.0, rounding="stochastic", key=key)
 
 
 def _four_bit_dither(v, key):  # a deliberately coarse rounder: u in multiples of 1/16
@@ -78,7 +78,7 @@ def test_stochastic_rounding_is_unbiased_to_well_below_a_level(f):
 
 
 def test_the_unbiasedness_check_catches_biased_rounders():
-  nearest = lambda v, key: numerics.quantize(v, 1.0)
+  nearest = lambda v, key: numerics.quantize_tensor(v, 1.0)
   assert max(abs(_mean_rounding(nearest, f) - f) for f in FRACTIONS) > 0.1
   assert max(abs(_mean_rounding(_four_bit_dither, f) - f) for f in FRACTIONS) > 4 * UNBIASED_TOL
 

@@ -54,13 +54,37 @@ def test_new_state_is_what_the_quantizer_makes_of_g_and_carries_across_steps():
   assert not np.allclose(s2["wgrad_clip"], gradient.clip_stats(g2.reshape(-1, 5)).gmax)
 
 
+def test_the_statistics_are_the_cotangent_of_their_collection_and_optional():
+  cfg = quant.daq()
+  layer, x, v = _layer_and_vars(cfg)
+  g = jax.random.laplace(jax.random.key(2), (4, 8, 8, 5))
+  want = gradient.quantize_gradient(g, v["quant_state"]["quant"], cfg)
+
+  def new(collections):
+    return jax.grad(lambda c: jnp.sum(layer.apply({"params": v["params"], **c}, x) * g))(
+      {name: v[name] for name in collections}
+    )
+
+  both = new(("quant_state", "quant_stats"))
+  for name, value in gradient.statistics(want, cfg).items():
+    np.testing.assert_allclose(both["quant_stats"]["quant"][name], value, rtol=1e-6)
+  # Without the collection the layer computes none, and its state is the same.
+  alone = new(("quant_state",))
+  assert set(alone) == {"quant_state"}
+  for name in want.new_state:
+    np.testing.assert_array_equal(
+      alone["quant_state"]["quant"][name], both["quant_state"]["quant"][name]
+    )
+
+
 def test_split_grads_separates_params_from_state():
   cfg = quant.daq()
   layer, x, v = _layer_and_vars(cfg)
   grads = jax.grad(lambda var: jnp.sum(layer.apply(var, x) ** 2))(v)
-  rest, state = quant.split_grads(grads)
+  rest, state, stats = quant.split_grads(grads)
   assert set(rest) == {"params"}
-  assert set(state["quant"]) == {"dgrad_clip", "wgrad_clip", *gradient.STAT_KEYS}
+  assert set(state["quant"]) == {"dgrad_clip", "wgrad_clip"}
+  assert set(stats["quant"]) == set(gradient.STATISTICS)
 
 
 class _Block(nn.Module):

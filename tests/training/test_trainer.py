@@ -15,7 +15,7 @@ from daq_jax import data
 from daq_jax.evaluate import evaluate_workdir
 from daq_jax.evaluate import main as evaluate_main
 from daq_jax.quant import lowering
-from daq_jax.training import NonFiniteLossError, optim, steps, train_and_evaluate, trainer
+from daq_jax.training import NonFiniteLossError, modeling, optim, steps, train_and_evaluate, trainer
 from daq_jax.training.checkpoint import Checkpoints
 from daq_jax.training.config import from_dict
 from tests.training.common import tiny
@@ -25,7 +25,7 @@ from tests.training.events import read_run_scalars, read_scalars
 def _restore(workdir, cfg_dict, step=None):
   cfg = from_dict(cfg_dict)
   _, _, info = data.load(cfg.data)
-  model = steps.create_model(cfg, info.num_classes)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 1, 1)
   target = steps.init_train_state(model, tx, info, cfg.seed)
   ckpts = Checkpoints(workdir)
@@ -191,12 +191,12 @@ def test_layer_selection_and_bf16_reach_the_model():
       }
     )
   )
-  model = steps.create_model(cfg, 10)
+  model = modeling.create_model(cfg, 10, (8, 8, 1))
   variables = jax.eval_shape(
     lambda: model.init(jax.random.key(0), np.zeros((2, 8, 8, 1), np.float32), train=False)
   )
   assert set(variables["quant_state"]) == {"conv1", "conv2"}
-  assert model.dtype == jax.numpy.bfloat16
+  assert model.module.dtype == jax.numpy.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -214,8 +214,8 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
   ends = {"quant.quantize_first_conv": quantize_ends, "quant.quantize_last_dense": quantize_ends}
   cfg = from_dict(tiny(**ends, **{"model.dtype": dtype, "quant.method": method}))
   _, _, info = data.load(cfg.data)
-  model = steps.create_model(cfg, info.num_classes)
-  assert model.dtype == jax.numpy.dtype(dtype)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
+  assert model.module.dtype == jax.numpy.dtype(dtype)
   tx, _ = optim.build_optimizer(cfg, 10, 100)
   state = steps.init_train_state(model, tx, info, 0)
   batch = {"image": np.zeros((32, 8, 8, 1), np.uint8), "label": np.zeros(32, np.int32)}
@@ -229,6 +229,7 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
       info=info,
       label_smoothing=0.0,
       input_dtype=jax.numpy.dtype(dtype),
+      statistics=steps.statistics_input(model, info),
     )
 
   found = lowering.hlo_contractions(step, state, batch)

@@ -20,7 +20,8 @@ from PIL import Image
 
 from daq_jax import data
 from daq_jax.evaluate import main as evaluate_main
-from daq_jax.training import WorkdirError, optim, steps, train_and_evaluate, workdir
+from daq_jax.quant import gradient
+from daq_jax.training import WorkdirError, modeling, optim, steps, train_and_evaluate, workdir
 from daq_jax.training.checkpoint import ASIDE, Checkpoints
 from daq_jax.training.config import from_dict
 from tests.training.common import tiny
@@ -208,13 +209,13 @@ def test_a_checkpoint_of_another_state_layout_is_refused_in_one_line(copied_run)
   run, _ = copied_run
   cfg = from_dict(tiny())
   _, _, info = data.load(cfg.data)
-  model = steps.create_model(cfg, info.num_classes)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 1, 1)
   ckpts = Checkpoints(run)
   state = ckpts.restore(steps.init_train_state(model, tx, info, cfg.seed), 3)
   old = state.replace(
     quant_state=jax.tree.map(
-      lambda layer: {k: v for k, v in layer.items() if not k.startswith("stat_")},
+      lambda layer: {**layer, **{f"stat_{k}": v for k, v in gradient.init_statistics().items()}},
       state.quant_state,
       is_leaf=lambda node: isinstance(node, dict) and "wgrad_clip" in node,
     )
@@ -223,7 +224,7 @@ def test_a_checkpoint_of_another_state_layout_is_refused_in_one_line(copied_run)
   shutil.rmtree(os.path.join(run, "checkpoints", "6"))
   shutil.rmtree(os.path.join(run, "checkpoints", "3"))
   ckpts = Checkpoints(run)  # opened anew: Orbax lists the steps it found when opened
-  ckpts.save(3, old)  # as the code before the statistics wrote it: without them
+  ckpts.save(3, old)  # as the code wrote it while the statistics were part of the state
   ckpts.close()
   assert os.listdir(os.path.join(run, "checkpoints")) == ["3"]
   with pytest.raises(ValueError, match=r"checkpoints/3 does not match this model and config "):

@@ -20,18 +20,19 @@ from typing import Any
 
 from flax import nnx
 
-from daq_jax.nn.rules import Rules, compile_rules, first_match
-from daq_jax.nnx.layers import QConv, QDense, QuantState, init_quant
+from daq_jax.nnx.layers import QConv, QDense, QuantState, QuantStats, init_quant
+from daq_jax.quant.rules import Rules
 
 _SWAPS = ((nnx.Conv, QConv), (nnx.Linear, QDense))
 
 
-def quantize(model: nnx.Module, rules: Rules, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
+def quantize(model: nnx.Module, rules, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
   """Quantizes, in place, every `nnx.Conv`/`nnx.Linear` of `model` whose path a rule matches.
 
   Args:
     model: any flax.nnx Module.
-    rules: (regex, QuantConfig or None) pairs, or a dict of them; first full match wins.
+    rules: (regex, QuantConfig or None) pairs, a dict of them, or a
+      `daq_jax.quant.rules.Rules`; the first full match wins.
     rngs: keys for configs that round stochastically (ui8).
 
   Returns:
@@ -43,30 +44,22 @@ def quantize(model: nnx.Module, rules: Rules, *, rngs: nnx.Rngs | None = None) -
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"quantize: {type(model).__name__} is not a flax.nnx Module")
-  compiled = compile_rules(rules)
   layers = {
     "/".join(str(p) for p in path): node
     for path, node in nnx.iter_graph(model)
     if type(node) in dict(_SWAPS)
   }
-  used = set()
+  assigned = Rules.of(rules).assign(
+    layers, what=f"nnx.Conv or nnx.Linear of {type(model).__name__}"
+  )
   for path, layer in layers.items():
-    index, cfg = first_match(compiled, path)
-    if index is None:
-      continue
-    used.add(index)
+    cfg = assigned[path]
     if cfg is None:
       continue
     if getattr(layer, "preferred_element_type", None) is not None:
       raise ValueError(f"quantize: layer {path} sets preferred_element_type; cannot quantize")
     layer.__class__ = dict(_SWAPS)[type(layer)]
     init_quant(layer, cfg, layer.out_features, rngs)
-  unused = [p.pattern for i, (p, _) in enumerate(compiled) if i not in used]
-  if unused:
-    raise ValueError(
-      f"quantize: rule(s) {unused} match no nnx.Conv or nnx.Linear of "
-      f"{type(model).__name__}; its layers are {sorted(layers)}"
-    )
   return model
 
 
@@ -74,20 +67,22 @@ def value_and_grad(
   loss_fn: Callable[..., Any], *, has_aux: bool = False
 ) -> Callable[..., tuple[Any, nnx.State, nnx.State]]:
   """Like `nnx.value_and_grad(loss_fn)` for `loss_fn(model, *args)`, differentiating with
-  respect to the Params and the `QuantState` of the model at once.
+  respect to the Params, the `QuantState` and the `QuantStats` of the model at once.
 
   Returns:
     A function of `loss_fn`'s arguments returning `(value, param_grads, new_quant_state)`;
     `new_quant_state` is not a gradient: `nnx.update(model, new_quant_state)` carries it to
-    the next step.
+    the next step (the `QuantState`) and keeps what the quantizer saw in this one (the
+    `QuantStats`).
   """
+  quant = nnx.Any(QuantState, QuantStats)
   inner = nnx.value_and_grad(
-    loss_fn, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, QuantState)), has_aux=has_aux
+    loss_fn, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, quant)), has_aux=has_aux
   )
 
   def wrapped(model, *args, **kwargs):
     value, grads = inner(model, *args, **kwargs)
-    param_grads, new_state = nnx.split_state(grads, nnx.Param, QuantState)
+    param_grads, new_state = nnx.split_state(grads, nnx.Param, quant)
     return value, param_grads, new_state
 
   return wrapped

@@ -1,11 +1,13 @@
-"""A user's own flax.linen model in train.py: imported by its dotted path, quantized by rules.
+"""The model of a training config: a zoo model or a user's, float, quantized by rules.
 
-`--config.model.name=my_pkg.models.MyNet` imports `MyNet` (a flax.linen Module class) and
-builds it with `num_classes` and `dtype` where it has such fields. `--config.quant.rules`
-quantizes it with `daq_jax.quantize`: "regex:method" pairs separated by ";" (the first regex
-that matches a conv or dense layer's whole path decides; `fp32` keeps it float). Without
-rules every `nn.Conv` and `nn.Dense` is quantized with `quant.method`, except the first conv
-and the last dense called when `quant.quantize_first_conv` / `quantize_last_dense` are False.
+Every model `train.py` trains is built the same way. The float model comes from the zoo
+(`model.name` a key of `daq_jax.models.MODELS`) or from a user's flax.linen Module class
+(`model.name` its import path, "my_pkg.models.MyNet", built with `num_classes` and `dtype`
+where it has such fields). Then `daq_jax.quantize` quantizes it by the rules of
+`daq_jax.quant.rules`: `quant.rules` ("regex:method;..." on layer paths, the first full match
+deciding; `fp32` keeps a layer float), or else the default rules: every `nn.Conv` and
+`nn.Dense` with `quant.method`, except the first conv and the last dense called while
+`quant.quantize_first_conv` / `quantize_last_dense` are False.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from daq_jax.nn.rules import QuantizedModel, compile_rules, quantize
-from daq_jax.quant import config as quant_config
+from daq_jax import models
+from daq_jax.nn.quantized_model import QuantizedModel, quantize
+from daq_jax.quant import rules as quant_rules
 
 
 def is_import_path(name: str) -> bool:
@@ -51,37 +53,6 @@ def import_model_class(path: str) -> type[nn.Module]:
   return cls
 
 
-def parse_rules(text: str, impl: str) -> list[tuple[str, quant_config.QuantConfig | None]]:
-  """ "regex:spec;regex:spec" -> [(regex, config or None)] (`fp32` is None); a spec is a
-  method with optional options, "daq(wgrad_rounding=stochastic)" (`quant.config.parse_spec`).
-
-  Raises:
-    ValueError: naming the rule that is malformed, has a bad regex, an unknown method or a
-      bad option.
-  """
-  rules = []
-  for item in filter(None, (part.strip() for part in text.split(";"))):
-    match = _RULE.fullmatch(item)
-    if not match or not match["pattern"]:
-      raise ValueError(f"config quant.rules: {item!r} is not 'regex:method' or 'regex:method(...)'")
-    pattern, spec = match["pattern"], match["spec"]
-    try:
-      cfg = quant_config.from_spec(spec)
-    except ValueError as e:
-      raise ValueError(f"config quant.rules: {item!r}: {e}") from None
-    rules.append((pattern, None if cfg is None else cfg.replace(impl=impl)))
-  try:
-    compile_rules(rules)  # a bad regex
-  except ValueError as e:
-    raise ValueError(f"config quant.rules: {e}") from None
-  return rules
-
-
-# "regex:spec": the spec is a name with optional (options) at the end, so the regex may hold
-# colons and parentheses of its own.
-_RULE = re.compile(r"(?P<pattern>.*):\s*(?P<spec>[A-Za-z_]\w*\s*(?:\(.*\))?)\s*", re.S)
-
-
 def build(cls: type[nn.Module], num_classes: int, dtype) -> nn.Module:
   """`cls` with `num_classes` and `dtype` where it has those fields."""
   fields = {f.name for f in dataclasses.fields(cls)}
@@ -89,27 +60,39 @@ def build(cls: type[nn.Module], num_classes: int, dtype) -> nn.Module:
   return cls(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-def default_rules(
-  model: nn.Module,
-  layer_cfg: quant_config.QuantConfig | None,
-  input_shape,
-  *,
-  first_conv: bool,
-  last_dense: bool,
-) -> list[tuple[str, quant_config.QuantConfig | None]]:
-  """Every conv and dense quantized with `layer_cfg`, the first conv and the last dense called
-  kept float unless `first_conv` / `last_dense`."""
+def called_layers(model: nn.Module, input_shape) -> list[tuple[str, str]]:
+  """(path, "conv" or "dense") of the `nn.Conv`/`nn.Dense` layers `model` calls on images of
+  `input_shape` (H, W, C), in call order (traced abstractly: nothing is computed)."""
   probe = TrainingModel(quantize(model, [(".*", None)]))
   dummy = jnp.zeros((2, *input_shape), jnp.float32)
   called = probe.layers({"params": jax.random.key(0)}, dummy, train=False)
-  convs = [p for p, (kind, _) in called.items() if kind is nn.Conv]
-  denses = [p for p, (kind, _) in called.items() if kind is nn.Dense]
-  rules = []
-  if convs and not first_conv:
-    rules.append((re.escape(convs[0]), None))
-  if denses and not last_dense:
-    rules.append((re.escape(denses[-1]), None))
-  return [*rules, (".*", layer_cfg)]
+  return [(path, kind) for path, (kind, _) in called.items()]
+
+
+def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
+  """The model of `cfg` (a `TrainConfig`) for `num_classes` classes and images of
+  `input_shape` (H, W, C), quantized by its rules.
+
+  Raises:
+    ValueError: naming the model, when its logits are not (batch, num_classes), or the rule
+      that matches no layer, with the layers' paths.
+  """
+  dtype = jnp.dtype(cfg.model.dtype)
+  if is_import_path(cfg.model.name):
+    model = build(import_model_class(cfg.model.name), num_classes, dtype)
+  else:
+    model = models.create(cfg.model.name, num_classes=num_classes, dtype=dtype)
+  rules = cfg.quant.rule_set()
+  if not rules.pairs:
+    rules = quant_rules.default_rules(
+      called_layers(model, input_shape),
+      cfg.quant.layer_config(),
+      first_conv=cfg.quant.quantize_first_conv,
+      last_dense=cfg.quant.quantize_last_dense,
+    )
+  wrapped = TrainingModel(quantize(model, rules))
+  check_outputs(wrapped, cfg.model.name, input_shape, num_classes)
+  return wrapped
 
 
 def check_outputs(model, name: str, input_shape, num_classes: int) -> None:
@@ -134,12 +117,17 @@ def check_outputs(model, name: str, input_shape, num_classes: int) -> None:
 
 
 class TrainingModel:
-  """The `init`/`apply` the training steps call, for a `QuantizedModel` of a user's module:
+  """The `init`/`apply` the training steps call, for a `QuantizedModel` of the config's module:
   the `train` keyword is passed only where the module's `__call__` takes it."""
 
   def __init__(self, quantized: QuantizedModel):
     self.quantized = quantized
     self.takes_train = "train" in inspect.signature(quantized.model.__call__).parameters
+
+  @property
+  def module(self) -> nn.Module:
+    """The float linen module the rules quantize."""
+    return self.quantized.model
 
   def _kwargs(self, kwargs):
     if not self.takes_train:

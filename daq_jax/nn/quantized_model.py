@@ -16,8 +16,6 @@ while `init` and `apply` run (and so while they are traced under jit).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -28,43 +26,13 @@ from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
 from daq_jax.nn.ops import QuantConvOp, QuantDotGeneralOp
 from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.rules import Rules
 
-Rules = Sequence[tuple[str, QuantConfig | None]] | Mapping[str, QuantConfig | None]
-
-# The layers rules reach, with their hook, the plain function the hook replaces, and the op.
+# The layers rules reach: their kind, their hook, the plain function the hook replaces, the op.
 _HOOKS = (
-  (nn.Conv, "conv_general_dilated_cls", "conv_general_dilated", QuantConvOp),
-  (nn.Dense, "dot_general_cls", "dot_general", QuantDotGeneralOp),
+  (nn.Conv, "conv", "conv_general_dilated_cls", "conv_general_dilated", QuantConvOp),
+  (nn.Dense, "dense", "dot_general_cls", "dot_general", QuantDotGeneralOp),
 )
-
-
-def compile_rules(rules: Rules) -> list[tuple[re.Pattern, QuantConfig | None]]:
-  """Rules as (compiled regex, config or None) pairs, in order.
-
-  Raises:
-    ValueError: naming a rule that is not a (regex, QuantConfig or None) pair.
-  """
-  pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
-  compiled = []
-  for pair in pairs:
-    if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-      raise ValueError(f"quantize: rule {pair!r} is not a (regex, QuantConfig or None) pair")
-    pattern, cfg = pair
-    if cfg is not None and not isinstance(cfg, QuantConfig):
-      raise ValueError(f"quantize: rule {pattern!r} maps to {cfg!r}, not a QuantConfig or None")
-    try:
-      compiled.append((re.compile(pattern), cfg))
-    except re.error as e:
-      raise ValueError(f"quantize: rule {pattern!r} is not a regex: {e}") from e
-  return compiled
-
-
-def first_match(compiled, path: str) -> tuple[int | None, QuantConfig | None]:
-  """(index, config) of the first compiled rule whose regex matches all of `path`."""
-  for i, (pattern, cfg) in enumerate(compiled):
-    if pattern.fullmatch(path):
-      return i, cfg
-  return None, None
 
 
 def _hook(module: nn.Module):
@@ -81,39 +49,34 @@ class QuantizedModel:
 
   Attributes:
     model: the unmodified model.
-    rules: (compiled regex, config or None) pairs, first match wins.
+    rules: the `daq_jax.quant.rules.Rules` that decide each layer's config.
   """
 
-  def __init__(self, model: nn.Module, rules: Rules):
+  def __init__(self, model: nn.Module, rules):
     if not isinstance(model, nn.Module):
       raise TypeError(f"quantize: {type(model).__name__} is not a flax.linen Module")
     self.model = model
-    self.rules = compile_rules(rules)
+    self.rules = Rules.of(rules)
 
-  def config_of(self, path: str) -> tuple[int | None, QuantConfig | None]:
-    """(index of the first rule matching `path`, its config); (None, None) if none does."""
-    return first_match(self.rules, path)
-
-  def _interceptor(self, seen: dict[str, tuple[type, int | None]]):
+  def _interceptor(self, seen: dict[str, str]):
     def intercept(next_fun, args, kwargs, context):
       hook = _hook(context.module) if context.method_name == "__call__" else None
       if hook is not None:
         module = context.module
         path = "/".join(module.path)
-        index, cfg = self.config_of(path)
-        seen[path] = (hook[0], index)
-        install_op(module, cfg, *hook[1:])
+        seen[path] = hook[1]
+        install_op(module, self.rules.decide(path)[1], *hook[2:])
       return next_fun(*args, **kwargs)
 
     return intercept
 
-  def layers(self, *args, **kwargs) -> dict[str, tuple[type, QuantConfig | None]]:
-    """{path: (nn.Conv or nn.Dense, config or None)} of every conv and dense layer that
+  def layers(self, *args, **kwargs) -> dict[str, tuple[str, QuantConfig | None]]:
+    """{path: ("conv" or "dense", config or None)} of every nn.Conv and nn.Dense that
     `init(*args, **kwargs)` calls, in call order (traced abstractly: nothing is computed)."""
-    seen: dict[str, tuple[type, int | None]] = {}
+    seen: dict[str, str] = {}
     with nn.intercept_methods(self._interceptor(seen)):
       jax.eval_shape(lambda: self.model.init(*args, **kwargs))
-    return {path: (kind, self.config_of(path)[1]) for path, (kind, _) in seen.items()}
+    return {path: (kind, self.rules.decide(path)[1]) for path, kind in seen.items()}
 
   def init(self, *args, **kwargs):
     """`model.init`; every rule must match at least one conv or dense layer.
@@ -121,16 +84,10 @@ class QuantizedModel:
     Raises:
       ValueError: naming a rule that matches no layer, with the layers' paths.
     """
-    seen: dict[str, tuple[type, int | None]] = {}
+    seen: dict[str, str] = {}
     with nn.intercept_methods(self._interceptor(seen)):
       variables = self.model.init(*args, **kwargs)
-    used = {index for _, index in seen.values()}
-    unused = [p.pattern for i, (p, _) in enumerate(self.rules) if i not in used]
-    if unused:
-      raise ValueError(
-        f"quantize: rule(s) {unused} match no nn.Conv or nn.Dense of "
-        f"{type(self.model).__name__}; its layers are {sorted(seen)}"
-      )
+    self.rules.assign(seen, what=f"nn.Conv or nn.Dense of {type(self.model).__name__}")
     return variables
 
   def apply(self, variables, *args, **kwargs):
@@ -144,14 +101,15 @@ class QuantizedModel:
     return getattr(self.model, name)
 
 
-def quantize(model: nn.Module, rules: Rules) -> QuantizedModel:
+def quantize(model: nn.Module, rules) -> QuantizedModel:
   """The linen `model` with DAQ in every `nn.Conv`/`nn.Dense` whose path a rule matches.
 
   Args:
     model: any flax.linen Module, unmodified.
-    rules: (regex, QuantConfig or None) pairs, or a dict of them, in order; the first regex
-      that matches a layer's whole path ("stage1/block0/conv1") decides, None keeps it
-      float, and layers no rule matches stay float.
+    rules: (regex, QuantConfig or None) pairs, a dict of them, or a
+      `daq_jax.quant.rules.Rules`, in order; the first regex that matches a layer's whole
+      path ("stage1/block0/conv1") decides, None keeps it float, and layers no rule matches
+      stay float.
 
   Returns:
     A `QuantizedModel` with the model's `init` and `apply`.
