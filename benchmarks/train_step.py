@@ -34,7 +34,12 @@ VARIANTS = [
 ]
 
 
-def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> float:
+def build_step(
+  method: str, dtype: str, model: str, batch: int, image_size: int = 32, num_classes: int = 10
+):
+  """(step, state, batch): the training step of `train.py` for the model, method and dtype
+  (jitted, not donating its state, returning the metrics), a fresh state and a random batch
+  of uint8 images on the device."""
   cfg = from_dict(
     {
       "model": {"name": model, "dtype": dtype},
@@ -43,9 +48,11 @@ def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> 
       "optim": {"base_batch_size": 128, "weight_decay": 1e-4},
     }
   )
-  info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
+  shape = (image_size, image_size, 3)
+  classes = tuple(map(str, range(num_classes)))
+  info = DatasetInfo(classes, shape, (0.5,) * 3, (0.25,) * 3, "cifar")
   mesh = parallel.make_mesh(1, batch)
-  model_def = modeling.create_model(cfg, 10, info.image_shape)
+  model_def = modeling.create_model(cfg, num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
   state = steps.init_train_state(model_def, tx, info, 0, replicated)
@@ -53,12 +60,18 @@ def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> 
   rng = np.random.default_rng(0)
   batch_data = parallel.put_batch(
     {
-      "image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
-      "label": rng.integers(0, 10, batch).astype(np.int32),
+      "image": rng.integers(0, 256, (batch, *shape), dtype=np.uint8),
+      "label": rng.integers(0, num_classes, batch).astype(np.int32),
     },
     mesh,
   )
-  return median_ms(lambda s, b: train_fn(s, b)[1], state, batch_data, repeats=repeats)
+  return (lambda s, b: train_fn(s, b)[1]), state, batch_data
+
+
+def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> float:
+  """The median time (ms) of the step of `build_step` on 32x32 images, 10 classes."""
+  step, state, batch_data = build_step(method, dtype, model, batch)
+  return median_ms(step, state, batch_data, repeats=repeats)
 
 
 def main(argv=None):

@@ -16,13 +16,22 @@ from PIL import Image
 EVAL_CROP_FRACTION = 0.875
 
 
+def crop_flip_draws(
+  n: int, rng: np.random.Generator, pad: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tops, lefts, flips) of the CIFAR augmentation of n images: the crop's offsets in the
+  padded image, and which images are flipped (`device_augment` applies the same draws)."""
+  tops = rng.integers(0, 2 * pad + 1, n)
+  lefts = rng.integers(0, 2 * pad + 1, n)
+  flips = rng.random(n) < 0.5
+  return tops, lefts, flips
+
+
 def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
   """CIFAR augmentation of a (N, H, W, C) uint8 batch."""
   n, height, width, _ = images.shape
   padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
-  tops = rng.integers(0, 2 * pad + 1, n)
-  lefts = rng.integers(0, 2 * pad + 1, n)
-  flips = rng.random(n) < 0.5
+  tops, lefts, flips = crop_flip_draws(n, rng, pad)
   out = np.empty_like(images)
   for i in range(n):
     crop = padded[i, tops[i] : tops[i] + height, lefts[i] : lefts[i] + width]

@@ -67,7 +67,7 @@ class Batches:
     (random-resized-crop-flip)."""
     size = self.info.image_shape[:2]
     kind = self.info.augment if train else "none"
-    rng = np.random.default_rng([self.seed, step, 1])
+    rng = self.augment_rng(step)
     if self._decoder is not None:
       seeds = [(self.seed, step, int(i)) for i in indices]
       paths = [self.dataset.paths[i] for i in indices]
@@ -84,8 +84,12 @@ class Batches:
     ]
     return np.stack(crops).reshape(len(images), *self.info.image_shape)
 
-  def train(self, step: int) -> dict[str, np.ndarray]:
-    """The local part of training batch `step` (a pure function of the seed and the step)."""
+  def augment_rng(self, step: int) -> np.random.Generator:
+    """The generator the augmentation of training batch `step` draws from."""
+    return np.random.default_rng([self.seed, step, 1])
+
+  def train_indices(self, step: int) -> np.ndarray:
+    """The dataset indices of the local part of training batch `step`."""
     if self.steps_per_epoch == 0:
       raise ValueError(
         f"the training split has {len(self.dataset)} examples, fewer than one batch of "
@@ -93,7 +97,11 @@ class Batches:
       )
     epoch, i = divmod(step, self.steps_per_epoch)
     indices = self._epoch_order(epoch)[i * self.global_batch : (i + 1) * self.global_batch]
-    indices = indices[self.local]
+    return indices[self.local]
+
+  def train(self, step: int) -> dict[str, np.ndarray]:
+    """The local part of training batch `step` (a pure function of the seed and the step)."""
+    indices = self.train_indices(step)
     return {"image": self._images(indices, True, step), "label": self.dataset.labels[indices]}
 
   def evaluation(self) -> Iterator[dict[str, np.ndarray]]:

@@ -63,7 +63,9 @@ def _read_dir(path, split, cfg, class_names=None, channels=3, classes_at_top=Fal
   return files, how
 
 
-def _statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """The normalisation of `train`: per-channel mean and std of its pixels in [0, 1] (exact,
+  rounded to 4 places), or ImageNet's for images read from files."""
   if isinstance(train, FileDataset):
     return IMAGENET_MEAN, IMAGENET_STD
   # Exact per-channel moments, a chunk of images at a time (no float copy of the dataset).
@@ -110,7 +112,7 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     shape = (size, size, train.images.shape[-1]) if size else train.images.shape[1:]
     small_default = "none" if cfg.name == "digits" else "cifar"
     kind = small_default if cfg.augment == "auto" else cfg.augment
-  mean, std = _statistics(train)
+  mean, std = channel_statistics(train)
   info = DatasetInfo(
     train.class_names,
     tuple(shape),

@@ -5,12 +5,13 @@ the errors a user meets (missing directory, unreadable image, wrong class count)
 import os
 import pickle
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from daq_jax import data
-from daq_jax.data import augment, image_folder
+from daq_jax.data import augment, device_augment, image_folder
 from daq_jax.data.config import DataConfig
 
 
@@ -218,6 +219,30 @@ def test_augmentations_keep_shapes_and_are_seeded():
   image = Image.fromarray(np.zeros((50, 80, 3), np.uint8))
   assert augment.random_resized_crop(image, 24, np.random.default_rng(0)).shape == (24, 24, 3)
   assert augment.center_crop(image, 24).shape == (24, 24, 3)
+
+
+def test_the_device_augmentation_is_the_host_one_bit_for_bit():
+  images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  want = augment.pad_crop_flip(images, np.random.default_rng(5))
+  draws = augment.crop_flip_draws(len(images), np.random.default_rng(5))
+  assert len(set(draws[0])) > 1 and draws[2].any() and not draws[2].all()  # crops and flips
+  got = device_augment.pad_crop_flip(jax.device_put(images), *draws)
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_dataset_held_on_the_device_gives_train_pys_batches():
+  train = data.load_digits("train")
+  _, _, info = data.load(DataConfig(name="digits", augment="cifar"))
+  batches = data.Batches(train, info, 32, seed=3)
+  images, labels = jax.device_put(train.images), jax.device_put(train.labels)
+  for step in (0, 7, batches.steps_per_epoch + 2):
+    got = device_augment.train_batch(batches, images, labels, step)
+    want = batches.train(step)
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(np.asarray(got[key]), want[key])
+  plain = data.Batches(train, data.load(DataConfig(name="digits"))[2], 32)
+  with pytest.raises(ValueError, match=r"only the CIFAR augmentation .* augment='none'"):
+    device_augment.train_batch(plain, images, labels, 0)
 
 
 def test_large_images_are_read_lazily_with_imagenet_transforms(tmp_path):
