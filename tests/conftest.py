@@ -3,8 +3,7 @@ compile each program once.
 
 The cache lives outside the checkout (~/.cache/daq_jax/jax_test_cache, or $DAQ_JAX_TEST_CACHE)
 so that a fresh clone on the same machine reuses it. Every compilation is cached, the many
-small eager ones of the tests included: measured on 2 cores, the suite takes about 7.5 min
-with an empty cache and 2.5 min with a warm one.
+small eager ones of the tests included (the suite's times, cold and warm: docs/speed.md).
 """
 
 import os
