@@ -7,6 +7,8 @@
 Every config key can be overridden (`--config.optim.base_learning_rate=0.05`); a misspelt key
 is an error. Run again with the same --workdir to resume from its newest intact checkpoint
 (`--restore_step N` picks another); SIGTERM and Ctrl-C save a checkpoint before they stop it.
+Several processes (hosts) run one training with `--coordinator_address`, `--num_processes` and
+`--process_id` (daq_jax.training.launch; docs/training.md).
 """
 
 import os
@@ -16,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from daq_jax.training import NonFiniteLossError, parallel, train_and_evaluate
+from daq_jax.training import NonFiniteLossError, launch, train_and_evaluate
 from daq_jax.training.stops import Stopped
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -28,6 +30,17 @@ flags.DEFINE_integer(
   "Resume from this checkpoint step (default: the newest intact one); later steps are moved "
   "to <workdir>/checkpoints_aside.",
   lower_bound=0,
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process runs: host:port of process 0 (default $DAQ_JAX_COORDINATOR_ADDRESS).",
+)
+flags.DEFINE_integer(
+  "num_processes", None, "Multi-process runs: how many processes ($DAQ_JAX_NUM_PROCESSES)."
+)
+flags.DEFINE_integer(
+  "process_id", None, "Multi-process runs: this process's index ($DAQ_JAX_PROCESS_ID)."
 )
 _FLAG_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError)
 
@@ -60,8 +73,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
-  if parallel.distributed_requested():
-    parallel.initialize_distributed()
+  try:
+    joining = launch.from_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    if joining is not None:
+      launch.join(joining)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   config_file = FLAGS["config"].config_filename
   try:
     config = FLAGS.config.to_dict()

@@ -1,23 +1,15 @@
 """Data parallelism with jax.sharding: one mesh axis `data`, the batch split over it, the
 train state replicated. Across hosts, each process feeds its slice of the global batch and
-`jax.make_array_from_process_local_data` assembles the global array; call
-`initialize_distributed()` first (it wraps `jax.distributed.initialize`)."""
+`jax.make_array_from_process_local_data` assembles the global array (join the run first:
+`daq_jax.training.launch`)."""
 
 from __future__ import annotations
-
-import os
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-
-
-def initialize_distributed() -> None:
-  """Joins a multi-process run (coordinator and process ids from the environment, as
-  `jax.distributed.initialize` reads them: SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS etc.)."""
-  jax.distributed.initialize()
 
 
 def make_mesh(num_devices: int, batch_size: int) -> Mesh:
@@ -52,7 +44,3 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
-
-
-def distributed_requested() -> bool:
-  return os.environ.get("DAQ_JAX_DISTRIBUTED", "") not in ("", "0")
