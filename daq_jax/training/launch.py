@@ -109,9 +109,13 @@ def from_args(
 def join(launch: Launch) -> None:
   """Joins the run (before anything else of JAX runs).
 
+  A coordinator that cannot be reached, or processes that do not come within the
+  initialization timeout, end the process from inside JAX (its coordination client aborts,
+  exit status 134, after the timeout): that is not turned into a one-line error yet.
+
   Raises:
-    ValueError: one line, when the coordinator cannot be reached or the other processes do
-      not come within the initialization timeout.
+    ValueError: one line, for the errors jax.distributed.initialize raises in Python (a bad
+      address, a second initialization).
   """
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
