@@ -9,9 +9,11 @@ first regex that matches its path ("block1/conv2", the path of `variables["param
 full gives its config, and None or no match keeps it float. A matched layer is the model's
 own module with Flax's contraction hook (`conv_general_dilated_cls`, `dot_general_cls`) set
 to daq_jax's op module for this application only, exactly as `QConv`/`QDense` set it: so
-the parameter tree does not change (a float checkpoint loads), and the layer's state lives
-in `quant_state/<path>/quant`. The interception is Flax's `nn.intercept_methods`, active
-while `init` and `apply` run (and so while they are traced under jit).
+the parameter tree does not change (a float checkpoint loads), the layer's state lives in
+`quant_state/<path>/quant` and its statistics in `quant_stats/<path>/quant`. Which config a
+layer gets is decided by `daq_jax.quant.rules`. The interception is Flax's
+`nn.intercept_methods`, active while `init` and `apply` run (and so while they are traced
+under jit).
 """
 
 from __future__ import annotations
