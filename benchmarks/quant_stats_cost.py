@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.common import environment, write_json
 from benchmarks.train_step import time_step
 from daq_jax.data.info import DatasetInfo
-from daq_jax.training import modeling, steps
+from daq_jax.training import modeling, optim, steps
 from daq_jax.training.config import from_dict
 from daq_jax.training.metrics import MetricWriter, quantizer_statistics
 
@@ -31,8 +31,9 @@ def host_logging_ms(model: str, repeats: int) -> float:
   cfg = from_dict({"model": {"name": model}, "quant": {"method": "daq"}})
   info = DatasetInfo(tuple(map(str, range(10))), (32, 32, 3), (0.5,) * 3, (0.25,) * 3, "cifar")
   model_def = modeling.create_model(cfg, 10, info.image_shape)
-  shapes = steps.statistics_input(model_def, info)
-  zeros = jax.device_put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+  tx, _ = optim.build_optimizer(cfg, 390, 64_000)
+  state = steps.init_train_state(model_def, tx, info, 0)
+  zeros = steps.statistics_input(state.quant_state)
   with tempfile.TemporaryDirectory() as workdir:
     writer = MetricWriter(workdir, 100, stream=open("/dev/null", "w"))  # noqa: SIM115
     times = []
@@ -57,7 +58,7 @@ def main(argv=None):
   with_stats, without = [], []
   for _ in range(args.rounds):  # alternated, so that drifts in machine load hit both
     with_stats.append(time_step("daq", "float32", args.model, args.batch, args.repeats))
-    with mock.patch.object(steps, "statistics_input", lambda model, info: {}):
+    with mock.patch.object(steps, "statistics_input", lambda quant_state: {}):
       without.append(time_step("daq", "float32", args.model, args.batch, args.repeats))
     print(f"with {with_stats[-1]:.1f} ms, without {without[-1]:.1f} ms", flush=True)
   step_with, step_without = float(np.median(with_stats)), float(np.median(without))

@@ -14,6 +14,7 @@ import optax
 import daq_jax.nn as qnn
 from daq_jax import quant
 from daq_jax.data.info import DatasetInfo
+from daq_jax.quant import gradient
 from daq_jax.training.config import TrainConfig
 
 AUX_LOSS_WEIGHT = 0.4  # Inception-v3's auxiliary classifier (torchvision's reference recipe)
@@ -68,23 +69,20 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def statistics_input(model, info: DatasetInfo) -> dict:
-  """The model's `quant_stats` collection as shapes: the steps feed it as zeros and get the
-  quantizer's statistics of the step as its cotangent (`daq_jax.nn.ops`)."""
-  dummy = jnp.zeros((2, *info.image_shape), jnp.float32)
-  variables = jax.eval_shape(
-    lambda: model.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(0)}, dummy, train=False
-    )
+def statistics_input(quant_state: dict) -> dict:
+  """The `quant_stats` collection the step feeds, as zeros, to get the quantizer's statistics
+  of the step as its cotangent (`daq_jax.nn.ops`): one `gradient.init_statistics()` in each
+  quantized layer's op, where its state is in `quant_state`."""
+  return jax.tree.map(
+    lambda _: gradient.init_statistics(),
+    quant_state,
+    is_leaf=lambda node: isinstance(node, dict) and "wgrad_clip" in node,
   )
-  return variables.get(qnn.STATS_COLLECTION, {})
 
 
-def train_step(
-  state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype, statistics
-):
+def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype):
   """One SGD step; the new quantization state comes out of the backward pass, and with it the
-  quantizer's statistics (`metrics["quant"]`, of the `statistics` shapes)."""
+  quantizer's statistics (`metrics["quant"]`)."""
   images = normalize(batch["image"], info, input_dtype)
   labels = batch["label"]
   dropout_key, quant_key = jax.random.split(jax.random.fold_in(state.key, state.step))
@@ -104,8 +102,10 @@ def train_step(
       loss += AUX_LOSS_WEIGHT * cross_entropy(aux, labels, label_smoothing).mean()
     return loss, (logits, updates.get("batch_stats", {}))
 
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), statistics)
-  quant_variables = {qnn.STATE_COLLECTION: state.quant_state, qnn.STATS_COLLECTION: zeros}
+  quant_variables = {
+    qnn.STATE_COLLECTION: state.quant_state,
+    qnn.STATS_COLLECTION: statistics_input(state.quant_state),
+  }
   (loss, (logits, batch_stats)), grads, new = quant.value_and_grad(loss_fn, has_aux=True)(
     state.params, quant_variables
   )
@@ -159,7 +159,6 @@ def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = 
       info=info,
       label_smoothing=cfg.label_smoothing,
       input_dtype=input_dtype,
-      statistics=statistics_input(model, info),
     ),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,) if donate else (),

@@ -229,7 +229,6 @@ def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dty
       info=info,
       label_smoothing=0.0,
       input_dtype=jax.numpy.dtype(dtype),
-      statistics=steps.statistics_input(model, info),
     )
 
   found = lowering.hlo_contractions(step, state, batch)
