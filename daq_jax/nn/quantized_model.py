@@ -72,12 +72,19 @@ class QuantizedModel:
 
     return intercept
 
+  def called(self, fn) -> tuple[dict[str, str], Any]:
+    """({path: "conv" or "dense"} of every nn.Conv and nn.Dense the model calls while `fn()`
+    runs, in call order; `fn`'s result as shapes), `fn` traced abstractly: nothing is
+    computed."""
+    seen: dict[str, str] = {}
+    with nn.intercept_methods(self._interceptor(seen)):
+      out = jax.eval_shape(fn)
+    return seen, out
+
   def layers(self, *args, **kwargs) -> dict[str, tuple[str, QuantConfig | None]]:
     """{path: ("conv" or "dense", config or None)} of every nn.Conv and nn.Dense that
     `init(*args, **kwargs)` calls, in call order (traced abstractly: nothing is computed)."""
-    seen: dict[str, str] = {}
-    with nn.intercept_methods(self._interceptor(seen)):
-      jax.eval_shape(lambda: self.model.init(*args, **kwargs))
+    seen, _ = self.called(lambda: self.model.init(*args, **kwargs))
     return {path: (kind, self.rules.decide(path)[1]) for path, kind in seen.items()}
 
   def init(self, *args, **kwargs):

@@ -60,18 +60,27 @@ def build(cls: type[nn.Module], num_classes: int, dtype) -> nn.Module:
   return cls(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-def called_layers(model: nn.Module, input_shape) -> list[tuple[str, str]]:
-  """(path, "conv" or "dense") of the `nn.Conv`/`nn.Dense` layers `model` calls on images of
-  `input_shape` (H, W, C), in call order (traced abstractly: nothing is computed)."""
-  probe = TrainingModel(quantize(model, [(".*", None)]))
-  dummy = jnp.zeros((2, *input_shape), jnp.float32)
-  called = probe.layers({"params": jax.random.key(0)}, dummy, train=False)
-  return [(path, kind) for path, (kind, _) in called.items()]
+def probe(model: nn.Module, input_shape) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
+  """One abstract trace of `model`'s init and apply on 2 images of `input_shape` (H, W, C):
+  (path, "conv" or "dense") of the `nn.Conv`/`nn.Dense` layers it calls, in call order, and
+  the shape of its logits."""
+  quantized = quantize(model, [(".*", None)])
+  training = TrainingModel(quantized)
+  x = jnp.zeros((2, *input_shape), jnp.float32)
+
+  def logits():
+    variables = training.init({"params": jax.random.key(0)}, x, train=False)
+    out = training.apply(variables, x, train=False)
+    return out[0] if isinstance(out, tuple) else out
+
+  seen, out = quantized.called(logits)
+  return list(seen.items()), tuple(out.shape)
 
 
 def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
   """The model of `cfg` (a `TrainConfig`) for `num_classes` classes and images of
-  `input_shape` (H, W, C), quantized by its rules.
+  `input_shape` (H, W, C), quantized by its rules; checked, before anything compiles, by one
+  abstract trace of the float model.
 
   Raises:
     ValueError: naming the model, when its logits are not (batch, num_classes), or the rule
@@ -82,38 +91,22 @@ def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
     model = build(import_model_class(cfg.model.name), num_classes, dtype)
   else:
     model = models.create(cfg.model.name, num_classes=num_classes, dtype=dtype)
+  layers, shape = probe(model, input_shape)
+  if shape != (2, num_classes):
+    raise ValueError(
+      f"config model.name={cfg.model.name!r}: the model maps images {(2, *input_shape)} to "
+      f"{shape}, not to (2, {num_classes}) logits for the data's {num_classes} classes"
+    )
   rules = cfg.quant.rule_set()
   if not rules.pairs:
     rules = quant_rules.default_rules(
-      called_layers(model, input_shape),
+      layers,
       cfg.quant.layer_config(),
       first_conv=cfg.quant.quantize_first_conv,
       last_dense=cfg.quant.quantize_last_dense,
     )
-  wrapped = TrainingModel(quantize(model, rules))
-  check_outputs(wrapped, cfg.model.name, input_shape, num_classes)
-  return wrapped
-
-
-def check_outputs(model, name: str, input_shape, num_classes: int) -> None:
-  """Refuses, before anything compiles, a model whose logits are not (batch, num_classes).
-
-  Raises:
-    ValueError: naming the model and the shapes.
-  """
-  dummy = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-
-  def logits(x):
-    variables = model.init({"params": jax.random.key(0)}, x, train=False)
-    out = model.apply(variables, x, train=False)
-    return out[0] if isinstance(out, tuple) else out
-
-  shape = tuple(jax.eval_shape(logits, dummy).shape)
-  if shape != (2, num_classes):
-    raise ValueError(
-      f"config model.name={name!r}: the model maps images {(2, *input_shape)} to {shape}, "
-      f"not to (2, {num_classes}) logits for the data's {num_classes} classes"
-    )
+  rules.assign([path for path, _ in layers], what=f"nn.Conv or nn.Dense of {type(model).__name__}")
+  return TrainingModel(quantize(model, rules))
 
 
 class TrainingModel:

@@ -98,6 +98,16 @@ def test_bad_models_and_rules_are_one_line_errors(overrides, message):
     from_dict(tiny(**overrides))
 
 
+def test_a_rule_that_matches_no_layer_of_the_configs_model_names_its_layers():
+  cfg = from_dict(tiny(**{"quant.rules": "stem:fp32;.*:daq"}))
+  with pytest.raises(
+    ValueError,
+    match=r"rule\(s\) \['stem'\] match no nn.Conv or nn.Dense of "
+    r"SmallCNN; its layers are \['conv1', 'conv2', 'head', 'stem_conv'\]",
+  ):
+    modeling.create_model(cfg, 10, (8, 8, 1))
+
+
 def test_a_model_with_the_wrong_number_of_logits_is_refused(tmp_path):
   cfg = tiny(**{"model.name": "tests.training.user_models.WrongWidth"})
   with pytest.raises(ValueError, match=r"to \(2, 3\), not to \(2, 10\) logits"):
@@ -116,7 +126,7 @@ def test_the_default_rules_keep_the_zoos_stem_and_head_float(name):
     )
   )
   shape = ZOO_SHAPES.get(name, (32, 32, 3))
-  layers = modeling.called_layers(models.create(name, num_classes=10), shape)
+  layers, _ = modeling.probe(models.create(name, num_classes=10), shape)
   rules = quant.default_rules(layers, cfg.quant.layer_config())
   floats = [p for p, c in rules.assign([p for p, _ in layers], what="layer").items() if c is None]
   assert sorted(p.rsplit("/", 1)[-1] for p in floats) == ["head", "stem_conv"], floats
