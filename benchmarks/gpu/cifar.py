@@ -118,11 +118,10 @@ def run(rec: Recorder, smoke: bool, deadline_s: float, data: pathlib.Path, steps
   mesh = parallel.make_mesh(1, batch)
   replicated = parallel.replicated(mesh)
   images, labels = jax.device_put(train.images), jax.device_put(train.labels)
-  runs = {}
   rec.set("model", "small_cnn" if smoke else "resnet20")
   # The recommended method, and the paper's DAQ against its stochastic-rounding variant.
-  for method in dict.fromkeys(("fp32", quant_config.RECOMMENDED, "daq", "daq_sr")):
-    cfg = from_dict(
+  cfgs = {
+    method: from_dict(
       {
         "model": {"name": rec.data["model"], "dtype": "float32"},
         "quant": {"method": method},
@@ -130,20 +129,18 @@ def run(rec: Recorder, smoke: bool, deadline_s: float, data: pathlib.Path, steps
         "optim": {"base_batch_size": 128, "weight_decay": 1e-4},
       }
     )
-    batches = data_lib.Batches(train, info, batch, seed=cfg.seed)
+    for method in dict.fromkeys(("fp32", quant_config.RECOMMENDED, "daq", "daq_sr"))
+  }
+  seed = cfgs["fp32"].seed  # every method sees the same batches
+  batches = data_lib.Batches(train, info, batch, seed=seed)
+  val_batches = data_lib.Batches(val, info, 500 if not smoke else 64, seed=seed)
+  runs = {}
+  for method, cfg in cfgs.items():
     model = modeling.create_model(cfg, info.num_classes, info.image_shape)
     tx, _ = optim.build_optimizer(cfg, batches.steps_per_epoch, 164 * batches.steps_per_epoch)
-    state = steps.init_train_state(model, tx, info, cfg.seed, replicated)
+    state = steps.init_train_state(model, tx, info, seed, replicated)
     train_fn, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated)
-    val_batches = data_lib.Batches(val, info, 500 if not smoke else 64, seed=cfg.seed)
-    runs[method] = {
-      "state": state,
-      "train": train_fn,
-      "eval": eval_fn,
-      "batches": batches,
-      "val": val_batches,
-      "epoch_s": None,
-    }
+    runs[method] = {"state": state, "train": train_fn, "eval": eval_fn, "epoch_s": None}
   # A rehearsal on a slow machine caps the epochs: the first steps of each epoch's order.
   spe = min(batches.steps_per_epoch, steps_cap or batches.steps_per_epoch)
   if steps_cap:
@@ -169,13 +166,13 @@ def run(rec: Recorder, smoke: bool, deadline_s: float, data: pathlib.Path, steps
         if i == warm:
           jax.block_until_ready(run["state"])
           t_warm = time.perf_counter()
-        step = (epoch - 1) * run["batches"].steps_per_epoch + i
-        batch_i = device_augment.train_batch(run["batches"], images, labels, step)
+        step = (epoch - 1) * batches.steps_per_epoch + i
+        batch_i = device_augment.train_batch(batches, images, labels, step)
         run["state"], metrics = run["train"](run["state"], batch_i)
         loss = metrics["loss"]
       jax.block_until_ready(loss)
       t1 = time.perf_counter()
-      result = evaluate_batches(run["eval"], run["state"], run["val"], mesh)
+      result = evaluate_batches(run["eval"], run["state"], val_batches, mesh)
       validate_s = time.perf_counter() - t1
       step_s = (t1 - t_warm) / (spe - warm)
       run["epoch_s"] = step_s * spe + validate_s  # the next epoch, compiled
