@@ -77,8 +77,11 @@ def from_args(
     ValueError: one line naming the flag or variable: a value that is not an integer, a
       process id out of range, or some of the three given without the others.
   """
-  given = {"coordinator_address": coordinator_address, "num_processes": num_processes}
-  given["process_id"] = process_id
+  given = {
+    "coordinator_address": coordinator_address,
+    "num_processes": num_processes,
+    "process_id": process_id,
+  }
   values = {}
   for key, value in given.items():
     if value is None and environ.get(ENV[key], "") != "":
