@@ -27,11 +27,14 @@ def crop_flip_draws(
   return tops, lefts, flips
 
 
-def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-  """CIFAR augmentation of a (N, H, W, C) uint8 batch."""
+def pad_crop_flip(
+  images: np.ndarray, rng: np.random.Generator | None, pad: int = 4, draws=None
+) -> np.ndarray:
+  """CIFAR augmentation of a (N, H, W, C) uint8 batch, drawn from `rng` or given as `draws`
+  (`crop_flip_draws`' three arrays)."""
   n, height, width, _ = images.shape
   padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
-  tops, lefts, flips = crop_flip_draws(n, rng, pad)
+  tops, lefts, flips = draws if draws is not None else crop_flip_draws(n, rng, pad)
   out = np.empty_like(images)
   for i in range(n):
     crop = padded[i, tops[i] : tops[i] + height, lefts[i] : lefts[i] + width]

@@ -67,26 +67,42 @@ class Batches:
     (random-resized-crop-flip)."""
     size = self.info.image_shape[:2]
     kind = self.info.augment if train else "none"
-    rng = self.augment_rng(step)
     if self._decoder is not None:
       seeds = [(self.seed, step, int(i)) for i in indices]
       paths = [self.dataset.paths[i] for i in indices]
       images = self._decoder(paths, size[0], kind == "imagenet", seeds)
-      return augment.pad_crop_flip(images, rng) if kind == "cifar" else images
+      return (
+        augment.pad_crop_flip(images, None, draws=self.crop_flip_draws(step))
+        if kind == "cifar"
+        else images
+      )
     images = self.dataset.images[indices]
     if kind == "none":
       return augment.resize_batch(images, size)
     if kind == "cifar":
-      return augment.pad_crop_flip(augment.resize_batch(images, size), rng)
+      resized = augment.resize_batch(images, size)
+      return augment.pad_crop_flip(resized, None, draws=self.crop_flip_draws(step))
+    # One generator per example, as the decoder's: the same crops whatever the process count.
     crops = [
-      augment.random_resized_crop(Image.fromarray(augment.as_pil(im)), size[0], rng)
-      for im in images
+      augment.random_resized_crop(
+        Image.fromarray(augment.as_pil(im)),
+        size[0],
+        np.random.default_rng([self.seed, step, int(i)]),
+      )
+      for i, im in zip(indices, images, strict=True)
     ]
     return np.stack(crops).reshape(len(images), *self.info.image_shape)
 
   def augment_rng(self, step: int) -> np.random.Generator:
-    """The generator the augmentation of training batch `step` draws from."""
+    """The generator the CIFAR augmentation of training batch `step` draws from."""
     return np.random.default_rng([self.seed, step, 1])
+
+  def crop_flip_draws(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CIFAR augmentation's draws for the local part of training batch `step`: drawn for
+    the whole global batch and sliced, so that an example is augmented alike whatever the
+    number of processes."""
+    draws = augment.crop_flip_draws(self.global_batch, self.augment_rng(step))
+    return tuple(d[self.local] for d in draws)
 
   def train_indices(self, step: int) -> np.ndarray:
     """The dataset indices of the local part of training batch `step`."""

@@ -1,5 +1,5 @@
 """Training batches of a dataset held on the device: the CIFAR augmentation there, the twin of
-`augment.pad_crop_flip` applying the same draws (`augment.crop_flip_draws`), so that a loop
+`augment.pad_crop_flip` applying the same draws (`Batches.crop_flip_draws`), so that a loop
 that keeps its images on the accelerator gets exactly the batches of `train.py`'s host
 pipeline (`Batches.train`), without a host copy per step."""
 
@@ -10,7 +10,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from daq_jax.data import augment
 from daq_jax.data.batches import Batches
 from daq_jax.data.image_folder import FileDataset
 
@@ -48,6 +47,6 @@ def train_batch(batches: Batches, images: jax.Array, labels: jax.Array, step: in
       f"{tuple(batches.info.image_shape)})"
     )
   indices = batches.train_indices(step)
-  draws = augment.crop_flip_draws(len(indices), batches.augment_rng(step))
+  draws = batches.crop_flip_draws(step)
   taken = jnp.asarray(indices)
   return {"image": pad_crop_flip(images[taken], *draws), "label": labels[taken]}

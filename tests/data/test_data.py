@@ -2,6 +2,7 @@
 the validation split, the cache, the step-determined batch order, augmentation shapes and
 the errors a user meets (missing directory, unreadable image, wrong class count)."""
 
+import dataclasses
 import os
 import pickle
 
@@ -192,15 +193,39 @@ def test_the_batch_of_a_step_depends_only_on_seed_and_step():
   assert not np.array_equal(a.train(0)["label"], c.train(0)["label"])
 
 
-def test_processes_take_disjoint_slices_of_the_global_batch():
+@pytest.mark.parametrize("kind", ["none", "cifar", "imagenet"])
+def test_processes_take_their_slices_of_the_global_batch_augmented_alike(kind):
+  """Two processes' halves of a batch are the one process's batch, images and augmentation
+  included (each example drawn as in a single process, not per local slice)."""
   train = data.load_digits("train")
   _, _, info = data.load(DataConfig(name="digits"))
-  whole = data.Batches(train, info, 32).train(7)["label"]
+  info = dataclasses.replace(info, augment=kind)
+  whole = data.Batches(train, info, 32).train(7)
   halves = [
-    data.Batches(train, info, 32, process_index=p, process_count=2).train(7)["label"]
-    for p in range(2)
+    data.Batches(train, info, 32, process_index=p, process_count=2).train(7) for p in (0, 1)
   ]
-  np.testing.assert_array_equal(np.concatenate(halves), whole)
+  for key in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+  assert not np.array_equal(halves[0]["image"], halves[1]["image"])
+
+
+def test_each_process_decodes_only_its_slice_of_an_image_folder(tmp_path):
+  train, _, info = _large_images(tmp_path, augment="cifar")
+  decoded = []
+
+  def decoder(paths, size, crop, seeds):
+    decoded.append(list(paths))
+    return np.stack([image_folder.load_example(p, size, crop, s) for p, s in zip(paths, seeds)])
+
+  whole = data.Batches(train, info, 6, seed=0).train(0)["image"]
+  halves = [
+    data.Batches(train, info, 6, seed=0, decoder=decoder, process_index=p, process_count=2)
+    for p in (0, 1)
+  ]
+  got = [h.train(0)["image"] for h in halves]
+  np.testing.assert_array_equal(np.concatenate(got), whole)
+  order = [train.paths[i] for i in halves[0]._epoch_order(0)[:6]]
+  assert decoded == [order[:3], order[3:]]  # three paths each, and each its own
 
 
 def test_evaluation_covers_every_example_once_with_a_mask():
