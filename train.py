@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -95,6 +96,26 @@ def main(argv):
     sys.exit(e.exit_status)
   except (ValueError, OSError, NonFiniteLossError) as e:
     sys.exit(f"error: {e}")
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    _lost_the_run(e, workdir)
+
+
+def _lost_the_run(e: Exception, workdir: str):
+  """A collective between the processes failed: another process ended (killed, or its host
+  lost) or stopped answering. One line, then out at once (the run is closed, its files
+  flushed): JAX's own shutdown would wait for the lost process and then end this one with
+  pages of its log."""
+  first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  sys.stderr.write(
+    f"error: process {jax.process_index()} of {jax.process_count()} lost the run: a collective "
+    f"with the other processes failed ({first}); start every process again with the same "
+    f"command to resume from the newest checkpoint in {os.path.abspath(workdir)}/checkpoints\n"
+  )
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,18 @@ VARIANTS = [
 
 
 def build_step(
-  method: str, dtype: str, model: str, batch: int, image_size: int = 32, num_classes: int = 10
+  method: str,
+  dtype: str,
+  model: str,
+  batch: int,
+  image_size: int = 32,
+  num_classes: int = 10,
+  devices: int = 1,
 ):
   """(step, state, batch): the training step of `train.py` for the model, method and dtype
   (jitted, not donating its state, returning the metrics), a fresh state and a random batch
-  of uint8 images on the device."""
+  of uint8 images on the device; over `devices` devices (0: all of the run's, every process
+  holding its slice of the batch, as in training)."""
   cfg = from_dict(
     {
       "model": {"name": model, "dtype": dtype},
@@ -51,17 +58,21 @@ def build_step(
   shape = (image_size, image_size, 3)
   classes = tuple(map(str, range(num_classes)))
   info = DatasetInfo(classes, shape, (0.5,) * 3, (0.25,) * 3, "cifar")
-  mesh = parallel.make_mesh(1, batch)
+  mesh = parallel.make_mesh(devices, batch)
   model_def = modeling.create_model(cfg, num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
   state = steps.init_train_state(model_def, tx, info, 0, replicated)
   train_fn, _ = steps.compile_steps(model_def, tx, info, cfg, replicated, donate=False)
   rng = np.random.default_rng(0)
+  rows = slice(
+    jax.process_index() * batch // jax.process_count(),
+    (jax.process_index() + 1) * batch // jax.process_count(),
+  )
   batch_data = parallel.put_batch(
     {
-      "image": rng.integers(0, 256, (batch, *shape), dtype=np.uint8),
-      "label": rng.integers(0, num_classes, batch).astype(np.int32),
+      "image": rng.integers(0, 256, (batch, *shape), dtype=np.uint8)[rows],
+      "label": rng.integers(0, num_classes, batch).astype(np.int32)[rows],
     },
     mesh,
   )

@@ -29,12 +29,15 @@ def test_the_error_finder_finds_an_error_at_any_depth():
   assert errors({"rows": [{"ms": 1.0}], "error_rate": 0.0}) == []
 
 
+# Each runs a benchmark script in a fresh process, compiling its programs: the slow set.
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "module, args, keys",
   [
     ("benchmarks.ops", ["--batch", "2", "--repeats", "1"], ["rows", "net"]),
     ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
     ("benchmarks.any_model", ["--batch", "2", "--repeats", "1"], ["resnet20_ms", "cnn_ms"]),
+    ("benchmarks.multiprocess", ["--model", "small_cnn", "--batch", "4", "--repeats", "1"], []),
   ],
 )
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
@@ -53,10 +56,13 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
   for key in keys:
     assert isinstance(result[key], (list, dict)) and result[key], key
   assert errors(result) == []
-  if module == "benchmarks.train_step":
+  if module in ("benchmarks.train_step", "benchmarks.multiprocess"):
     assert all("ms" in row for row in result["rows"].values()), result["rows"]
+  if module == "benchmarks.multiprocess":  # the second layout ran as two processes
+    assert [r["processes"] for r in result["rows"].values()] == [1, 2], result["rows"]
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_every_stage(tmp_path):
   """`gpu_check.sh --smoke` (what CI can run of the GPU check): every stage writes its JSON
   and finishes; on this CPU every implementation compiles the small layers and matches the

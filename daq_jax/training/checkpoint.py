@@ -29,7 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from daq_jax.training import files
+from daq_jax.training import files, parallel
 
 MANIFEST = "MANIFEST"
 ASIDE = "checkpoints_aside"
@@ -171,7 +171,7 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     self.read_only = read_only
-    if not read_only:
+    if not read_only and jax.process_index() == 0:  # one cleaner of a shared workdir
       self._remove_partial_steps()
     # Not Orbax's read_only option, which logs warnings on every use; this one never saves.
     options = ocp.CheckpointManagerOptions(
@@ -243,11 +243,17 @@ class Checkpoints:
     )
 
   def set_aside(self, step: int, why: str) -> str:
-    """Moves a step out of the checkpoints (never deletes it); returns where it went."""
+    """Moves a step out of the checkpoints (never deletes it); returns where it went.
+
+    Several processes: every one calls it (they find the same steps), process 0 moves the
+    step, and the others wait for it (the workdir is shared)."""
     aside = os.path.join(self.workdir, ASIDE)
-    os.makedirs(aside, exist_ok=True)
-    target = os.path.join(aside, f"{step}-{why}-{time.strftime('%Y%m%d-%H%M%S')}")
-    shutil.move(self.step_dir(step), target)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = os.path.join(aside, f"{step}-{why}-{parallel.from_process_zero(stamp)}")
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      shutil.move(self.step_dir(step), target)
+    parallel.barrier(f"set aside {step} {why}")
     self._manager.reload()
     return target
 

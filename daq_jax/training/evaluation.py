@@ -7,26 +7,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 
 import jax
 
 from daq_jax import data as data_lib
 from daq_jax.data.info import DatasetInfo
-from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps
+from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps, stops
 from daq_jax.training.config import TrainConfig, from_dict
 
 
 def evaluate_batches(
-  eval_fn, state, batches: data_lib.Batches, mesh, stop: Callable[[], bool] = lambda: False
+  eval_fn, state, batches: data_lib.Batches, mesh, stop: stops.AgreedStop | None = None
 ) -> dict[str, float] | None:
-  """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop()` became
-  true on the way (a signal asked the run to end)."""
+  """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop` was
+  requested on the way (a signal asked the run to end)."""
   sums = None
   for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
-    if stop():
+    if stop is not None and stop.requested:
       return None
-    out = eval_fn(state, batch)
+    if stop is None:
+      out = eval_fn(state, batch)
+    else:
+      out = stop.observe(eval_fn(state, stop.attach(batch)))
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   sums = jax.device_get(sums)
   count = float(sums["count"])

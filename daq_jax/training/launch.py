@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
 from collections.abc import Mapping
 
 import jax
@@ -112,16 +114,19 @@ def from_args(
 def join(launch: Launch) -> None:
   """Joins the run (before anything else of JAX runs).
 
-  A coordinator that cannot be reached, or processes that do not come within the
-  initialization timeout, end the process from inside JAX (its coordination client aborts,
-  exit status 134, after the timeout): that is not turned into a one-line error yet.
+  A process other than 0 first waits (up to the initialization timeout) for the coordinator
+  to accept connections, so that one that cannot be reached is a one-line error. Processes
+  that do not all come within the timeout still end the run from inside JAX: its coordination
+  client aborts the process with its own log (exit status 134).
 
   Raises:
-    ValueError: one line, for the errors jax.distributed.initialize raises in Python (a bad
-      address, a second initialization).
+    ValueError: one line: a coordinator that cannot be reached, or an error that
+      jax.distributed.initialize raises in Python (a bad address, a second initialization).
   """
   if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if launch.coordinator_address is not None and launch.process_id != 0:
+    wait_for_coordinator(launch.coordinator_address, launch.initialization_timeout)
   try:
     jax.distributed.initialize(
       coordinator_address=launch.coordinator_address,
@@ -136,3 +141,25 @@ def join(launch: Launch) -> None:
       f"cannot join {launch.describe()} within {launch.initialization_timeout} s "
       f"({INIT_TIMEOUT_ENV}): {first[:300]}"
     ) from None
+
+
+def wait_for_coordinator(address: str, timeout: float, poll: float = 0.5) -> None:
+  """Returns once `address` ("host:port") accepts a TCP connection; a one-line ValueError
+  if it does not within `timeout` seconds."""
+  host, _, port = address.rpartition(":")
+  try:
+    target = (host.strip("[]"), int(port))
+  except ValueError:
+    raise ValueError(f"coordinator address {address!r} is not host:port") from None
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection(target, timeout=min(poll * 4, timeout)).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ValueError(
+          f"cannot reach the coordinator at {address} within {timeout:g} s ({INIT_TIMEOUT_ENV}): "
+          f"{e.strerror or e}; is process 0 started, and is its port open to this host?"
+        ) from None
+    time.sleep(poll)

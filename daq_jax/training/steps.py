@@ -117,6 +117,8 @@ def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, in
     "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
     "quant": new[qnn.STATS_COLLECTION],
   }
+  if "stop" in batch:  # several processes: their stop requests (training.stops.AgreedStop)
+    metrics["stop"] = jnp.max(batch["stop"])
   params = optax.apply_updates(state.params, updates)
   # Checked by the loop before any checkpoint: a finite loss can still give inf parameters.
   metrics["finite"] = jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
@@ -140,12 +142,15 @@ def eval_step(state: TrainState, batch, *, model, info, input_dtype):
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   rank = jnp.sum(logits > jnp.take_along_axis(logits, labels[:, None], 1), axis=-1)
   weight = mask.astype(jnp.float32)
-  return {
+  sums = {
     "loss": jnp.sum(loss * weight),
     "top1": jnp.sum((rank < 1) * weight),
     "top5": jnp.sum((rank < 5) * weight),
     "count": jnp.sum(weight),
   }
+  if "stop" in batch:  # as in train_step
+    sums["stop"] = jnp.max(batch["stop"])
+  return sums
 
 
 def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = True):

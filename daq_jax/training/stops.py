@@ -5,13 +5,23 @@ saves a checkpoint and raises `Stopped`, which `train.py` turns into one line an
 conventional exit status 128 + signal number (143 for SIGTERM, 130 for SIGINT). Further signals
 during the save are acknowledged and ignored, so the save always completes; `kill -9` still
 ends the process at once, and then Orbax's atomic rename leaves the previous checkpoint intact.
+
+In a run of several processes a signal reaches each at its own moment (or only one of them),
+but the checkpoint a stop saves is written by all of them together: `AgreedStop` makes them
+stop after the same step, each with the status of the signal.
 """
 
 from __future__ import annotations
 
+import collections
 import signal
 import sys
 import threading
+
+import jax
+import numpy as np
+
+from daq_jax.training import parallel
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -64,3 +74,55 @@ class StopSignals:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous.clear()
+
+
+class AgreedStop:
+  """Whether to stop now, the same answer on every process of the run.
+
+  Each step carries this process's signal number, 0 for none, as a "stop" entry of its batch
+  (`attach`: one value per local device), and returns the largest over all the processes
+  among its outputs (`observe` takes it out). `requested` answers from the steps before the
+  one in flight, so it never waits for the step that runs: a stop comes one or two steps
+  after the signal. Every process asks after the same steps and reads the same maxima, so
+  they all stop after the same step. With one process it is the signal itself.
+  """
+
+  def __init__(self, signals: StopSignals, mesh=None):
+    self.signals = signals
+    self.across = mesh is not None and jax.process_count() > 1
+    self._mesh = mesh
+    self._maxima: collections.deque = collections.deque()
+    self._agreed: int | None = None
+
+  @property
+  def signum(self) -> int | None:
+    return self._agreed if self.across else self.signals.signum
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else ""
+
+  def attach(self, batch: dict) -> dict:
+    """`batch` (global arrays) with this process's stop entry, across processes."""
+    if not self.across:
+      return batch
+    local = len(self._mesh.local_devices)
+    flags = np.full((local,), self.signals.signum or 0, np.int32)
+    sharding = parallel.batch_sharded(self._mesh)
+    return {**batch, "stop": jax.make_array_from_process_local_data(sharding, flags)}
+
+  def observe(self, outputs: dict) -> dict:
+    """A step's outputs without their "stop" entry, which is kept for `requested`."""
+    if not self.across or "stop" not in outputs:
+      return outputs
+    outputs = dict(outputs)
+    self._maxima.append(outputs.pop("stop"))
+    return outputs
+
+  @property
+  def requested(self) -> bool:
+    if not self.across:
+      return self.signals.requested
+    while self._agreed is None and len(self._maxima) > 1:  # the newest may still run
+      self._agreed = int(self._maxima.popleft()) or None
+    return self._agreed is not None

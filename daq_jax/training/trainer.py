@@ -87,19 +87,39 @@ class Trainer:
     self.stop = stop or stops.StopSignals()
     self.workdir = workdir_lib.prepare(workdir)
     self.main = parallel.is_main_process()
-    self.lock = workdir_lib.RunLock(self.workdir) if self.main else None
-    self.decoder = self.ckpts = self.writer = None
+    self.lock = self.decoder = self.ckpts = self.writer = None
     self.train_batches = self.eval_batches = None
     try:
+      # Several processes: the same run on each (checked before anything is written), and
+      # process 0 holds the lock for all of them; a refusal ends every one alike.
+      parallel.check_same("config", to_dict(cfg))
+      self.lock = self._lock()
       self._setup()
     except BaseException:
       self.close(quiet=True)
       raise
 
+  def _lock(self) -> workdir_lib.RunLock | None:
+    """The workdir's lock, taken by process 0 for the run; its refusal reaches every process."""
+    lock, refused = None, ""
+    if self.main:
+      try:
+        lock = workdir_lib.RunLock(self.workdir)
+      except (workdir_lib.WorkdirError, files.WriteError) as e:
+        if jax.process_count() == 1:
+          raise
+        refused = str(e)
+    refused = parallel.from_process_zero(refused)
+    if refused:
+      raise workdir_lib.WorkdirError(refused)
+    return lock
+
   def _setup(self) -> None:
     cfg = self.cfg
     self.mesh = parallel.make_mesh(cfg.num_devices, cfg.batch_size)
+    self.agreed = stops.AgreedStop(self.stop, self.mesh)
     train_set, eval_set, self.info = data_lib.load(cfg.data)
+    parallel.check_same("dataset", self.info.to_json())
     self.ckpts = checkpoint.Checkpoints(self.workdir, cfg.keep_checkpoints)
     if self.ckpts.all_steps():  # a run to resume: it must be this one
       workdir_lib.check_record(self.workdir, to_dict(cfg), self.info)
@@ -168,7 +188,7 @@ class Trainer:
 
   def _evaluate(self, eval_fn, state) -> dict[str, float] | None:
     batches, mesh = self.eval_batches, self.mesh
-    return evaluate_batches(eval_fn, state, batches, mesh, stop=lambda: self.stop.requested)
+    return evaluate_batches(eval_fn, state, batches, mesh, stop=self.agreed)
 
   def _log(self, step: int) -> None:
     """Writes the metrics since the last log (checked: a non-finite loss stops the run)."""
@@ -188,11 +208,10 @@ class Trainer:
       saved = f"checkpoint {self.ckpts.step_dir(done)} is saved"
     else:
       saved = "nothing to save yet"
-    message = (
-      f"stopped by {self.stop.name}{during} at step {done}: {saved}; run the same command to resume"
-    )
+    here = self.stop.name or f"{self.agreed.name} to another process"
+    message = f"stopped by {here}{during} at step {done}: {saved}; run the same command to resume"
     self.writer.message(message)
-    raise stops.Stopped(self.stop.signum, message)
+    raise stops.Stopped(self.agreed.signum, message)
 
   def run(self) -> dict:
     cfg, spe = self.cfg, self.steps_per_epoch
@@ -210,6 +229,8 @@ class Trainer:
     state, first = start.state, int(start.state.step)
     self.writer.message(f"data: {self.info.source}")
     train_fn, eval_fn = steps.compile_steps(self.model, self.tx, self.info, cfg, replicated)
+    train_fn = parallel.compiled_together(train_fn, "train step")
+    eval_fn = parallel.compiled_together(eval_fn, "eval step")
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
@@ -228,10 +249,10 @@ class Trainer:
     )
     try:
       for step in range(first + 1, self.num_steps + 1):
-        if self.stop.requested:
+        if self.agreed.requested:
           self._stop(state)
-        state, metrics = train_fn(state, next(batches))
-        self.log.add(step, metrics)
+        state, metrics = train_fn(state, self.agreed.attach(next(batches)))
+        self.log.add(step, self.agreed.observe(metrics))
         if step % cfg.log_every_steps == 0 or step == self.num_steps:
           self._log(step)
         if step % checkpoint_every == 0 or step == self.num_steps:

@@ -2,9 +2,13 @@
 or none, and every bad value a one-line error naming the flag or variable. (The processes
 themselves run in test_multiprocess.py.)"""
 
+import json
+import socket
+
+import numpy as np
 import pytest
 
-from daq_jax.training import launch
+from daq_jax.training import launch, parallel, stops
 from daq_jax.training.launch import Launch
 
 ADDRESS = "127.0.0.1:29500"
@@ -66,3 +70,44 @@ def test_jax_finds_the_run_under_a_scheduler():
 def test_bad_launches_are_one_line_errors(args, environ, message):
   with pytest.raises(ValueError, match=message):
     launch.from_args(*args, environ=environ)
+
+
+def test_a_coordinator_that_accepts_connections_is_waited_for_and_one_that_does_not_named():
+  with socket.socket() as server:
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    launch.wait_for_coordinator(address, timeout=5)
+  with pytest.raises(ValueError) as e:  # the socket is closed now: nothing listens there
+    launch.wait_for_coordinator(address, timeout=0.2, poll=0.05)
+  assert str(e.value).startswith(
+    f"cannot reach the coordinator at {address} within 0.2 s (DAQ_JAX_INIT_TIMEOUT): "
+  )
+  with pytest.raises(ValueError, match="'nowhere' is not host:port"):
+    launch.wait_for_coordinator("nowhere", timeout=1)
+
+
+def test_processes_that_differ_are_named_with_their_keys(monkeypatch):
+  configs = [{"seed": 0, "optim": {"lr": 0.1, "m": 0.9}}, {"seed": 0, "optim": {"lr": 0.2}}]
+  texts = [json.dumps(c, sort_keys=True) for c in configs]
+  monkeypatch.setattr(parallel, "process_texts", lambda text: texts)
+  with pytest.raises(ValueError) as e:
+    parallel.check_same("config", configs[0])
+  assert str(e.value) == (
+    "process 1 was started with another config than process 0 (optim.lr: 0.1 on process 0, "
+    "0.2 on process 1; optim.m: 0.9 on process 0, None on process 1): start every process "
+    "with the same command"
+  )
+  monkeypatch.setattr(parallel, "process_texts", lambda text: [texts[0]] * 3)
+  parallel.check_same("config", configs[0])  # the same on every process: no error
+
+
+def test_the_agreed_stop_is_read_from_the_step_before_the_one_in_flight():
+  agreed = stops.AgreedStop(stops.StopSignals())
+  agreed.across = True  # as with several processes; the steps' maxima are given here
+  seen = []
+  for maximum in (0, 0, 15, 0, 0):
+    seen.append(agreed.requested)
+    assert agreed.observe({"loss": 1.0, "stop": np.int32(maximum)}) == {"loss": 1.0}
+  assert seen == [False, False, False, False, True]  # the 15 of step 3, read before step 5
+  assert (agreed.signum, agreed.name) == (15, "SIGTERM")
