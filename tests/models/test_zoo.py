@@ -65,8 +65,17 @@ def test_unknown_model_names_the_known_ones():
     models.create("resnet21")
 
 
+# Compiling a step of the larger models takes 20-150 s each with an empty cache: those are in
+# the slow set (`pytest -m slow`), which CI runs too.
+FAST_STEPS = ("small_cnn", "resnet20")
+
+
 @pytest.mark.parametrize("method", ["fp32", "daq"])
-@pytest.mark.parametrize(("name", "fields", "size"), STEP, ids=[s[0] for s in STEP])
+@pytest.mark.parametrize(
+  ("name", "fields", "size"),
+  [s if s[0] in FAST_STEPS else pytest.param(*s, marks=pytest.mark.slow) for s in STEP],
+  ids=[s[0] for s in STEP],
+)
 def test_a_training_step_runs(name, fields, size, method):
   cfg = quant.preset(method)
   model = models.create(

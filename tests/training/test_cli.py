@@ -110,6 +110,7 @@ def test_a_signal_saves_a_checkpoint_and_stops_with_one_message(tmp_path, signum
   assert again.returncode == 0 and f"resumed from {workdir}/checkpoints/{step}" in again.stderr
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_train_the_same_model():
   proc = _run(
     ["-m", "tests.training.multidevice_run"],

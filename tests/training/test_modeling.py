@@ -132,6 +132,7 @@ def test_the_default_rules_keep_the_zoos_stem_and_head_float(name):
   assert sorted(p.rsplit("/", 1)[-1] for p in floats) == ["head", "stem_conv"], floats
 
 
+@pytest.mark.slow
 def test_resnet20_through_the_rules_is_resnet20_built_with_quantized_layers():
   """The same parameter and state trees, and the same loss, gradients and new state to float32
   rounding, as `ResNet20(conv=QConv(quant=daq), dense=QDense(quant=daq))` with `stem_conv`
