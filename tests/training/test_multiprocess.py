@@ -12,7 +12,8 @@ both exit 0.
 Faults, on a longer run of two processes (the reference, uninterrupted): a second two-process
 run started on its workdir while it trains (held still with SIGSTOP) is refused by the lock on
 both processes; SIGTERM to both processes saves one checkpoint and exits 143 on both; kill -9 of
-one process ends the other with one line; after either, the same command resumes and ends
+one process ends the other (in one line when its collective fails, else by JAX's heartbeat
+timeout); after either, the same command resumes and ends
 bit-identical to the reference. A process started with another config is refused before
 anything is written, and a coordinator that cannot be reached is one line.
 
@@ -211,25 +212,25 @@ def test_sigterm_to_every_process_saves_one_checkpoint_then_resumes_bit_identica
 
 
 @pytest.mark.slow
-def test_kill_9_of_one_process_ends_the_other_in_one_line_then_resumes_bit_identically(
-  reference, tmp_path
-):
+def test_kill_9_of_one_process_ends_the_other_then_resumes_bit_identically(reference, tmp_path):
   workdir = tmp_path / "run"
   procs = _start(workdir, *LONG, devices=2, processes=2)
-  # Between two saves, while the processes train: the other's next collective fails at once.
-  # (Lost during a save, the others learn of it at a barrier of Orbax's, after
-  # DAQ_JAX_HEARTBEAT_TIMEOUT, and JAX's runtime may then end them with its own log.)
   metrics = workdir / "metrics.jsonl"
   _when(lambda: metrics.exists() and '"step": 10,' in metrics.read_text(), procs)
   procs[1].kill()
-  # It must end by itself (measured: 0.3 s after the kill); the timeout only ends a hang.
-  (survivor,) = _wait(procs[:1], timeout=300)
+  # It must end by itself; the timeout only ends a hang. Either its pending collective fails
+  # (measured: 0.3 s after the kill) and it says so in one line, or the collective waits and
+  # JAX's coordination service ends it after the heartbeat timeout (90 s here), with its own
+  # fatal log (SIGABRT): both were seen here, on the same command.
+  (survivor,) = _wait(procs[:1], timeout=600)
   _wait(procs[1:])
-  assert survivor.returncode == 1, survivor.stderr[-3000:]
-  (line,) = _errors(survivor.stderr)
-  assert line.startswith("error: process 0 of 2 lost the run: a collective with the other ")
-  assert "Gloo" in line, line
-  assert line.endswith(f"resume from the newest checkpoint in {workdir}/checkpoints")
+  assert survivor.returncode in (1, -signal.SIGABRT), survivor.stderr[-3000:]
+  if survivor.returncode == 1:
+    (line,) = _errors(survivor.stderr)
+    assert line.startswith("error: process 0 of 2 lost the run: a collective with the other ")
+    assert line.endswith(f"resume from the newest checkpoint in {workdir}/checkpoints")
+  else:
+    assert "heartbeat timeout" in survivor.stderr or "Terminating process" in survivor.stderr
   resumed = _wait(_start(workdir, *LONG, devices=2, processes=2))
   assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-3000:]
   assert "resumed from" in resumed[0].stderr
