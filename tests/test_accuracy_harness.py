@@ -41,6 +41,7 @@ def test_train_time_sums_each_logged_windows_steps():
   assert accuracy.train_seconds(records) == 200 + 450 + 1
 
 
+@pytest.mark.slow
 def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
   out = tmp_path / "acc.json"
   argv = [

@@ -40,6 +40,7 @@ def analysis(default_run):
   return analyze_workdir(default_run, batches=2, report=lambda note: None)
 
 
+@pytest.mark.slow
 def test_the_analysis_of_a_2_step_default_run_writes_every_file(default_run, analysis):
   out = os.path.join(default_run, "analysis")
   images = {f"hist_{layer}.png" for layer in LAYERS}
@@ -55,6 +56,7 @@ def test_the_analysis_of_a_2_step_default_run_writes_every_file(default_run, ana
     assert json.load(f) == json.loads(json.dumps(analysis))
 
 
+@pytest.mark.slow
 def test_its_numbers_are_in_range(analysis):
   assert analysis["step"] == 2 and analysis["batches"] == 2
   assert [layer["layer"] for layer in analysis["layers"]] == list(LAYERS)
@@ -113,6 +115,7 @@ def test_zeroed_share_and_energy_and_the_error_split_on_known_values():
   }
 
 
+@pytest.mark.slow
 def test_per_channel_max_scales_are_no_worse_than_a_per_tensor_scale(analysis):
   for layer in analysis["layers"]:
     gvq, per_tensor = layer["methods"]["gvq"], layer["methods"]["per_tensor"]
@@ -135,6 +138,7 @@ def test_analyze_refuses_a_workdir_without_checkpoint_or_an_unknown_method(
   assert err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_without_matplotlib_the_commands_say_how_to_install_it(default_run, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
   assert analyze_main(["--workdir", default_run]) == 1
@@ -143,6 +147,7 @@ def test_without_matplotlib_the_commands_say_how_to_install_it(default_run, monk
   assert "pip install 'daq_jax[plots]'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_tables_two_runs_and_refuses_a_directory_that_is_not_one(
   default_run, tmp_path, capsys
 ):
@@ -163,6 +168,7 @@ def test_compare_tables_two_runs_and_refuses_a_directory_that_is_not_one(
   assert f"{tmp_path} is not a train.py run: it has no config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_trainer_logs_the_quantizers_statistics(default_run):
   with open(os.path.join(default_run, "metrics.jsonl")) as f:
     records = [r for r in map(json.loads, f) if any(k.startswith("quant/") for k in r)]

@@ -29,6 +29,7 @@ def _loss(out):
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["daq", "per_tensor", "ui8"])
 def test_reports_one_row_per_quantized_layer(method):
   cfg = quant.preset(method)

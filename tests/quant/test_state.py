@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import daq_jax.nn as qnn
 from daq_jax import quant
@@ -108,6 +109,7 @@ def test_remat_gives_the_same_gradients_and_state():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sharded_batch_gives_the_single_device_state_and_gradients():
   root = pathlib.Path(__file__).resolve().parents[2]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

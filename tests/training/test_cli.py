@@ -81,7 +81,10 @@ def test_bad_config_values_are_clear_errors(tmp_path, flag, message):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+  ("signum", "status"),
+  [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+)
 def test_a_signal_saves_a_checkpoint_and_stops_with_one_message(tmp_path, signum, status):
   workdir = str(tmp_path / "run")
   args = [sys.executable, "train.py", f"--workdir={workdir}", "--config.log_every_steps=1"]

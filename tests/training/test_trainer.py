@@ -169,6 +169,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
   assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_ui8_scales_each_quantized_layer_by_its_deviation(tmp_path):
   cfg = tiny(**{"quant.method": "ui8", "num_steps": 2, "checkpoint_every_steps": 2})
   train_and_evaluate(cfg, str(tmp_path))
