@@ -62,6 +62,11 @@ GEOMETRIES = {
 METHODS = ["daq", "gvq", "mcs", "per_tensor", "ui8"]
 
 
+def _cases(names):
+  """`names` as parameters, the 3-D case (20-35 s each with an empty cache) in the slow set."""
+  return [pytest.param(n, marks=pytest.mark.slow) if n == "3d" else n for n in names]
+
+
 # The helpers jit what they run: one compilation per case instead of one per eager op keeps
 # the suite fast on a cold compilation cache.
 
@@ -90,7 +95,7 @@ def _float_vjp(x, w, g, **kw):
 
 
 @pytest.mark.parametrize("impl", ["xla", "im2col", "xla,im2col,xla"])
-@pytest.mark.parametrize("name", GEOMETRIES)
+@pytest.mark.parametrize("name", _cases(GEOMETRIES))
 def test_int8_equals_simulate_exactly_with_power_of_two_scales(name, impl):
   xs, ws, kw = GEOMETRIES[name]
   keys = jax.random.split(jax.random.key(0), 3)
@@ -108,7 +113,7 @@ def test_int8_equals_simulate_exactly_with_power_of_two_scales(name, impl):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", ["2d", "depthwise_multiplier_strided", "3d"])
+@pytest.mark.parametrize("name", _cases(["2d", "depthwise_multiplier_strided", "3d"]))
 def test_every_method_matches_simulate_and_stays_close_to_float(method, name):
   xs, ws, kw = GEOMETRIES[name]
   keys = jax.random.split(jax.random.key(1), 3)
