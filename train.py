@@ -1,6 +1,6 @@
 """Trains a model with INT8 (DAQ) or float layers; the logic lives in daq_jax.training.
 
-    python train.py                                   # configs/default.py: digits, ~1 min
+    python train.py                                   # configs/default.py: digits, under a minute
     python train.py --config configs/cifar10_resnet20.py --workdir runs/r20 \
         --config.data.dir=../shared/data/cifar10/train --config.quant.method=fp32
 
