@@ -21,14 +21,12 @@ def evaluate_batches(
 ) -> dict[str, float] | None:
   """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop` was
   requested on the way (a signal asked the run to end)."""
+  stop = stop or stops.AgreedStop(stops.StopSignals())  # none: never requested
   sums = None
   for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
-    if stop is not None and stop.requested:
+    if stop.requested:
       return None
-    if stop is None:
-      out = eval_fn(state, batch)
-    else:
-      out = stop.observe(eval_fn(state, stop.attach(batch)))
+    out = stop.observe(eval_fn(state, stop.attach(batch)))
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   sums = jax.device_get(sums)
   count = float(sums["count"])
