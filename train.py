@@ -74,20 +74,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO
+  config_file = FLAGS["config"].config_filename
+  workdir = FLAGS.workdir or os.path.join(
+    "runs", os.path.splitext(os.path.basename(config_file))[0]
+  )
   try:
     joining = launch.from_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    watchdog = None
     if joining is not None:
-      launch.join(joining)
+      watchdog = launch.join(joining, lost=lambda reason: _lost_the_run(reason, workdir))
   except ValueError as e:
     sys.exit(f"error: {e}")
-  config_file = FLAGS["config"].config_filename
+  try:
+    _train(config_file, workdir)
+  finally:  # leaving on purpose (an error of its own is one too): the others stop watching
+    if watchdog is not None:
+      watchdog.done()
+
+
+def _train(config_file: str, workdir: str):
   try:
     config = FLAGS.config.to_dict()
   except OSError as e:  # ml_collections defers a failed config load to the first access
     sys.exit(f"error: --config={config_file} cannot be loaded: {e}")
-  workdir = FLAGS.workdir or os.path.join(
-    "runs", os.path.splitext(os.path.basename(config_file))[0]
-  )
   try:
     train_and_evaluate(config, workdir, restore_step=FLAGS.restore_step)
   except Stopped as e:  # a signal: the checkpoint is saved and the message printed
@@ -99,19 +108,19 @@ def main(argv):
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
-    _lost_the_run(e, workdir)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    _lost_the_run(f"a collective with the other processes failed ({first})", workdir)
 
 
-def _lost_the_run(e: Exception, workdir: str):
-  """A collective between the processes failed: another process ended (killed, or its host
-  lost) or stopped answering. One line, then out at once (the run is closed, its files
-  flushed): JAX's own shutdown would wait for the lost process and then end this one with
-  pages of its log."""
-  first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+def _lost_the_run(reason: str, workdir: str):
+  """Another process ended (killed, or its host lost) or stopped answering: a collective
+  failed, or (from a thread of JAX's client) the coordination service missed its heartbeat.
+  One line, then out at once (checkpoints are whole or not there): JAX's own shutdown would
+  wait for the lost process and then end this one with pages of its log."""
   sys.stderr.write(
-    f"error: process {jax.process_index()} of {jax.process_count()} lost the run: a collective "
-    f"with the other processes failed ({first}); start every process again with the same "
-    f"command to resume from the newest checkpoint in {os.path.abspath(workdir)}/checkpoints\n"
+    f"error: process {jax.process_index()} of {jax.process_count()} lost the run: {reason}; "
+    f"start every process again with the same command to resume from the newest checkpoint "
+    f"in {os.path.abspath(workdir)}/checkpoints\n"
   )
   sys.stderr.flush()
   sys.stdout.flush()

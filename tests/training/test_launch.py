@@ -111,3 +111,73 @@ def test_the_agreed_stop_is_read_from_the_step_before_the_one_in_flight():
     assert agreed.observe({"loss": 1.0, "stop": np.int32(maximum)}) == {"loss": 1.0}
   assert seen == [False, False, False, False, True]  # the 15 of step 3, read before step 5
   assert (agreed.signum, agreed.name) == (15, "SIGTERM")
+
+
+class _Store:
+  """The coordination service's key-value store as the watchdog uses it."""
+
+  def __init__(self):
+    self.values, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: Failed to send RPC to coordination service\nmore")
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def _watchdogs(store, processes=3, timeout=10.0):
+  return [launch.Watchdog(store, i, processes, timeout, lost=None) for i in range(processes)]
+
+
+def test_the_watchdog_names_a_process_whose_heartbeat_stopped_after_the_timeout():
+  store = _Store()
+  zero, one, two = _watchdogs(store)
+  for now in (0.0, 1.0, 2.0):
+    assert [w.beat(now) for w in (zero, one, two)] == [None, None, None]
+  # Process 2 beats no more. Its last beat (at 2.0, after zero's) is seen by zero at 3.0.
+  for now in (3.0, 7.0, 13.0):
+    assert zero.beat(now) is None and one.beat(now) is None
+  assert zero.beat(13.5) == (
+    "process 2 sent no heartbeat for 10 s (DAQ_JAX_HEARTBEAT_TIMEOUT): it ended, or its host "
+    "was lost"
+  )
+
+
+def test_the_watchdog_leaves_alone_a_process_that_is_done_and_counts_a_late_one_from_its_start():
+  store = _Store()
+  zero, one, two = _watchdogs(store)
+  zero.beat(100.0), one.beat(100.0)  # process 2 has not come yet: counted from 100
+  assert zero.beat(109.0) is None and zero.beat(110.5).startswith("process 2 sent no heartbeat")
+  two.beat(110.6)
+  two._stop.set()  # as done() does, without a thread
+  store.values[f"{launch.Watchdog.PREFIX}2"] = "done"
+  assert zero.beat(111.0) is None and one.beat(111.0) is None
+  assert zero.beat(500.0) is None  # one still beats; two is done
+
+
+def test_the_watchdog_names_a_coordinator_that_does_not_answer():
+  store = _Store()
+  (one,) = [w for w in _watchdogs(store, processes=2) if w._process == 1]
+  assert one.beat(0.0) is None
+  store.down = True
+  assert one.beat(1.0) == (
+    "the coordinator (process 0) does not answer (UNAVAILABLE: Failed to send RPC to "
+    "coordination service)"
+  )
+
+
+def test_the_watchdog_thread_calls_lost_once_and_done_stops_it():
+  store, reasons = _Store(), []
+  lost = launch.Watchdog(store, 0, 2, timeout=0.0, lost=reasons.append, interval=0.01)
+  store.values[f"{launch.Watchdog.PREFIX}1"] = "7"  # process 1 beat once, then never again
+  lost.start()._thread.join(timeout=60)
+  assert reasons == [
+    "process 1 sent no heartbeat for 0 s (DAQ_JAX_HEARTBEAT_TIMEOUT): it "
+    "ended, or its host was lost"
+  ]
+  calm = launch.Watchdog(store, 1, 2, timeout=1e9, lost=reasons.append, interval=0.01).start()
+  calm.done()
+  assert store.values[f"{launch.Watchdog.PREFIX}1"] == "done" and len(reasons) == 1
