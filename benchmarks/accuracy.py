@@ -107,6 +107,8 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
     "seed": seed,
     "command": " ".join(["python", *command]),
     "top1": summary["eval_top1"],
+    "eval_split": summary.get("eval_split"),
+    **({"video_top1": summary["eval_video_top1"]} if "eval_video_top1" in summary else {}),
     "eval_loss": summary["eval_loss"],
     "train_loss": records[-1]["train/loss"] if records else None,
     "steps": summary["step"],
@@ -134,6 +136,9 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       continue
     top1 = [runs[run_key(method, s)]["top1"] for s in done]
     row = {"top1": _mean_std(top1), "seeds": done}
+    videos = [runs[run_key(method, s)].get("video_top1") for s in done]
+    if None not in videos:
+      row["video_top1"] = _mean_std(videos)
     paired = [s for s in done if run_key("fp32", s) in runs]
     if method != "fp32" and paired:
       diffs = [runs[run_key(method, s)]["top1"] - runs[run_key("fp32", s)]["top1"] for s in paired]
@@ -154,20 +159,28 @@ def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown(payload: dict) -> str:
+  splits = {run.get("eval_split") or "val" for run in payload["runs"].values()}
+  split = {"val": "validation", "test": "test"}.get(min(splits), min(splits)) if splits else "val"
+  video = any("video_top1" in row for row in payload["table"].values())
+  what = "clip top-1 and video top-1" if video else "top-1"
   lines = [
-    f"Final validation top-1 (%) of `{payload['config']}` "
+    f"Final {split} {what} (%) of `{payload['config']}` "
     f"({' '.join(payload['set']) or 'as configured'}); seeds {payload['seeds']}.",
     f"Machine: {payload['machine']['cpu']}, {payload['machine']['cpu_count']} cores; "
     f"command: `{payload['command']}`; written {payload['date']}.",
     "",
-    "| method | seeds done | top-1 | vs fp32 (paired by seed) | final train loss | train minutes |",
-    "|---|---|---|---|---|---|",
+    f"| method | seeds done | {'clip top-1 | video top-1' if video else 'top-1'} | "
+    "vs fp32 (paired by seed) | final train loss | train minutes |",
+    "|---|---|---|---|---|---|" + ("---|" if video else ""),
   ]
   for method, row in payload["table"].items():
     paired = _pm(row["vs_fp32"], 100, 2) if "vs_fp32" in row else "-"
     loss = _pm(row["train_loss"], 1, 3) if "train_loss" in row else "-"
+    top1 = _pm(row["top1"], 100)
+    if video:
+      top1 += " | " + (_pm(row["video_top1"], 100) if "video_top1" in row else "-")
     lines.append(
-      f"| {method} | {len(row['seeds'])} | {_pm(row['top1'], 100)} | {paired} | {loss} | "
+      f"| {method} | {len(row['seeds'])} | {top1} | {paired} | {loss} | "
       f"{_pm(row['minutes'], 1, 1)} |"
     )
   lines.append("")

@@ -18,7 +18,7 @@ import sys
 from absl import flags
 
 from daq_jax import cli
-from daq_jax.training.evaluation import evaluate_workdir
+from daq_jax.training.evaluation import describe_result, evaluate_workdir
 
 __all__ = ["evaluate_workdir", "main"]
 
@@ -48,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  top5 = f"  top-5 {result['top5']:.4f}" if "top5" in result else ""
-  print(
-    f"{FLAGS.workdir} step {result['step']} on {result['data']} ({result['examples']} "
-    f"examples): top-1 {result['top1']:.4f}{top5}  loss {result['loss']:.4f}"
-  )
+  print(f"{FLAGS.workdir} step {result['step']} on {result['data']}: {describe_result(result)}")
   if result.get("written", "").startswith("not written"):
     print(f"warning: the result was {result['written']}", file=sys.stderr)
   return 0

@@ -35,6 +35,7 @@ def test_the_error_finder_finds_an_error_at_any_depth():
   "module, args, keys",
   [
     ("benchmarks.ops", ["--batch", "2", "--repeats", "1"], ["rows", "net"]),
+    ("benchmarks.ops", ["--video", "--batch", "1", "--repeats", "1"], ["rows", "net"]),
     ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
     ("benchmarks.any_model", ["--batch", "2", "--repeats", "1"], ["resnet20_ms", "cnn_ms"]),
     ("benchmarks.multiprocess", ["--model", "small_cnn", "--batch", "4", "--repeats", "1"], []),

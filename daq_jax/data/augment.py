@@ -42,13 +42,12 @@ def pad_crop_flip(
   return out
 
 
-def random_resized_crop(
-  image: Image.Image, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
-) -> np.ndarray:
-  """Inception-style crop and flip of one PIL image, to a (size, size, C) uint8 array."""
-  width, height = image.size
+def random_resized_box(
+  width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+  """The (left, top, right, bottom) box of an Inception-style crop of a width x height image:
+  8-100 % of the area at an aspect ratio of 3/4-4/3 (10 tries, then the central crop)."""
   area = width * height
-  box = None
   for _ in range(10):
     target = area * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
@@ -57,21 +56,22 @@ def random_resized_crop(
     if 0 < w <= width and 0 < h <= height:
       left = int(rng.integers(0, width - w + 1))
       top = int(rng.integers(0, height - h + 1))
-      box = (left, top, left + w, top + h)
-      break
-  if box is None:  # fall back to the central crop at the nearest allowed aspect ratio
-    aspect = min(max(width / height, ratio[0]), ratio[1])
-    w, h = (
-      (width, round(width / aspect))
-      if width / height < aspect
-      else (
-        round(height * aspect),
-        height,
-      )
-    )
-    w, h = min(w, width), min(h, height)
-    left, top = (width - w) // 2, (height - h) // 2
-    box = (left, top, left + w, top + h)
+      return (left, top, left + w, top + h)
+  # The central crop at the nearest allowed aspect ratio.
+  aspect = min(max(width / height, ratio[0]), ratio[1])
+  w, h = (
+    (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+  )
+  w, h = min(w, width), min(h, height)
+  left, top = (width - w) // 2, (height - h) // 2
+  return (left, top, left + w, top + h)
+
+
+def random_resized_crop(
+  image: Image.Image, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> np.ndarray:
+  """Inception-style crop and flip of one PIL image, to a (size, size, C) uint8 array."""
+  box = random_resized_box(*image.size, rng, scale, ratio)
   out = np.asarray(image.resize((size, size), Image.BILINEAR, box=box))
   return out[:, ::-1] if rng.random() < 0.5 else out
 

@@ -4,6 +4,10 @@ The batch of training step s is a pure function of (seed, s): epoch e = s // ste
 is a permutation seeded with (seed, e), and augmentation draws from (seed, s). A run resumed
 at step s therefore sees exactly the batches the uninterrupted run saw. With several processes
 each one takes its slice of the global batch.
+
+For videos (a `VideoDataset`) an example is a clip: in training one per video, from a start
+drawn from (seed, step, video); in evaluation `info.eval_clips` evenly spaced clips per video,
+each batch also carrying `video`, the index of each clip's video.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from daq_jax.data import augment, image_folder
+from daq_jax.data import augment, image_folder, video
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.data.info import DatasetInfo
 from daq_jax.data.sources import Dataset
+from daq_jax.data.video import VideoDataset
 
 
 class Batches:
@@ -47,7 +52,10 @@ class Batches:
       (process_index + 1) * global_batch // process_count,
     )
     # A FileDataset decodes in `decoder` (shared, closed by its owner) or in a pool of its own.
-    self._owns_decoder = decoder is None and isinstance(dataset, FileDataset)
+    on_disk = isinstance(dataset, FileDataset) or (
+      isinstance(dataset, VideoDataset) and dataset.paths is not None
+    )
+    self._owns_decoder = decoder is None and on_disk
     self._decoder = image_folder.Decoder(workers) if self._owns_decoder else decoder
     self._order: tuple[int, np.ndarray] | None = None
 
@@ -115,22 +123,74 @@ class Batches:
     indices = self._epoch_order(epoch)[i * self.global_batch : (i + 1) * self.global_batch]
     return indices[self.local]
 
+  @property
+  def is_video(self) -> bool:
+    return isinstance(self.dataset, VideoDataset)
+
+  def _clips(self, videos: np.ndarray, starts: np.ndarray, seeds) -> np.ndarray:
+    """The clips of `videos` from frames `starts`, transformed (training where `seeds`)."""
+    frames, height, width, channels = self.info.image_shape
+    steps = np.arange(frames) * self.info.frame_stride
+    data = self.dataset
+    sources = [data.videos[v] if data.videos is not None else data.paths[v] for v in videos]
+    args = (
+      sources,
+      [start + steps for start in starts],
+      [channels] * len(videos),
+      [(height, width)] * len(videos),
+      [self.info.augment] * len(videos),
+      seeds,
+    )
+    if self._decoder is not None:
+      return np.stack(self._decoder.map(video.load_clip, *args))
+    return np.stack(list(map(video.load_clip, *args)))
+
   def train(self, step: int) -> dict[str, np.ndarray]:
     """The local part of training batch `step` (a pure function of the seed and the step)."""
     indices = self.train_indices(step)
+    if self.is_video:
+      span = video.clip_span(self.info.image_shape[0], self.info.frame_stride)
+      starts = [
+        int(np.random.default_rng([self.seed, step, int(i)]).integers(0, n - span + 1))
+        for i, n in zip(indices, self.dataset.frames[indices], strict=True)
+      ]
+      seeds = [(self.seed, step, int(i), 1) for i in indices]
+      images = self._clips(indices, np.asarray(starts), seeds)
+      return {"image": images, "label": self.dataset.labels[indices]}
     return {"image": self._images(indices, True, step), "label": self.dataset.labels[indices]}
 
+  @property
+  def eval_examples(self) -> int:
+    """Examples of one evaluation: the clips of every video, or the images."""
+    return len(self.dataset) * (self.info.eval_clips if self.is_video else 1)
+
   def evaluation(self) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in order; the last batch is padded and masked."""
-    n = len(self.dataset)
+    """Every example once, in order (for videos: each video's clips in turn); the last batch
+    is padded and masked."""
+    n = self.eval_examples
     for start in range(0, n, self.global_batch):
       indices = np.arange(start, start + self.global_batch)[self.local]
       mask = indices < n
       indices = np.where(mask, indices, 0)
+      if not self.is_video:
+        yield {
+          "image": self._images(indices, False, 0),
+          "label": self.dataset.labels[indices],
+          "mask": mask,
+        }
+        continue
+      clips = self.info.eval_clips
+      videos, which = np.divmod(indices, clips)
+      span = video.clip_span(self.info.image_shape[0], self.info.frame_stride)
+      starts = [
+        video.clip_starts(int(self.dataset.frames[v]), span, clips)[k]
+        for v, k in zip(videos, which, strict=True)
+      ]
       yield {
-        "image": self._images(indices, False, 0),
-        "label": self.dataset.labels[indices],
+        "image": self._clips(videos, np.asarray(starts), [None] * len(videos)),
+        "label": self.dataset.labels[videos],
         "mask": mask,
+        "video": videos.astype(np.int32),
       }
 
   def close(self) -> None:

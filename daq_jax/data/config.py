@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-DATASETS = ("digits", "cifar10", "cifar100", "image_folder")
-AUGMENTS = ("auto", "none", "cifar", "imagenet")
+IMAGE_DATASETS = ("digits", "cifar10", "cifar100", "image_folder")
+VIDEO_DATASETS = ("moving_digits", "video_folder")
+DATASETS = IMAGE_DATASETS + VIDEO_DATASETS
+AUGMENTS = ("auto", "none", "cifar", "imagenet", "video")
 EVAL_SPLITS = ("val", "test")
 
 
@@ -15,16 +17,24 @@ class DataConfig:
 
   Attributes:
     name: `digits` (embedded: scikit-learn's 8x8 digits), `cifar10`, `cifar100` (python-pickle
-      directory or image folder) or `image_folder` (`<dir>/train/<class>/*.jpg`, ImageNet).
+      directory or image folder) or `image_folder` (`<dir>/train/<class>/*.jpg`, ImageNet);
+      for video, `moving_digits` (embedded: the digits drifting over 16 frames) or
+      `video_folder` (`<dir>/train/<class>/<video>/` frames, `.npy`, or containers).
     dir: the data directory (unused for digits).
     image_size: the side of the training images; 0 keeps the stored size (in-memory data).
     val_fraction: the share of every class of train held out as the validation split.
     eval_split: `val` (the held-out part of train) or `test` (the dataset's own test split).
-    augment: `cifar` (pad-crop-flip), `imagenet` (random-resized-crop-flip), `none`, or `auto`
-      (none for digits, cifar for small images, imagenet for large ones).
+    augment: `cifar` (pad-crop-flip), `imagenet` (random-resized-crop-flip), `video` (clips:
+      short side to 128/112 of the crop, random crop, flip), `none`, or `auto` (none for the
+      embedded data, cifar for small images or frames, imagenet for large images, video for
+      large frames).
     cache_dir: where decoded small image folders are cached ("" disables the cache).
     workers: processes decoding images (0 decodes in the training process).
     prefetch: batches prepared ahead of the training step.
+    clip_frames: frames of one clip (video datasets).
+    frame_stride: take every frame_stride-th frame into a clip (video datasets).
+    eval_clips: evenly spaced clips per video in evaluation; the video's prediction is the
+      mean of its clips' logits (video datasets).
   """
 
   name: str = "digits"
@@ -36,6 +46,13 @@ class DataConfig:
   cache_dir: str = "~/.cache/daq_jax/datasets"
   workers: int = 0
   prefetch: int = 2
+  clip_frames: int = 8
+  frame_stride: int = 1
+  eval_clips: int = 3
+
+  @property
+  def is_video(self) -> bool:
+    return self.name in VIDEO_DATASETS
 
   def __post_init__(self):
     for key, value, allowed in (
@@ -48,6 +65,14 @@ class DataConfig:
     for key in ("image_size", "workers", "prefetch"):
       if not getattr(self, key) >= 0:
         raise ValueError(f"config data.{key}={getattr(self, key)} must be >= 0")
+    for key in ("clip_frames", "frame_stride", "eval_clips"):
+      if not getattr(self, key) >= 1:
+        raise ValueError(f"config data.{key}={getattr(self, key)} must be >= 1")
+    if self.augment == "video" and not self.is_video:
+      raise ValueError(
+        f"config data.augment='video' is for video datasets {VIDEO_DATASETS}, not "
+        f"data.name={self.name!r}"
+      )
     if not 0 <= self.val_fraction < 1:
       raise ValueError(f"config data.val_fraction={self.val_fraction} must be in [0, 1)")
     if self.eval_split == "val" and self.val_fraction <= 0:

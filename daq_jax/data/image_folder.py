@@ -54,26 +54,36 @@ def split_dir(root: str, split: str) -> str | None:
   return root if split == "train" else None
 
 
+def class_folders(
+  root: str, class_names=None, what: str = "image folder", layout: str = "<class>/*.jpg"
+) -> tuple[list[str], tuple[str, ...]]:
+  """(the class folders found under `root`, sorted; the class names, `class_names` or those
+  folders). A training split (no `class_names`) needs two classes or more, and every folder
+  found must be a known class; the errors name `root` as a `what`."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{what} {root} does not exist")
+  found = sorted(d.name for d in os.scandir(root) if d.is_dir())
+  if not found:
+    raise ValueError(f"{what} {root} has no class subfolders (expected {root}/{layout})")
+  if class_names is None and len(found) == 1:
+    raise ValueError(
+      f"{what} {root} has a single class folder ({found[0]!r}): a classifier needs two "
+      "classes or more"
+    )
+  names = tuple(found) if class_names is None else tuple(class_names)
+  unknown = sorted(set(found) - set(names))
+  if unknown:
+    raise ValueError(f"{what} {root}: classes {unknown} are not among the model's {names}")
+  return found, names
+
+
 def list_images(root: str, class_names: tuple[str, ...] | None = None) -> FileDataset:
   """All images under `root/<class>/`, sorted; `class_names` fixes the label of each folder.
 
   Without `class_names` (a training split) there must be two classes or more; every class
   folder must hold an image. The errors name the folder.
   """
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"image folder {root} does not exist")
-  found = sorted(d.name for d in os.scandir(root) if d.is_dir())
-  if not found:
-    raise ValueError(f"image folder {root} has no class subfolders (expected {root}/<class>/*.jpg)")
-  if class_names is None and len(found) == 1:
-    raise ValueError(
-      f"image folder {root} has a single class folder ({found[0]!r}): a classifier needs two "
-      "classes or more"
-    )
-  names = tuple(found) if class_names is None else tuple(class_names)
-  unknown = sorted(set(found) - set(names))
-  if unknown:
-    raise ValueError(f"image folder {root}: classes {unknown} are not among the model's {names}")
+  found, names = class_folders(root, class_names)
   index = {name: i for i, name in enumerate(names)}
   paths, labels = [], []
   for name in found:
@@ -228,7 +238,8 @@ def load_example(path: str, size: int, random_crop: bool, seed: tuple[int, ...])
 
 
 class Decoder:
-  """Decodes batches of a `FileDataset`, in `workers` spawned processes (0: in this one)."""
+  """Decodes batches of a `FileDataset` (or of videos on disk), in `workers` spawned processes
+  (0: in this one)."""
 
   def __init__(self, workers: int):
     self._pool = _pool(workers) if workers > 0 else None
@@ -239,6 +250,13 @@ class Decoder:
     if self._pool is None:
       return np.stack(list(map(load_example, *args)))
     return np.stack(list(self._pool.map(load_example, *args, chunksize=8)))
+
+  def map(self, fn, *args) -> list:
+    """`fn` over `args` (as `map`), in the workers: any picklable top-level function (the video
+    clips use it)."""
+    if self._pool is None:
+      return list(map(fn, *args))
+    return list(self._pool.map(fn, *args, chunksize=8))
 
   def close(self) -> None:
     if self._pool is not None:

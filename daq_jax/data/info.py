@@ -11,7 +11,10 @@ class DatasetInfo:
   """What a trained model needs to know of its data, and which data it was (`dataset.json`).
 
   Attributes:
-    class_names, image_shape, mean, std, augment: what the model and its input pipeline use.
+    class_names, image_shape, mean, std, augment: what the model and its input pipeline use;
+      image_shape is (T, H, W, C) for clips of T frames.
+    frame_stride: the frames between two frames of a clip (videos).
+    eval_clips: clips per video in evaluation; 0 for images.
     dir: the data directory, absolute ("" for the embedded digits).
     train_examples, eval_examples: the sizes of the two splits.
     source: how the data is read, in words (logged at the start of a run).
@@ -22,10 +25,16 @@ class DatasetInfo:
   mean: tuple[float, ...]
   std: tuple[float, ...]
   augment: str
+  frame_stride: int = 1
+  eval_clips: int = 0
   dir: str = ""
   train_examples: int = 0
   eval_examples: int = 0
   source: str = ""
+
+  @property
+  def is_video(self) -> bool:
+    return self.eval_clips > 0
 
   @property
   def num_classes(self) -> int:

@@ -8,15 +8,19 @@ import os
 
 import numpy as np
 
-from daq_jax.data import arrays, image_folder
+from daq_jax.data import arrays, image_folder, video
 from daq_jax.data.arrays import ArrayDataset
 from daq_jax.data.config import DataConfig
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.data.info import DatasetInfo
+from daq_jax.data.video import VideoDataset
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# torchvision's video models' normalisation (Kinetics-400), for videos read from disk.
+KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
+SMALL_FRAME = 64  # frames up to this side are augmented as CIFAR's, larger ones as ImageNet's
 
-Dataset = ArrayDataset | FileDataset
+Dataset = ArrayDataset | FileDataset | VideoDataset
 
 
 def _data_dir(cfg: DataConfig) -> str:
@@ -68,11 +72,17 @@ def channel_statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, 
   rounded to 4 places), or ImageNet's for images read from files."""
   if isinstance(train, FileDataset):
     return IMAGENET_MEAN, IMAGENET_STD
-  # Exact per-channel moments, a chunk of images at a time (no float copy of the dataset).
-  channels = train.images.shape[-1]
+  return _moments(train.images)
+
+
+def _moments(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Per-channel mean and std of uint8 `images` (any leading axes) in [0, 1], exact, rounded
+  to 4 places."""
+  # A chunk of images at a time (no float copy of the dataset).
+  channels = images.shape[-1]
   total, squares, count = np.zeros(channels), np.zeros(channels), 0
-  for start in range(0, len(train), 1024):
-    chunk = train.images[start : start + 1024].reshape(-1, channels).astype(np.int64)
+  for start in range(0, len(images), 1024):
+    chunk = images[start : start + 1024].reshape(-1, channels).astype(np.int64)
     total += chunk.sum(0)
     squares += (chunk * chunk).sum(0)
     count += len(chunk)
@@ -83,6 +93,8 @@ def channel_statistics(train: Dataset) -> tuple[tuple[float, ...], tuple[float, 
 
 def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
   """(train, eval, info) for a config; eval is the validation or the test split."""
+  if cfg.is_video:
+    return load_videos(cfg)
   if cfg.name == "digits":
     train, source = arrays.load_digits("train"), "the embedded 8x8 digits"
   else:
@@ -120,6 +132,70 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     std,
     kind,
     dir="" if cfg.name == "digits" else os.path.abspath(os.path.expanduser(cfg.dir)),
+    train_examples=len(train),
+    eval_examples=len(evaluation),
+    source=source,
+  )
+  return train, evaluation, info
+
+
+def read_video_dir(path: str, split: str, cfg: DataConfig, class_names=None, classes_at_top=False):
+  """The `split` of a video folder at `path` (`video.list_videos`)."""
+  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
+  if folder is None:
+    raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
+  return video.list_videos(folder, class_names, any_size=bool(cfg.image_size))
+
+
+def load_videos(cfg: DataConfig) -> tuple[VideoDataset, VideoDataset, DatasetInfo]:
+  """(train, eval, info) of a video dataset: the embedded moving digits (in memory) or a video
+  folder (read per batch).
+
+  Raises:
+    ValueError: one line naming the key: a clip longer than the shortest video.
+  """
+  if cfg.name == "moving_digits":
+    train, source = video.moving_digits("train"), "the embedded moving digits (16x32x32 clips)"
+  else:
+    root = _data_dir(cfg)
+    train = read_video_dir(root, "train", cfg)
+    source = f"video folder {root}: {len(train)} training videos, decoded from disk every batch"
+  if cfg.val_fraction > 0:
+    train_idx, val_idx = arrays.validation_split(train.labels, cfg.val_fraction)
+    train, val = train.take(train_idx), train.take(val_idx)
+  if cfg.eval_split == "val":
+    evaluation = val
+  elif cfg.name == "moving_digits":
+    evaluation = video.moving_digits("test")
+  else:
+    evaluation = read_video_dir(root, "test", cfg, train.class_names)
+  span = video.clip_span(cfg.clip_frames, cfg.frame_stride)
+  for split, data in (("train", train), (cfg.eval_split, evaluation)):
+    shortest = int(np.argmin(data.frames))
+    if data.frames[shortest] < span:
+      raise ValueError(
+        f"config data.clip_frames={cfg.clip_frames} with data.frame_stride={cfg.frame_stride} "
+        f"spans {span} frames, more than the {int(data.frames[shortest])} of the shortest "
+        f"{split} video ({data.name(shortest)})"
+      )
+  height, width, channels = train.frame_shape
+  if cfg.image_size:
+    height = width = cfg.image_size
+  if train.videos is not None:
+    mean, std = _moments(train.videos)
+  else:
+    mean, std = KINETICS_MEAN, KINETICS_STD
+  small = cfg.name == "moving_digits" or max(train.frame_shape[:2]) <= SMALL_FRAME
+  default_kind = "none" if cfg.name == "moving_digits" else ("cifar" if small else "video")
+  info = DatasetInfo(
+    train.class_names,
+    (cfg.clip_frames, height, width, channels),
+    mean,
+    std,
+    default_kind if cfg.augment == "auto" else cfg.augment,
+    frame_stride=cfg.frame_stride,
+    eval_clips=cfg.eval_clips,
+    dir="" if cfg.name == "moving_digits" else os.path.abspath(os.path.expanduser(cfg.dir)),
     train_examples=len(train),
     eval_examples=len(evaluation),
     source=source,

@@ -11,6 +11,7 @@ from daq_jax.models.resnet import ResNet18, ResNet50
 from daq_jax.models.resnet_cifar import ResNet20, ResNet56
 from daq_jax.models.small_cnn import SmallCNN
 from daq_jax.models.vgg import VGG16
+from daq_jax.models.video import R3D18, C3DSmall, R2Plus1D18
 
 MODELS = {
   "small_cnn": SmallCNN,
@@ -24,6 +25,9 @@ MODELS = {
   "vgg16": VGG16,
   "alexnet": AlexNet,
   "inceptionv3": InceptionV3,
+  "r3d_18": R3D18,
+  "r2plus1d_18": R2Plus1D18,
+  "c3d_small": C3DSmall,
 }
 
 

@@ -9,8 +9,10 @@ import json
 import os
 
 import jax
+import numpy as np
 
 from daq_jax import data as data_lib
+from daq_jax.data import sources
 from daq_jax.data.info import DatasetInfo
 from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps, stops
 from daq_jax.training.config import TrainConfig, from_dict
@@ -20,13 +22,16 @@ def evaluate_batches(
   eval_fn, state, batches: data_lib.Batches, mesh, stop: stops.AgreedStop | None = None
 ) -> dict[str, float] | None:
   """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop` was
-  requested on the way (a signal asked the run to end)."""
+  requested on the way (a signal asked the run to end). For videos the examples are clips,
+  and `video_top1` is the top-1 of each video's mean clip logits over its `eval_clips` clips."""
   stop = stop or stops.AgreedStop(stops.StopSignals())  # none: never requested
-  sums = None
+  sums, clips = None, []
   for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
     if stop.requested:
       return None
     out = stop.observe(eval_fn(state, stop.attach(batch)))
+    if "clips" in out:
+      clips.append(out.pop("clips"))
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   sums = jax.device_get(sums)
   count = float(sums["count"])
@@ -34,7 +39,37 @@ def evaluate_batches(
   if batches.info.num_classes > 10:
     result["top5"] = float(sums["top5"]) / count
   result["examples"] = int(count)
+  if clips:
+    result.update(video_top1(jax.device_get(clips), len(batches.dataset)))
   return result
+
+
+def describe_result(result: dict) -> str:
+  """An evaluation result in words: "top-1 0.9861 on 360 examples, loss 0.0503", or for
+  videos "clip top-1 0.52, video top-1 0.61 on 1080 clips of 360 videos, loss 1.2"."""
+  top5 = f", top-5 {result['top5']:.4f}" if "top5" in result else ""
+  if "video_top1" in result:
+    return (
+      f"clip top-1 {result['top1']:.4f}{top5}, video top-1 {result['video_top1']:.4f} on "
+      f"{result['examples']} clips of {result['videos']} videos, loss {result['loss']:.4f}"
+    )
+  return (
+    f"top-1 {result['top1']:.4f}{top5} on {result['examples']} examples, loss {result['loss']:.4f}"
+  )
+
+
+def video_top1(clips: list[dict], videos: int) -> dict[str, float]:
+  """`video_top1`, the share of videos whose mean clip logits rank their label first, and
+  `videos`, their count, from the eval step's `clips` of every batch."""
+  logits = np.concatenate([c["logits"] for c in clips]).astype(np.float64)
+  mask = np.concatenate([c["mask"] for c in clips])
+  video = np.concatenate([c["video"] for c in clips])[mask]
+  label = np.concatenate([c["label"] for c in clips])[mask]
+  sums = np.zeros((videos, logits.shape[-1]))
+  np.add.at(sums, video, logits[mask])
+  labels = np.full(videos, -1)
+  labels[video] = label
+  return {"video_top1": float(np.mean(sums.argmax(-1) == labels)), "videos": videos}
 
 
 def _read_json(path: str):
@@ -50,9 +85,12 @@ def _dataset(path: str, cfg, info: DatasetInfo):
     raise FileNotFoundError(f"--data_dir {path}: no such directory")
   data_cfg = dataclasses.replace(cfg.data, dir=path)
   channels = info.image_shape[-1]
-  dataset = data_lib.read_dir(
-    path, "test", data_cfg, info.class_names, channels, classes_at_top=True
-  )
+  if info.is_video:
+    dataset = sources.read_video_dir(path, "test", data_cfg, info.class_names, classes_at_top=True)
+  else:
+    dataset = data_lib.read_dir(
+      path, "test", data_cfg, info.class_names, channels, classes_at_top=True
+    )
   if tuple(dataset.class_names) != tuple(info.class_names):
     raise ValueError(
       f"--data_dir {path} has classes {dataset.class_names}, the model {info.class_names}"

@@ -61,7 +61,8 @@ def build(cls: type[nn.Module], num_classes: int, dtype) -> nn.Module:
 
 
 def probe(model: nn.Module, input_shape) -> tuple[list[tuple[str, str]], tuple[int, ...]]:
-  """One abstract trace of `model`'s init and apply on 2 images of `input_shape` (H, W, C):
+  """One abstract trace of `model`'s init and apply on 2 images of `input_shape` (H, W, C),
+  or clips (T, H, W, C):
   (path, "conv" or "dense") of the `nn.Conv`/`nn.Dense` layers it calls, in call order, and
   the shape of its logits."""
   quantized = quantize(model, [(".*", None)])
@@ -77,6 +78,24 @@ def probe(model: nn.Module, input_shape) -> tuple[list[tuple[str, str]], tuple[i
   return list(seen.items()), tuple(out.shape)
 
 
+def check_input_kind(model_name: str, data_name: str, input_shape) -> None:
+  """A zoo model of images given clips (T, H, W, C), or one of clips given images, is a
+  one-line error naming both keys (user models are checked by the probe's trace)."""
+  if is_import_path(model_name) or model_name not in models.MODELS:
+    return
+  clips, video_model = len(input_shape) == 4, model_name in models.VIDEO_MODELS
+  if clips and not video_model:
+    raise ValueError(
+      f"config model.name={model_name!r} takes images, but data.name={data_name!r} gives clips "
+      f"{tuple(input_shape)}: use a video model ({', '.join(models.VIDEO_MODELS)})"
+    )
+  if video_model and not clips:
+    raise ValueError(
+      f"config model.name={model_name!r} takes clips, but data.name={data_name!r} gives images "
+      f"{tuple(input_shape)}: use a video dataset (moving_digits, video_folder) or an image model"
+    )
+
+
 def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
   """The model of `cfg` (a `TrainConfig`) for `num_classes` classes and images of
   `input_shape` (H, W, C), quantized by its rules; checked, before anything compiles, by one
@@ -87,6 +106,7 @@ def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
       that matches no layer, with the layers' paths.
   """
   dtype = jnp.dtype(cfg.model.dtype)
+  check_input_kind(cfg.model.name, cfg.data.name, input_shape)
   if is_import_path(cfg.model.name):
     model = build(import_model_class(cfg.model.name), num_classes, dtype)
   else:

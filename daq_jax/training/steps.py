@@ -133,7 +133,8 @@ def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, in
 
 
 def eval_step(state: TrainState, batch, *, model, info, input_dtype):
-  """Sums over the unmasked examples: loss, top-1 and top-5 hits, count."""
+  """Sums over the unmasked examples: loss, top-1 and top-5 hits, count; for clips also
+  `clips`, every clip's logits with its video, label and mask (gathered, not summed)."""
   images = normalize(batch["image"], info, input_dtype)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   variables[qnn.STATE_COLLECTION] = state.quant_state
@@ -150,6 +151,8 @@ def eval_step(state: TrainState, batch, *, model, info, input_dtype):
   }
   if "stop" in batch:  # as in train_step
     sums["stop"] = jnp.max(batch["stop"])
+  if "video" in batch:  # clips: their logits, for the prediction per video on the host
+    sums["clips"] = {"logits": logits, "video": batch["video"], "label": labels, "mask": mask}
   return sums
 
 

@@ -27,7 +27,7 @@ from daq_jax.quant import backends
 from daq_jax.training import checkpoint, files, modeling, optim, parallel, resume, steps, stops
 from daq_jax.training import workdir as workdir_lib
 from daq_jax.training.config import TrainConfig, from_dict, to_dict
-from daq_jax.training.evaluation import evaluate_batches
+from daq_jax.training.evaluation import describe_result, evaluate_batches
 from daq_jax.training.metrics import MetricWriter, TrainLog
 
 __all__ = ["Trainer", "train_and_evaluate"]
@@ -235,7 +235,8 @@ class Trainer:
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
       f"({backends.describe(cfg.quant.impl)}), {len(self.train_batches.dataset)} train / "
-      f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} examples, {self.num_steps} steps "
+      f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} "
+      f"{'videos' if self.info.is_video else 'examples'}, {self.num_steps} steps "
       f"of {cfg.batch_size} on {self.mesh.size} {self.mesh.devices.flat[0].platform} "
       f"device(s), workdir {self.workdir}"
     )
@@ -287,11 +288,9 @@ class Trainer:
       "eval_split": cfg.data.eval_split,
       **{f"eval_{k}": v for k, v in result.items()},
     }
-    top5 = f", top-5 {result['top5']:.4f}" if "top5" in result else ""
     self.writer.message(
       f"final: {cfg.model.name} {cfg.quant.method} step {summary['step']}: "
-      f"{cfg.data.eval_split} top-1 {result['top1']:.4f}{top5} on {result['examples']} "
-      f"examples, loss {result['loss']:.4f}"
+      f"{cfg.data.eval_split} {describe_result(result)}"
     )
     if self.main:
       files.write_json(os.path.join(self.workdir, "summary.json"), summary)

@@ -50,6 +50,26 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
   assert again.returncode == 0 and "is complete at step 2" in again.stderr
 
 
+def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["train.py", "--config=configs/video_default.py", f"--workdir={workdir}"]
+  proc = _run([*args, "--config.num_steps=2"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "1437 train / 360 test videos" in proc.stderr
+  assert re.search(
+    r"final: c3d_small daq step 2: test clip top-1 [\d.]+, top-5 [\d.]+, video top-1 [\d.]+ on "
+    r"1080 clips of 360 videos",
+    proc.stderr,
+  ), proc.stderr[-2000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["eval_videos"] == 360 and 0 <= summary["eval_video_top1"] <= 1
+  # The workdir evaluates as it trained.
+  again = _run(["-m", "daq_jax.evaluate", f"--workdir={workdir}"])
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"video top-1 {summary['eval_video_top1']:.4f} on 1080 clips of 360 videos" in again.stdout
+
+
 @pytest.mark.parametrize(
   ("flag", "message"),
   [
@@ -72,10 +92,26 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
     ("--config.seed=-1", "config seed=-1 must be >= 0"),
     ("--config.data.image_size=-4", "config data.image_size=-4 must be >= 0"),
     ("--restore_step=-2", "--restore_step=-2: -2 is not a non-negative integer"),
+    ("--config.data.eval_clips=0", "config data.eval_clips=0 must be >= 1"),
+    (
+      "--config.data.name=moving_digits",
+      "config model.name='small_cnn' takes images, but data.name='moving_digits' gives clips "
+      "(8, 32, 32, 1): use a video model (r3d_18, r2plus1d_18, c3d_small)",
+    ),
+    (
+      "--config.model.name=c3d_small",
+      "config model.name='c3d_small' takes clips, but data.name='digits' gives images (8, 8, 1)",
+    ),
+    (
+      "--config.data.name=moving_digits --config.model.name=c3d_small "
+      "--config.data.clip_frames=9 --config.data.frame_stride=2",
+      "config data.clip_frames=9 with data.frame_stride=2 spans 17 frames, more than the 16 of "
+      "the shortest train video (video 0)",
+    ),
   ],
 )
 def test_bad_config_values_are_clear_errors(tmp_path, flag, message):
-  proc = _run(["train.py", f"--workdir={tmp_path}", flag])
+  proc = _run(["train.py", f"--workdir={tmp_path}", *flag.split()])
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr

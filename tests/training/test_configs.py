@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = sorted(
   p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py")
 )
-BASES = {"base_cifar10", "base_imagenet"}
+BASES = {"base_cifar10", "base_imagenet", "base_video"}
 EXPECTED = BASES | {
   "default",
   "cifar10_resnet20",
@@ -31,6 +31,9 @@ EXPECTED = BASES | {
   "imagenet_inceptionv3",
   "imagenet_vgg16",
   "imagenet_alexnet",
+  "video_default",
+  "video_ucf101_r3d18",
+  "video_kinetics_r2plus1d18",
 }
 
 

@@ -114,8 +114,12 @@ def test_a_model_with_the_wrong_number_of_logits_is_refused(tmp_path):
     train_and_evaluate(cfg, str(tmp_path))
 
 
-# Input sizes the zoo's models accept (Inception-v3 needs 75x75 at least).
-ZOO_SHAPES = {"inceptionv3": (75, 75, 3), "alexnet": (63, 63, 3)}
+# Input sizes the zoo's models accept (Inception-v3 needs 75x75 at least; clips for video).
+ZOO_SHAPES = {
+  "inceptionv3": (75, 75, 3),
+  "alexnet": (63, 63, 3),
+  **{name: (4, 32, 32, 3) for name in models.VIDEO_MODELS},
+}
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

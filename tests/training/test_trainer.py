@@ -93,7 +93,7 @@ def test_evaluation_of_the_workdir_reproduces_the_final_score(finished_run, tmp_
   whole = evaluate_workdir(workdir, batch_size=360)
   assert evaluate_main(["--workdir", workdir, "--data_dir", str(tmp_path), "--batch_size=360"]) == 0
   out = capsys.readouterr().out
-  assert f"top-1 {whole['top1']:.4f}" in out and "(360 examples)" in out
+  assert f"top-1 {whole['top1']:.4f} on 360 examples" in out
 
 
 def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
