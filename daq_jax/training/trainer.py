@@ -234,7 +234,8 @@ class Trainer:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
-      f"({backends.describe(cfg.quant.impl)}), {len(self.train_batches.dataset)} train / "
+      f"({backends.describe(cfg.quant.impl, spatial_dims=len(self.info.image_shape) - 1)}), "
+      f"{len(self.train_batches.dataset)} train / "
       f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} "
       f"{'videos' if self.info.is_video else 'examples'}, {self.num_steps} steps "
       f"of {cfg.batch_size} on {self.mesh.size} {self.mesh.devices.flat[0].platform} "

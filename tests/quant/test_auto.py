@@ -103,3 +103,12 @@ def test_describe_says_what_auto_resolves_to():
   assert backends.describe("auto", "cpu") == "auto: xla,xla,xla on cpu"
   assert backends.describe("xla,auto,im2col", "cpu") == "xla,auto,im2col: xla,xla,im2col on cpu"
   assert backends.describe("im2col") == "im2col"
+
+
+def test_the_cpu_plan_of_a_3d_conv_puts_forward_and_dgrad_on_im2col():
+  # Written out; the evidence is benchmarks/results/ops3d_cpu.json (auto.py says how).
+  spec = make_spec((2, 4, 8, 8, 16), (3, 3, 3, 16, 32))
+  assert backends.plan(quant.daq(), spec, "cpu").names == ("im2col", "im2col", "xla")
+  assert backends.plan(quant.daq(), spec, "cuda").names == ("im2col", "im2col", "im2col")
+  flat = make_spec((2, 8, 8, 16), (3, 3, 16, 32))
+  assert backends.plan(quant.daq(), flat, "cpu").names == ("xla", "xla", "xla")

@@ -10,6 +10,13 @@ Where the rows come from:
   ResNet-20's convolutions at batch 128 on the 2-core AVX2 machine, jax 0.10.2). Over the 19
   convolutions, im2col takes 1.78x xla's time for the forward pass, 1.92x for dgrad and 2.40x
   for wgrad; only the 3-channel stem's wgrad is faster on im2col (0.55x). So: xla.
+- cpu, 3-D convs (video models): measured (`python -m benchmarks.ops --video --repeats 3`,
+  benchmarks/results/ops3d_cpu.json: R3D-18's and R(2+1)D-18's first two stages on 8x56x56
+  clips, batch 4). XLA's int8 3-D convolutions are slow there: the xla path takes 4.27x
+  float32's time over the 7 shapes. On im2col views the forward pass takes 0.20x and dgrad
+  0.16x xla's time, wgrad 4.69x. So: im2col for forward and dgrad, xla for wgrad. The sum of
+  those parts (with the gradient quantizer) is 45.2 s against float32's 54.7 s, 0.83x; the
+  whole plan was not timed as one program.
 - cuda: NOT measured yet: no session has had a GPU (benchmarks/gpu_check.sh measures the
   table's inputs, and this row is to be rewritten from its JSON). Until then it is the
   implementation most likely to compile and run fast: XLA's int8 dot_general on im2col views
@@ -40,8 +47,18 @@ TABLE: dict[str, dict[str, tuple[str, ...]]] = {
 OTHER = dict.fromkeys(CONTRACTIONS, ("im2col", "xla"))
 
 
-def candidates(platform: str, contraction: str) -> tuple[str, ...]:
-  """The implementations auto tries for `contraction` on `platform`, in order."""
+# 3-D convolutions (video models) on the CPU: XLA's int8 3-D convolutions are many times
+# slower than its float ones there, its int8 dots on im2col views are not (see above).
+TABLE_3D = {
+  "cpu": {"forward": ("im2col", "xla"), "dgrad": ("im2col", "xla"), "wgrad": ("xla", "im2col")},
+}
+
+
+def candidates(platform: str, contraction: str, spec=None) -> tuple[str, ...]:
+  """The implementations auto tries for `contraction` on `platform`, in order; `spec`, the
+  conv's geometry (None for a dense layer), picks the 3-D row where there is one."""
+  if spec is not None and len(spec.window_strides) == 3 and platform in TABLE_3D:
+    return TABLE_3D[platform][contraction]
   return TABLE.get(platform, OTHER)[contraction]
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib
 
+from daq_jax.quant import geometry
 from daq_jax.quant.backends import auto
 from daq_jax.quant.backends.base import Backend
 from daq_jax.quant.backends.platform import target_platform
@@ -75,7 +76,7 @@ def choose(name: str, contraction: str, spec: ConvSpec | None, platform: str) ->
       )
     return backend
   skipped = []
-  for candidate in auto.candidates(platform, contraction):
+  for candidate in auto.candidates(platform, contraction, spec):
     backend = get(candidate)
     reason = backend.unsupported(contraction, spec, platform)
     if reason is None:
@@ -100,13 +101,15 @@ def plan(cfg: QuantConfig, spec: ConvSpec | None = None, platform: str | None = 
   return Plan(*chosen)
 
 
-def describe(impl: str, platform: str | None = None) -> str:
-  """`impl`, with what "auto" resolves to for an ungrouped conv on `platform` (for logs)."""
+def describe(impl: str, platform: str | None = None, spatial_dims: int = 2) -> str:
+  """`impl`, with what "auto" resolves to for an ungrouped conv of `spatial_dims` (2: images,
+  3: clips) on `platform` (for logs)."""
   if AUTO not in impl:
     return impl
   platform = platform or target_platform()
+  spec = geometry.make_spec((1, *[3] * spatial_dims, 1), (*[3] * spatial_dims, 1, 1))
   chosen = [
-    auto.candidates(platform, c)[0] if n == AUTO else n
+    auto.candidates(platform, c, spec)[0] if n == AUTO else n
     for n, c in zip(contraction_impls(impl), CONTRACTIONS)
   ]
   return f"{impl}: {','.join(chosen)} on {platform}"
