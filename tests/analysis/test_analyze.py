@@ -179,3 +179,22 @@ def test_the_trainer_logs_the_quantizers_statistics(default_run):
       assert record[f"quant/{layer}/clip_ratio"] > 0 and record[f"quant/{layer}/dgrad_scale"] > 0
     shares = [record[f"quant/{layer}/inverted_t"] for layer in LAYERS]
     assert record["quant/mean/inverted_t"] == pytest.approx(np.mean(shares))
+
+
+@pytest.mark.slow
+def test_a_video_run_is_analyzed_and_compared_like_an_image_run(tmp_path):
+  """c3d_small on the moving digits: the 3-D convs' gradients are analyzed per channel (the
+  histograms of the paper's Fig. 1 for each video layer) and the run compares."""
+  import importlib
+
+  video = importlib.import_module("configs.video_default").get_config().to_dict()
+  video.update(num_steps=2, log_every_steps=1, batch_size=8)
+  workdir = str(tmp_path / "video")
+  train_and_evaluate(video, workdir)
+  result = analyze_workdir(workdir, batches=1, methods=("daq", "daq_sr"), report=lambda n: None)
+  assert [layer["layer"] for layer in result["layers"]] == list(LAYERS)
+  conv1 = next(layer for layer in result["layers"] if layer["layer"] == "conv1")
+  assert conv1["g_shape"] == [8, 4, 8, 8, 32]  # (N, T, H, W, C): a 3-D conv's gradient
+  assert 0 <= conv1["inverted_t_share"] <= 1 and set(conv1["histograms"]) == {"bell", "inverted_t"}
+  assert os.path.exists(os.path.join(workdir, "analysis", "hist_conv1.png"))
+  assert compare_main([workdir, workdir, "--out", str(tmp_path / "cmp")]) == 0
