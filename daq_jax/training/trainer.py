@@ -22,7 +22,6 @@ import numpy as np
 
 from daq_jax import data as data_lib
 from daq_jax.data import image_folder
-from daq_jax.data.image_folder import FileDataset
 from daq_jax.quant import backends
 from daq_jax.training import checkpoint, files, modeling, optim, parallel, resume, steps, stops
 from daq_jax.training import workdir as workdir_lib
@@ -128,10 +127,9 @@ class Trainer:
         f"--restore_step {self.restore_step}: no checkpoint in {self.workdir}"
       )
     process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    # One pool of decoding processes serves training and evaluation.
-    self.decoder = (
-      image_folder.Decoder(cfg.data.workers) if isinstance(train_set, FileDataset) else None
-    )
+    # One pool of decoding processes serves training and evaluation (images or videos on disk).
+    on_disk = getattr(train_set, "paths", None) is not None  # a FileDataset, or VideoDataset
+    self.decoder = image_folder.Decoder(cfg.data.workers) if on_disk else None
     self.train_batches, self.eval_batches = (
       data_lib.Batches(
         d,

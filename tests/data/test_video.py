@@ -223,3 +223,20 @@ def test_the_video_transform_scales_the_short_side_then_crops():
   # 240x320 -> 128x171, the central 112x112: rows 8..120 of 128, the lower half from row 64.
   assert out.shape == (2, 112, 112, 3)
   assert out[:, :50].max() == 0 and out[:, 62:].min() == 255
+
+
+@pytest.mark.slow  # compiles a training step and spawns a decoding worker: 30-80 s
+def test_train_py_trains_and_evaluates_from_a_video_folder_with_decoding_workers(tmp_path):
+  from daq_jax.training import train_and_evaluate
+  from daq_jax.training.config import TrainConfig, to_dict
+
+  _folder(tmp_path / "data")
+  cfg = to_dict(TrainConfig())
+  cfg.update(num_steps=2, log_every_steps=1, batch_size=2)
+  cfg["model"]["name"] = "c3d_small"
+  cfg["data"].update(
+    name="video_folder", dir=str(tmp_path / "data"), clip_frames=4, eval_clips=2, workers=1
+  )
+  summary = train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert summary["eval_examples"] == 4 and summary["eval_videos"] == 2
+  assert 0 <= summary["eval_video_top1"] <= 1
