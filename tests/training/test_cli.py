@@ -50,6 +50,7 @@ def test_train_py_runs_the_default_config_end_to_end(tmp_path):
   assert again.returncode == 0 and "is complete at step 2" in again.stderr
 
 
+@pytest.mark.slow  # two compilations of a 3-D CNN's steps: 50-110 s
 def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(tmp_path):
   workdir = str(tmp_path / "run")
   args = ["train.py", "--config=configs/video_default.py", f"--workdir={workdir}"]
@@ -92,7 +93,6 @@ def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(
     ("--config.seed=-1", "config seed=-1 must be >= 0"),
     ("--config.data.image_size=-4", "config data.image_size=-4 must be >= 0"),
     ("--restore_step=-2", "--restore_step=-2: -2 is not a non-negative integer"),
-    ("--config.data.eval_clips=0", "config data.eval_clips=0 must be >= 1"),
     (
       "--config.data.name=moving_digits",
       "config model.name='small_cnn' takes images, but data.name='moving_digits' gives clips "
@@ -101,12 +101,6 @@ def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(
     (
       "--config.model.name=c3d_small",
       "config model.name='c3d_small' takes clips, but data.name='digits' gives images (8, 8, 1)",
-    ),
-    (
-      "--config.data.name=moving_digits --config.model.name=c3d_small "
-      "--config.data.clip_frames=9 --config.data.frame_stride=2",
-      "config data.clip_frames=9 with data.frame_stride=2 spans 17 frames, more than the 16 of "
-      "the shortest train video (video 0)",
     ),
   ],
 )
