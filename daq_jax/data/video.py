@@ -130,7 +130,8 @@ def _frame_files(folder: str) -> list[str]:
   return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _container_frames(path: str) -> list[np.ndarray]:
+def _container_frames(path: str, last: int | None = None) -> list[np.ndarray]:
+  """The frames of a container, RGB, up to frame `last` (all when None)."""
   try:
     import av
   except ImportError:
@@ -139,8 +140,13 @@ def _container_frames(path: str) -> list[np.ndarray]:
       "(pip install 'daq_jax[video]'), or extract the frames (ffmpeg -i VIDEO DIR/%05d.jpg)"
     ) from None
   try:
+    frames = []
     with av.open(path) as container:
-      return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+      for frame in container.decode(video=0):
+        frames.append(frame.to_ndarray(format="rgb24"))
+        if last is not None and len(frames) > last:
+          break
+    return frames
   except (av.FFmpegError, OSError, ValueError, IndexError) as e:
     raise ValueError(f"cannot decode video {path}: {e}") from None
 
@@ -220,7 +226,7 @@ def read_clip(path: str, indices: np.ndarray, channels: int = 3) -> np.ndarray:
   if path.endswith(".npy"):
     array = _open_npy(path)
     return np.stack([_as_channels(np.asarray(array[i]), channels) for i in indices])
-  frames = _container_frames(path)
+  frames = _container_frames(path, int(max(indices)))
   return np.stack([_as_channels(frames[i], channels) for i in indices])
 
 
