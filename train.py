@@ -114,17 +114,13 @@ def _train(config_file: str, workdir: str):
 
 def _lost_the_run(reason: str, workdir: str):
   """Another process ended (killed, or its host lost) or stopped answering: a collective
-  failed, or (from a thread of JAX's client) the coordination service missed its heartbeat.
-  One line, then out at once (checkpoints are whole or not there): JAX's own shutdown would
-  wait for the lost process and then end this one with pages of its log."""
-  sys.stderr.write(
-    f"error: process {jax.process_index()} of {jax.process_count()} lost the run: {reason}; "
-    f"start every process again with the same command to resume from the newest checkpoint "
-    f"in {os.path.abspath(workdir)}/checkpoints\n"
+  failed, or (from the watchdog's thread) its heartbeat stopped. `launch.lost_the_run`'s one
+  line with how to resume, then out at once (checkpoints are whole or not there): JAX's own
+  shutdown would wait for the lost process and then end this one with pages of its log."""
+  launch.lost_the_run(
+    f"{reason}; start every process again with the same command to resume from the newest "
+    f"checkpoint in {os.path.abspath(workdir)}/checkpoints"
   )
-  sys.stderr.flush()
-  sys.stdout.flush()
-  os._exit(1)
 
 
 if __name__ == "__main__":

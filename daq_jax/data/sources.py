@@ -50,14 +50,31 @@ def read_dir(
   return _read_dir(path, split, cfg, class_names, channels, classes_at_top)[0]
 
 
+def _split_folder(path: str, split: str, classes_at_top: bool) -> str:
+  """The folder of `split` under `path` (or `path` itself where the class folders may be
+  right under it); an error naming `path` when there is none."""
+  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
+  if folder is None:
+    raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
+  return folder
+
+
+def _splits(cfg: DataConfig, train, read_test):
+  """(train, eval): the validation split carved from `train` when `val_fraction` > 0, and the
+  eval split, that one or `read_test(train.class_names)` (read only when it is the one)."""
+  val = None
+  if cfg.val_fraction > 0:
+    train_idx, val_idx = arrays.validation_split(train.labels, cfg.val_fraction)
+    train, val = train.take(train_idx), train.take(val_idx)
+  return train, val if cfg.eval_split == "val" else read_test(train.class_names)
+
+
 def _read_dir(path, split, cfg, class_names=None, channels=3, classes_at_top=False):
   """`read_dir`, and how the data is read, in words."""
   if arrays.is_cifar_pickle_dir(path):
     dataset = arrays.load_cifar_pickle(path, split)
     return dataset, f"CIFAR python pickles in {path}, {len(dataset)} {split} images"
-  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
-  if folder is None:
-    raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
+  folder = _split_folder(path, split, classes_at_top)
   files = image_folder.list_images(folder, class_names)
   small, how = image_folder.survey(files)
   how = f"image folder {folder}: {how}"
@@ -106,15 +123,15 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
         f"config data.dir={cfg.dir!r} holds {len(train.class_names)} classes, not {cfg.name}'s "
         f"{expected}"
       )
-  if cfg.val_fraction > 0:
-    train_idx, val_idx = arrays.validation_split(train.labels, cfg.val_fraction)
-    train, val = train.take(train_idx), train.take(val_idx)
-  if cfg.eval_split == "val":
-    evaluation = val
-  elif cfg.name == "digits":
-    evaluation = arrays.load_digits("test")
-  else:
-    evaluation = read_dir(_data_dir(cfg), "test", cfg, train.class_names)
+  train, evaluation = _splits(
+    cfg,
+    train,
+    lambda names: (
+      arrays.load_digits("test")
+      if cfg.name == "digits"
+      else read_dir(_data_dir(cfg), "test", cfg, names)
+    ),
+  )
   if isinstance(train, FileDataset):
     size = cfg.image_size or 224
     shape = (size, size, 3)
@@ -141,9 +158,7 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
 
 def read_video_dir(path: str, split: str, cfg: DataConfig, class_names=None, classes_at_top=False):
   """The `split` of a video folder at `path` (`video.list_videos`)."""
-  folder = image_folder.split_dir(path, split) or (path if classes_at_top else None)
-  if folder is None:
-    raise FileNotFoundError(f"{path} has no {split} split (expected {path}/val or {path}/test)")
+  folder = _split_folder(path, split, classes_at_top)
   return video.list_videos(folder, class_names, any_size=bool(cfg.image_size))
 
 
@@ -160,15 +175,15 @@ def load_videos(cfg: DataConfig) -> tuple[VideoDataset, VideoDataset, DatasetInf
     root = _data_dir(cfg)
     train = read_video_dir(root, "train", cfg)
     source = f"video folder {root}: {len(train)} training videos, decoded from disk every batch"
-  if cfg.val_fraction > 0:
-    train_idx, val_idx = arrays.validation_split(train.labels, cfg.val_fraction)
-    train, val = train.take(train_idx), train.take(val_idx)
-  if cfg.eval_split == "val":
-    evaluation = val
-  elif cfg.name == "moving_digits":
-    evaluation = video.moving_digits("test")
-  else:
-    evaluation = read_video_dir(root, "test", cfg, train.class_names)
+  train, evaluation = _splits(
+    cfg,
+    train,
+    lambda names: (
+      video.moving_digits("test")
+      if cfg.name == "moving_digits"
+      else read_video_dir(root, "test", cfg, names)
+    ),
+  )
   span = video.clip_span(cfg.clip_frames, cfg.frame_stride)
   for split, data in (("train", train), (cfg.eval_split, evaluation)):
     shortest = int(np.argmin(data.frames))
@@ -185,8 +200,10 @@ def load_videos(cfg: DataConfig) -> tuple[VideoDataset, VideoDataset, DatasetInf
     mean, std = _moments(train.videos)
   else:
     mean, std = KINETICS_MEAN, KINETICS_STD
-  small = cfg.name == "moving_digits" or max(train.frame_shape[:2]) <= SMALL_FRAME
-  default_kind = "none" if cfg.name == "moving_digits" else ("cifar" if small else "video")
+  if cfg.name == "moving_digits":
+    default_kind = "none"
+  else:
+    default_kind = "cifar" if max(train.frame_shape[:2]) <= SMALL_FRAME else "video"
   info = DatasetInfo(
     train.class_names,
     (cfg.clip_frames, height, width, channels),

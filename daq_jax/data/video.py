@@ -20,6 +20,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from daq_jax.data import augment
 from daq_jax.data.image_folder import IMAGE_EXTENSIONS, class_folders
 
 CONTAINER_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -282,13 +283,12 @@ def list_videos(
 # --- clips for a batch -----------------------------------------------------------------------
 
 
-def _resize_frames(clip: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
+def _crop_resized(clip: np.ndarray, size: tuple[int, int], box) -> np.ndarray:
+  """The `box` (left, top, right, bottom) of every frame, resized to `size` (H, W)."""
   height, width = size
-  if box is None and clip.shape[1:3] == (height, width):
-    return clip
   out = []
   for frame in clip:
-    pil = Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame)
+    pil = Image.fromarray(augment.as_pil(frame))
     out.append(np.asarray(pil.resize((width, height), Image.BILINEAR, box=box)))
   return np.stack(out).reshape(len(clip), height, width, clip.shape[-1])
 
@@ -303,7 +303,7 @@ def _scale_crop(clip: np.ndarray, size: tuple[int, int], rng) -> np.ndarray:
   height, width = clip.shape[1:3]
   short = round(size[0] * VIDEO_SHORT_SIDE)
   scale = short / min(height, width)
-  resized = _resize_frames(
+  resized = augment.resize_batch(
     clip, (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
   )
   top_room, left_room = resized.shape[1] - size[0], resized.shape[2] - size[1]
@@ -322,8 +322,6 @@ def transform_clip(
   (`none`), then in training (`rng` given) a 4-pixel pad, crop and flip (`cifar`), a random
   resized crop and flip (`imagenet`), or the video models' scale and random crop and flip
   (`video`, `_scale_crop`); in evaluation `imagenet` and `video` take the central crop."""
-  from daq_jax.data import augment
-
   if kind == "video":
     return _scale_crop(clip, size, rng)
   if kind == "imagenet":
@@ -331,15 +329,16 @@ def transform_clip(
       frames = [augment.center_crop(Image.fromarray(augment.as_pil(f)), size[0]) for f in clip]
       return np.stack(frames).reshape(len(clip), *size, clip.shape[-1])
     box = augment.random_resized_box(clip.shape[2], clip.shape[1], rng)
-    out = _resize_frames(clip, size, box)
+    out = _crop_resized(clip, size, box)
     return out[:, :, ::-1] if rng.random() < 0.5 else out
-  clip = _resize_frames(clip, size)
+  clip = augment.resize_batch(clip, size)
   if kind == "cifar" and rng is not None:
     pad = 4
-    top, left = (int(v) for v in rng.integers(0, 2 * pad + 1, 2))
-    padded = np.pad(clip, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
-    clip = padded[:, top : top + size[0], left : left + size[1]]
-    return clip[:, :, ::-1] if rng.random() < 0.5 else clip
+    top, left = rng.integers(0, 2 * pad + 1, 2)
+    flip = rng.random() < 0.5
+    frames = len(clip)  # the images' augmentation, with one draw for every frame
+    draws = (np.full(frames, top), np.full(frames, left), np.full(frames, flip))
+    return augment.pad_crop_flip(clip, None, pad, draws=draws)
   return clip
 
 

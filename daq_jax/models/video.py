@@ -29,6 +29,11 @@ from daq_jax.models.layers import ModuleDef, batch_norm
 VIDEO_MODELS = ("r3d_18", "r2plus1d_18", "c3d_small")
 
 
+def _check_clips(model: nn.Module, x) -> None:
+  if x.ndim != 5:
+    raise ValueError(f"{type(model).__name__} takes clips (N, T, H, W, C), not {x.shape}")
+
+
 class Conv2Plus1D(nn.Module):
   """A (1,3,3) spatial conv to `mid` channels, BN and ReLU, then a (3,1,1) temporal conv:
   the factorised form of one 3x3x3 conv, strided (s,s,s) as the 3-D one would be."""
@@ -106,8 +111,7 @@ class VideoResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    if x.ndim != 5:
-      raise ValueError(f"{type(self).__name__} takes clips (N, T, H, W, C), not {x.shape}")
+    _check_clips(self, x)
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = batch_norm(train, self.dtype)
     if self.factorised:  # torchvision's R(2+1)D stem: (1,7,7) to 45 channels, then (3,1,1)
@@ -154,8 +158,7 @@ class C3DSmall(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    if x.ndim != 5:
-      raise ValueError(f"C3DSmall takes clips (N, T, H, W, C), not {x.shape}")
+    _check_clips(self, x)
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype, padding=[(1, 1)] * 3)
     norm = batch_norm(train, self.dtype)
     x = conv(self.widths[0], (3, 3, 3), (1, 2, 2), name="stem_conv")(x)
