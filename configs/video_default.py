@@ -10,8 +10,8 @@ each digit drifts across a 32x32 canvas over 16 frames in one of four directions
 class is the digit and its direction (40 classes), so a single frame cannot tell more than
 25 %. A clip is 4 frames, every other frame (7 frames of motion); evaluation averages the
 logits of 3 evenly spaced clips per video. 1,437 training videos, 360 test videos, no
-download. 87 s on 2 CPU cores with another run beside it (docs/video.md, which has the
-measured results).
+download. 71 s on 2 quiet CPU cores from an empty compilation cache (docs/video.md, which
+has the measured results).
 """
 
 from configs import base_video
