@@ -3,7 +3,7 @@
 Strategy: read every module's imports (top-level and lazy ones inside functions) with `ast`
 and check (1) the module graph has no cycle and (2) the layers: numerics and geometry at the
 bottom, then the implementations of the int8 products (quant.backends, pallas), then the ops,
-then the Flax layers, then analysis and training, then the command-line tools. Every module
+then the Flax layers, then models, data and the detection task, then analysis and training, then the command-line tools. Every module
 must be given a layer: a new one that is not is an error, not a silent top layer.
 """
 
@@ -56,6 +56,7 @@ LAYERS = {
   "daq_jax.nnx": 4,
   "daq_jax.models": 5,
   "daq_jax.data": 5,
+  "daq_jax.detection": 5,  # boxes, losses, NMS, COCO's metric: the detection task's pieces
   "daq_jax.analysis": 6,
   "daq_jax.training": 6,
   "daq_jax.cli": 7,

@@ -23,6 +23,7 @@ import numpy as np
 
 from daq_jax import data as data_lib
 from daq_jax.analysis import gradients, plots
+from daq_jax.detection import Detection
 from daq_jax.nn.ops import OP_NAME, RNG_STREAM, STATE_COLLECTION, QuantConvOp
 from daq_jax.quant import config as quant_config
 from daq_jax.quant import gradient
@@ -89,11 +90,12 @@ def analyze_workdir(
       batch = source.train(start + i)
       images = steps.normalize(batch["image"], info, np.float32)
       key = jax.random.fold_in(jax.random.key(cfg.seed), start + i)
+      targets = {k: v for k, v in batch.items() if k != "image"}  # labels, or boxes
       if batch_fn is None:
         layers, batch_fn, states = _prepare(
-          model, variables, cfg, configs, run_cfg, (images, batch["label"], key)
+          model, variables, cfg, info, configs, run_cfg, (images, targets, key)
         )
-      numbers, states = batch_fn(variables, images, batch["label"], key, states)
+      numbers, states = batch_fn(variables, images, targets, key, states)
       for name, layer in layers.items():
         layer.add(jax.device_get(numbers[name]))
       report(f"batch {i + 1}/{batches}: {len(layers)} quantized layers")
@@ -112,18 +114,23 @@ def analyze_workdir(
     "layers": [layer.result() for layer in layers.values()],
   }
   result["comparison"] = _compare(result["layers"], methods)
+  result["parts"] = parts(result["layers"])
   _write(workdir, result)
   return result
 
 
-def _capture(model, variables, cfg, images, labels, key) -> list[gradients.OpCall]:
-  """The quantized contractions of one training step (traceable)."""
+def _capture(model, variables, cfg, info, images, targets, key) -> list[gradients.OpCall]:
+  """The quantized contractions of one training step (traceable): of its cross-entropy, or
+  of the detector's loss on the batch's boxes."""
   dropout_key, quant_key = jax.random.split(key)
+  detection = Detection(cfg.detection, info.image_shape[0]) if info.is_detection else None
 
   def loss_fn(applied):
     out, _ = applied  # (model output, batch_stats updates)
+    if detection is not None:
+      return detection.loss(out, targets)[0]
     logits = out[0] if isinstance(out, tuple) else out  # Inception's aux head is left out
-    return steps.cross_entropy(logits, labels, cfg.label_smoothing).mean()
+    return steps.cross_entropy(logits, targets["label"], cfg.label_smoothing).mean()
 
   return gradients.capture(
     model,
@@ -136,13 +143,13 @@ def _capture(model, variables, cfg, images, labels, key) -> list[gradients.OpCal
   )
 
 
-def _prepare(model, variables, cfg, configs, run_cfg, example):
+def _prepare(model, variables, cfg, info, configs, run_cfg, example):
   """The layers (found by tracing one batch), the jitted analysis of a batch, and each
   method's initial state per layer: the checkpoint's for the run's own method."""
   found = {}
 
-  def shapes(variables, images, labels, key):
-    calls = _capture(model, variables, cfg, images, labels, key)
+  def shapes(variables, images, targets, key):
+    calls = _capture(model, variables, cfg, info, images, targets, key)
     for call in calls:
       found[call.layer] = (isinstance(call.op, QuantConvOp), tuple(call.g.shape))
     return {call.layer: call.g for call in calls}
@@ -166,9 +173,9 @@ def _prepare(model, variables, cfg, configs, run_cfg, example):
   }
 
   @jax.jit
-  def batch_fn(variables, images, labels, key, states):
+  def batch_fn(variables, images, targets, key, states):
     numbers, new_states = {}, {m: {} for m in configs}
-    for i, call in enumerate(_capture(model, variables, cfg, images, labels, key)):
+    for i, call in enumerate(_capture(model, variables, cfg, info, images, targets, key)):
       layer_states = {m: states[m][call.layer] for m in configs}
       numbers[call.layer], updated = gradients.analyze_call(
         call, configs, layer_states, jax.random.fold_in(key, i), run_cfg.bell_threshold
@@ -180,6 +187,26 @@ def _prepare(model, variables, cfg, configs, run_cfg, example):
   # Committed to the device like the states batch_fn returns, so that the second batch does
   # not compile the analysis again.
   return layers, batch_fn, jax.device_put(states, jax.devices()[0])
+
+
+def parts(layers: list[dict]) -> dict[str, dict]:
+  """The inverted-T share of g's channels per part of the model, the first component of the
+  layers' paths (a detector's `backbone`, `fpn`, `class_head`, `box_head`): channels counted
+  over the part's layers."""
+  out: dict[str, dict] = {}
+  for layer in layers:
+    part = out.setdefault(layer["layer"].split("/")[0], {"layers": 0, "channels": 0, "inv": 0.0})
+    part["layers"] += 1
+    part["channels"] += layer["channels"]
+    part["inv"] += layer["inverted_t_share"] * layer["channels"]
+  return {
+    name: {
+      "layers": p["layers"],
+      "channels": p["channels"],
+      "inverted_t_share": p["inv"] / p["channels"],
+    }
+    for name, p in out.items()
+  }
 
 
 def _state_paths(quant_state: dict, found: dict) -> dict:
@@ -276,6 +303,16 @@ def _summary(result: dict, images) -> str:
     "",
     "![errors per layer and method](errors.png)",
     "",
+  ]
+  if 1 < len(result.get("parts", {})) <= 8:  # a detector's parts, not a classifier's blocks
+    lines += ["Per part: the inverted-T share of g's channels (the rest are bell-shaped):", ""]
+    lines += ["| part | layers | channels | inverted-T |", "|---|---|---|---|"]
+    for name, part in result["parts"].items():
+      lines.append(
+        f"| {name} | {part['layers']} | {part['channels']} | {part['inverted_t_share']:.2f} |"
+      )
+    lines.append("")
+  lines += [
     "Cosine distance of the wgrad-path g against the float g, and relative L2 error of dW:",
     "",
     "| layer | C | inverted-T | " + " | ".join(f"{m} g_w | {m} dW" for m in methods) + " |",

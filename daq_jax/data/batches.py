@@ -8,6 +8,9 @@ each one takes its slice of the global batch.
 For videos (a `VideoDataset`) an example is a clip: in training one per video, from a start
 drawn from (seed, step, video); in evaluation `info.eval_clips` evenly spaced clips per video,
 each batch also carrying `video`, the index of each clip's video.
+
+For detection (a `DetectionDataset`) a batch also holds each image's boxes (`data.coco.batch`),
+flipped in training by draws from (seed, step).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from daq_jax.data import augment, image_folder, video
+from daq_jax.data import augment, coco, image_folder, video
+from daq_jax.data.coco import DetectionDataset
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.data.info import DatasetInfo
 from daq_jax.data.sources import Dataset
@@ -53,7 +57,7 @@ class Batches:
     )
     # A FileDataset decodes in `decoder` (shared, closed by its owner) or in a pool of its own.
     on_disk = isinstance(dataset, FileDataset) or (
-      isinstance(dataset, VideoDataset) and dataset.paths is not None
+      isinstance(dataset, (VideoDataset, DetectionDataset)) and dataset.paths is not None
     )
     self._owns_decoder = decoder is None and on_disk
     self._decoder = image_folder.Decoder(workers) if self._owns_decoder else decoder
@@ -145,9 +149,24 @@ class Batches:
       return np.stack(self._decoder.map(video.load_clip, *args))
     return np.stack(list(map(video.load_clip, *args)))
 
+  @property
+  def is_detection(self) -> bool:
+    return isinstance(self.dataset, DetectionDataset)
+
+  def _detection(self, indices: np.ndarray, flips) -> dict[str, np.ndarray]:
+    size, max_boxes = self.info.image_shape[0], self.info.max_boxes
+    return coco.batch(self.dataset, indices, size, flips, max_boxes, self._decoder)
+
   def train(self, step: int) -> dict[str, np.ndarray]:
     """The local part of training batch `step` (a pure function of the seed and the step)."""
     indices = self.train_indices(step)
+    if self.is_detection:
+      # Drawn for the global batch and sliced, as the CIFAR augmentation's.
+      flips = np.random.default_rng([self.seed, step, 2]).random(self.global_batch) < 0.5
+      flips = flips[self.local] if self.info.augment == "flip" else np.zeros(len(indices), bool)
+      batch = self._detection(indices, flips)
+      del batch["image_index"], batch["scale"]  # for the evaluation's detections only
+      return batch
     if self.is_video:
       span = video.clip_span(self.info.image_shape[0], self.info.frame_stride)
       starts = [
@@ -172,6 +191,9 @@ class Batches:
       indices = np.arange(start, start + self.global_batch)[self.local]
       mask = indices < n
       indices = np.where(mask, indices, 0)
+      if self.is_detection:
+        yield {**self._detection(indices, np.zeros(len(indices), bool)), "mask": mask}
+        continue
       if not self.is_video:
         yield {
           "image": self._images(indices, False, 0),

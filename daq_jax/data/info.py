@@ -15,6 +15,7 @@ class DatasetInfo:
       image_shape is (T, H, W, C) for clips of T frames.
     frame_stride: the frames between two frames of a clip (videos).
     eval_clips: clips per video in evaluation; 0 for images.
+    max_boxes: ground-truth boxes per image in a batch (detection); 0 for classification.
     dir: the data directory, absolute ("" for the embedded digits).
     train_examples, eval_examples: the sizes of the two splits.
     source: how the data is read, in words (logged at the start of a run).
@@ -27,6 +28,7 @@ class DatasetInfo:
   augment: str
   frame_stride: int = 1
   eval_clips: int = 0
+  max_boxes: int = 0
   dir: str = ""
   train_examples: int = 0
   eval_examples: int = 0
@@ -35,6 +37,10 @@ class DatasetInfo:
   @property
   def is_video(self) -> bool:
     return self.eval_clips > 0
+
+  @property
+  def is_detection(self) -> bool:
+    return self.max_boxes > 0
 
   @property
   def num_classes(self) -> int:

@@ -8,8 +8,9 @@ import os
 
 import numpy as np
 
-from daq_jax.data import arrays, image_folder, video
+from daq_jax.data import arrays, coco, image_folder, shapes, video
 from daq_jax.data.arrays import ArrayDataset
+from daq_jax.data.coco import DetectionDataset
 from daq_jax.data.config import DataConfig
 from daq_jax.data.image_folder import FileDataset
 from daq_jax.data.info import DatasetInfo
@@ -20,7 +21,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 SMALL_FRAME = 64  # frames up to this side are augmented as CIFAR's, larger ones as ImageNet's
 
-Dataset = ArrayDataset | FileDataset | VideoDataset
+Dataset = ArrayDataset | FileDataset | VideoDataset | DetectionDataset
 
 
 def _data_dir(cfg: DataConfig) -> str:
@@ -112,6 +113,8 @@ def load(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
   """(train, eval, info) for a config; eval is the validation or the test split."""
   if cfg.is_video:
     return load_videos(cfg)
+  if cfg.is_detection:
+    return load_detection(cfg)
   if cfg.name == "digits":
     train, source = arrays.load_digits("train"), "the embedded 8x8 digits"
   else:
@@ -213,6 +216,63 @@ def load_videos(cfg: DataConfig) -> tuple[VideoDataset, VideoDataset, DatasetInf
     frame_stride=cfg.frame_stride,
     eval_clips=cfg.eval_clips,
     dir="" if cfg.name == "moving_digits" else os.path.abspath(os.path.expanduser(cfg.dir)),
+    train_examples=len(train),
+    eval_examples=len(evaluation),
+    source=source,
+  )
+  return train, evaluation, info
+
+
+def load_detection(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDataset, DatasetInfo]:
+  """(train, eval, info) of a detection dataset: the embedded shapes (in memory) or a COCO
+  directory (train2017, and val2017 as its test split; images read per batch).
+
+  Raises:
+    ValueError: one line naming the key or the image: no input size for COCO, an image with
+      more boxes than `data.max_boxes`.
+  """
+  if cfg.name == "shapes":
+    train, source = shapes.shapes("train"), "the embedded shapes (96x96, 3 classes)"
+    size = cfg.image_size or shapes.IMAGE_SIZE
+  else:
+    if not cfg.image_size:
+      raise ValueError(
+        "config data.image_size=0: COCO images differ in size; set the square input side "
+        "(e.g. 1024) every image is letterboxed to"
+      )
+    root = _data_dir(cfg)
+    train, size = coco.read_coco(root, "train"), cfg.image_size
+    source = f"COCO {coco.annotation_file(root, 'train')}: {len(train)} images, read every batch"
+  if cfg.val_fraction > 0:
+    train_idx, val_idx = arrays.validation_split(np.zeros(len(train)), cfg.val_fraction)
+    train, val = train.take(train_idx), train.take(val_idx)
+  if cfg.eval_split == "val":
+    evaluation = val
+  elif cfg.name == "shapes":
+    evaluation = shapes.shapes("test")
+  else:
+    evaluation = coco.read_coco(root, "val")
+    if evaluation.category_ids != train.category_ids:
+      raise ValueError(
+        f"{evaluation.source}: its categories {evaluation.category_ids} differ from the "
+        f"training split's {train.category_ids}"
+      )
+  for data in (train, evaluation):
+    most = int(np.argmax([len(b) for b in data.boxes])) if len(data) else 0
+    if len(data) and len(data.boxes[most]) > cfg.max_boxes:
+      raise ValueError(
+        f"{data.source}: image {int(data.image_ids[most])} has {len(data.boxes[most])} boxes, "
+        f"more than config data.max_boxes={cfg.max_boxes}: raise it"
+      )
+  mean, std = _moments(train.images) if train.images is not None else (IMAGENET_MEAN, IMAGENET_STD)
+  info = DatasetInfo(
+    train.class_names,
+    (size, size, 3),
+    mean,
+    std,
+    "flip" if cfg.augment == "auto" else cfg.augment,
+    max_boxes=cfg.max_boxes,
+    dir="" if cfg.name == "shapes" else os.path.abspath(os.path.expanduser(cfg.dir)),
     train_examples=len(train),
     eval_examples=len(evaluation),
     source=source,

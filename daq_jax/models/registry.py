@@ -9,6 +9,7 @@ from daq_jax.models.inception import InceptionV3
 from daq_jax.models.mobilenetv2 import MobileNetV2
 from daq_jax.models.resnet import ResNet18, ResNet50
 from daq_jax.models.resnet_cifar import ResNet20, ResNet56
+from daq_jax.models.retinanet import DETECTION_MODELS
 from daq_jax.models.small_cnn import SmallCNN
 from daq_jax.models.vgg import VGG16
 from daq_jax.models.video import R3D18, C3DSmall, R2Plus1D18
@@ -28,6 +29,7 @@ MODELS = {
   "r3d_18": R3D18,
   "r2plus1d_18": R2Plus1D18,
   "c3d_small": C3DSmall,
+  **DETECTION_MODELS,
 }
 
 

@@ -16,6 +16,7 @@ import typing
 from typing import Any
 
 from daq_jax.data.config import DataConfig
+from daq_jax.detection.config import DetectionConfig
 from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
 from daq_jax.quant import rules as quant_rules
@@ -160,7 +161,8 @@ class TrainConfig:
 
   Attributes:
     seed: parameters, data order, augmentation and stochastic rounding all derive from it.
-    model, quant, data, optim: see their classes.
+    model, quant, data, optim, detection: see their classes (detection: the detector's
+      anchors, losses and post-processing, for detection data only).
     batch_size: the global batch, split over all devices.
     num_epochs: training length in epochs (fractions allowed); num_steps > 0 overrides it.
     num_steps: training length in steps.
@@ -178,6 +180,7 @@ class TrainConfig:
   quant: QuantSettings = dataclasses.field(default_factory=QuantSettings)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  detection: DetectionConfig = dataclasses.field(default_factory=DetectionConfig)
   batch_size: int = 64
   num_epochs: float = 30.0
   num_steps: int = 0
@@ -204,6 +207,12 @@ class TrainConfig:
       raise ValueError("config num_epochs or num_steps must be > 0")
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f"config label_smoothing={self.label_smoothing} must be in [0, 1)")
+    if self.data.is_detection:
+      modeling.check_task(self.model.name, self.data.name, detection=True)
+      if self.data.image_size:
+        self.detection.check_image_size(self.data.image_size)
+    else:
+      modeling.check_task(self.model.name, self.data.name, detection=False)
 
 
 def _positive(key: str, value) -> None:

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 
 from daq_jax import data as data_lib
-from daq_jax.data import sources
+from daq_jax.data import coco, sources
 from daq_jax.data.info import DatasetInfo
+from daq_jax.detection import coco_metric
 from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps, stops
 from daq_jax.training.config import TrainConfig, from_dict
 
@@ -23,18 +24,29 @@ def evaluate_batches(
 ) -> dict[str, float] | None:
   """Loss, top-1 and top-5 over every example of `batches.dataset`; None if `stop` was
   requested on the way (a signal asked the run to end). For videos the examples are clips,
-  and `video_top1` is the top-1 of each video's mean clip logits over its `eval_clips` clips."""
+  and `video_top1` is the top-1 of each video's mean clip logits over its `eval_clips` clips.
+  For detection: COCO's box APs (`coco_metric.STATS`, pycocotools) and the loss."""
   stop = stop or stops.AgreedStop(stops.StopSignals())  # none: never requested
-  sums, clips = None, []
+  sums, clips, found = None, [], []
   for batch in data_lib.prefetch(batches.evaluation(), 2, lambda b: parallel.put_batch(b, mesh)):
     if stop.requested:
       return None
     out = stop.observe(eval_fn(state, stop.attach(batch)))
     if "clips" in out:
       clips.append(out.pop("clips"))
+    if "detections" in out:
+      found.append(jax.device_get(out.pop("detections")))
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   sums = jax.device_get(sums)
   count = float(sums["count"])
+  if batches.info.is_detection:
+    records = coco_metric.results(batches.dataset, found)
+    return {
+      **coco_metric.coco_map(batches.dataset, records),
+      "loss": float(sums["loss"]) / count,
+      "detections": len(records),
+      "examples": int(count),
+    }
   result = {"loss": float(sums["loss"]) / count, "top1": float(sums["top1"]) / count}
   if batches.info.num_classes > 10:
     result["top5"] = float(sums["top5"]) / count
@@ -47,6 +59,11 @@ def evaluate_batches(
 def describe_result(result: dict) -> str:
   """An evaluation result in words: "top-1 0.9861 on 360 examples, loss 0.0503", or for
   videos "clip top-1 0.52, video top-1 0.61 on 1080 clips of 360 videos, loss 1.2"."""
+  if "mAP" in result:
+    return (
+      f"mAP {result['mAP']:.4f}, mAP@.5 {result['mAP50']:.4f} (COCO, pycocotools) on "
+      f"{result['examples']} images, loss {result['loss']:.4f}"
+    )
   top5 = f", top-5 {result['top5']:.4f}" if "top5" in result else ""
   if "video_top1" in result:
     return (
@@ -85,7 +102,9 @@ def _dataset(path: str, cfg, info: DatasetInfo):
     raise FileNotFoundError(f"--data_dir {path}: no such directory")
   data_cfg = dataclasses.replace(cfg.data, dir=path)
   channels = info.image_shape[-1]
-  if info.is_video:
+  if info.is_detection:  # a COCO directory: its val2017 split
+    dataset = coco.read_coco(path, "val")
+  elif info.is_video:
     dataset = sources.read_video_dir(path, "test", data_cfg, info.class_names, classes_at_top=True)
   else:
     dataset = data_lib.read_dir(

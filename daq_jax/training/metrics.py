@@ -198,8 +198,8 @@ class MetricWriter:
     bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
     line = (
       f"[{bar}] {step}/{self.total_steps} loss {values.get('loss', float('nan')):.4f} "
-      f"acc {values.get('accuracy', float('nan')):.3f} "
-      f"{values.get('images_per_s', 0):.0f} img/s ETA {eta}"
+      + (f"acc {values['accuracy']:.3f} " if "accuracy" in values else "")
+      + f"{values.get('images_per_s', 0):.0f} img/s ETA {eta}"
     )
     if self.tty:
       self.stream.write("\r" + line + "\x1b[K")
@@ -263,9 +263,13 @@ class TrainLog:
           if not np.isfinite(m["loss"])
           else "the parameters became non-finite"
         )
+        kept = (
+          f"The last good checkpoint (step {last_checkpoint}) is kept in {directory}"
+          if last_checkpoint is not None
+          else "No checkpoint was saved before it"
+        )
         raise NonFiniteLossError(
-          f"{what} at step {step}: stopping. The last good checkpoint "
-          f"(step {last_checkpoint}) is kept in {directory}"
+          f"{what} at step {step}: stopping. {kept}; a lower learning rate may help"
         )
     return fetched
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from daq_jax import models
+from daq_jax.detection import Detection
 from daq_jax.nn.quantized_model import QuantizedModel, quantize
 from daq_jax.quant import rules as quant_rules
 
@@ -96,23 +97,75 @@ def check_input_kind(model_name: str, data_name: str, input_shape) -> None:
     )
 
 
+def check_task(model_name: str, data_name: str, detection: bool) -> None:
+  """A detector given classification data, or a classifier given boxes, is a one-line error
+  naming both keys."""
+  if is_import_path(model_name):
+    return
+  detector = model_name in models.DETECTION_MODELS
+  if detection and not detector:
+    raise ValueError(
+      f"config model.name={model_name!r} is a classifier, but data.name={data_name!r} gives "
+      f"boxes: use a detector ({', '.join(models.DETECTION_MODELS)})"
+    )
+  if detector and not detection:
+    raise ValueError(
+      f"config model.name={model_name!r} is a detector, but data.name={data_name!r} gives "
+      "labels: use a detection dataset (shapes, coco) or a classifier"
+    )
+
+
+def _detector(cfg, num_classes: int, input_shape, dtype) -> nn.Module:
+  """The detector of `cfg`, its input side checked against the largest stride."""
+  det = cfg.detection
+  det.check_image_size(input_shape[0])
+  kwargs = dict(
+    num_classes=num_classes,
+    dtype=dtype,
+    min_level=det.min_level,
+    max_level=det.max_level,
+    fpn_channels=det.fpn_channels,
+    head_convs=det.head_convs,
+    anchors_per_cell=det.anchors_per_cell,
+    prior=det.prior,
+  )
+  if is_import_path(cfg.model.name):
+    cls = import_model_class(cfg.model.name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in kwargs.items() if k in fields})
+  return models.create(cfg.model.name, **kwargs)
+
+
 def create_model(cfg, num_classes: int, input_shape) -> TrainingModel:
   """The model of `cfg` (a `TrainConfig`) for `num_classes` classes and images of
   `input_shape` (H, W, C), quantized by its rules; checked, before anything compiles, by one
-  abstract trace of the float model.
+  abstract trace of the float model. For detection data (`cfg.data.is_detection`) a
+  detector, built with the `cfg.detection` keys, for the task of `daq_jax.detection`.
 
   Raises:
     ValueError: naming the model, when its logits are not (batch, num_classes), or the rule
       that matches no layer, with the layers' paths.
   """
   dtype = jnp.dtype(cfg.model.dtype)
+  detection = cfg.data.is_detection
   check_input_kind(cfg.model.name, cfg.data.name, input_shape)
-  if is_import_path(cfg.model.name):
+  check_task(cfg.model.name, cfg.data.name, detection)
+  if detection:
+    model = _detector(cfg, num_classes, input_shape, dtype)
+  elif is_import_path(cfg.model.name):
     model = build(import_model_class(cfg.model.name), num_classes, dtype)
   else:
     model = models.create(cfg.model.name, num_classes=num_classes, dtype=dtype)
   layers, shape = probe(model, input_shape)
-  if shape != (2, num_classes):
+  if detection:
+    anchors = len(Detection(cfg.detection, input_shape[0]).anchors)
+    if shape != (2, anchors, num_classes):
+      raise ValueError(
+        f"config model.name={cfg.model.name!r}: the detector maps images {(2, *input_shape)} "
+        f"to class logits {shape}, not (2, {anchors}, {num_classes}) for the "
+        f"{anchors} anchors of the detection.* keys"
+      )
+  elif shape != (2, num_classes):
     raise ValueError(
       f"config model.name={cfg.model.name!r}: the model maps images {(2, *input_shape)} to "
       f"{shape}, not to (2, {num_classes}) logits for the data's {num_classes} classes"

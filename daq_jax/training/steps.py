@@ -14,6 +14,7 @@ import optax
 import daq_jax.nn as qnn
 from daq_jax import quant
 from daq_jax.data.info import DatasetInfo
+from daq_jax.detection import Detection
 from daq_jax.quant import gradient
 from daq_jax.training.config import TrainConfig
 
@@ -80,11 +81,14 @@ def statistics_input(quant_state: dict) -> dict:
   )
 
 
-def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype):
+def train_step(
+  state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype, detection=None
+):
   """One SGD step; the new quantization state comes out of the backward pass, and with it the
-  quantizer's statistics (`metrics["quant"]`)."""
+  quantizer's statistics (`metrics["quant"]`). `detection` (a `daq_jax.detection.Detection`):
+  the detector's loss on the batch's boxes instead of the cross-entropy of its labels."""
   images = normalize(batch["image"], info, input_dtype)
-  labels = batch["label"]
+  labels = batch.get("label")
   dropout_key, quant_key = jax.random.split(jax.random.fold_in(state.key, state.step))
 
   def loss_fn(params, quant_variables):
@@ -96,24 +100,30 @@ def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, in
       mutable=["batch_stats"],
       rngs={"dropout": dropout_key, qnn.RNG_STREAM: quant_key},
     )
+    if detection is not None:
+      loss, parts = detection.loss(out, batch)
+      return loss, (parts, updates.get("batch_stats", {}))
     logits, aux = out if isinstance(out, tuple) else (out, None)
     loss = cross_entropy(logits, labels, label_smoothing).mean()
     if aux is not None:
       loss += AUX_LOSS_WEIGHT * cross_entropy(aux, labels, label_smoothing).mean()
-    return loss, (logits, updates.get("batch_stats", {}))
+    return loss, (
+      {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)},
+      updates.get("batch_stats", {}),
+    )
 
   quant_variables = {
     qnn.STATE_COLLECTION: state.quant_state,
     qnn.STATS_COLLECTION: statistics_input(state.quant_state),
   }
-  (loss, (logits, batch_stats)), grads, new = quant.value_and_grad(loss_fn, has_aux=True)(
+  (loss, (parts, batch_stats)), grads, new = quant.value_and_grad(loss_fn, has_aux=True)(
     state.params, quant_variables
   )
   quant_state = new[qnn.STATE_COLLECTION]
   updates, opt_state = tx.update(grads, state.opt_state, state.params, quant_state=quant_state)
   metrics = {
     "loss": loss,
-    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    **parts,
     "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
     "quant": new[qnn.STATS_COLLECTION],
   }
@@ -132,13 +142,17 @@ def train_step(state: TrainState, batch, *, model, tx, info, label_smoothing, in
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, model, info, input_dtype):
+def eval_step(state: TrainState, batch, *, model, info, input_dtype, detection=None):
   """Sums over the unmasked examples: loss, top-1 and top-5 hits, count; for clips also
-  `clips`, every clip's logits with its video, label and mask (gathered, not summed)."""
+  `clips`, every clip's logits with its video, label and mask (gathered, not summed). For
+  `detection`: the loss sum and count, and `detections`, every image's detections with its
+  index, scale and mask (gathered)."""
   images = normalize(batch["image"], info, input_dtype)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   variables[qnn.STATE_COLLECTION] = state.quant_state
   logits = model.apply(variables, images, train=False, rngs={qnn.RNG_STREAM: state.key})
+  if detection is not None:
+    return _eval_detection(logits, batch, detection)
   labels, mask = batch["label"], batch["mask"]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   rank = jnp.sum(logits > jnp.take_along_axis(logits, labels[:, None], 1), axis=-1)
@@ -156,9 +170,29 @@ def eval_step(state: TrainState, batch, *, model, info, input_dtype):
   return sums
 
 
+def _eval_detection(outputs, batch, detection) -> dict:
+  weight = batch["mask"].astype(jnp.float32)
+  # The loss per image (its own foreground count), summed over the real images.
+  per_image = jax.vmap(
+    lambda o0, o1, b: detection.loss((o0[None], o1[None]), jax.tree.map(lambda v: v[None], b))[0]
+  )(*outputs, {k: batch[k] for k in ("boxes", "classes", "box_valid", "crowd")})
+  sums = {"loss": jnp.sum(per_image * weight), "count": jnp.sum(weight)}
+  if "stop" in batch:
+    sums["stop"] = jnp.max(batch["stop"])
+  found = detection.detect(outputs)
+  sums["detections"] = {
+    **found,
+    "image_index": batch["image_index"],
+    "scale": batch["scale"],
+    "mask": batch["mask"],
+  }
+  return sums
+
+
 def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = True):
   """(train_step, eval_step) jitted with the state replicated over the mesh."""
   input_dtype = jnp.dtype(cfg.model.dtype)
+  detection = Detection(cfg.detection, info.image_shape[0]) if info.is_detection else None
   train = jax.jit(
     functools.partial(
       train_step,
@@ -167,12 +201,15 @@ def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = 
       info=info,
       label_smoothing=cfg.label_smoothing,
       input_dtype=input_dtype,
+      detection=detection,
     ),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,) if donate else (),
   )
   evaluate = jax.jit(
-    functools.partial(eval_step, model=model, info=info, input_dtype=input_dtype),
+    functools.partial(
+      eval_step, model=model, info=info, input_dtype=input_dtype, detection=detection
+    ),
     out_shardings=replicated,
   )
   return train, evaluate

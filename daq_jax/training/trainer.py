@@ -220,7 +220,7 @@ class Trainer:
     if start.complete:
       self.writer.message(
         f"the run in {self.workdir} is complete at step {self.num_steps} "
-        f"({cfg.data.eval_split} top-1 {start.complete['eval_top1']:.4f}); nothing to do. "
+        f"({cfg.data.eval_split} {_headline(start.complete)}); nothing to do. "
         "Raise num_epochs or num_steps to train further"
       )
       return start.complete
@@ -235,7 +235,8 @@ class Trainer:
       f"({backends.describe(cfg.quant.impl, spatial_dims=len(self.info.image_shape) - 1)}), "
       f"{len(self.train_batches.dataset)} train / "
       f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} "
-      f"{'videos' if self.info.is_video else 'examples'}, {self.num_steps} steps "
+      f"{'videos' if self.info.is_video else 'images' if self.info.is_detection else 'examples'}, "
+      f"{self.num_steps} steps "
       f"of {cfg.batch_size} on {self.mesh.size} {self.mesh.devices.flat[0].platform} "
       f"device(s), workdir {self.workdir}"
     )
@@ -294,3 +295,10 @@ class Trainer:
     if self.main:
       files.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary
+
+
+def _headline(summary: dict) -> str:
+  """A finished run's main number: its mAP (detection) or top-1."""
+  if "eval_mAP" in summary:
+    return f"mAP {summary['eval_mAP']:.4f}"
+  return f"top-1 {summary['eval_top1']:.4f}"

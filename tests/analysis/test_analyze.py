@@ -198,3 +198,23 @@ def test_a_video_run_is_analyzed_and_compared_like_an_image_run(tmp_path):
   assert 0 <= conv1["inverted_t_share"] <= 1 and set(conv1["histograms"]) == {"bell", "inverted_t"}
   assert os.path.exists(os.path.join(workdir, "analysis", "hist_conv1.png"))
   assert compare_main([workdir, workdir, "--out", str(tmp_path / "cmp")]) == 0
+
+
+@pytest.mark.slow
+def test_a_detection_run_is_analyzed_per_part(tmp_path):
+  """retinanet_small on the shapes: every conv of backbone, FPN and both heads is analyzed
+  with the detector's own loss, and the inverted-T shares are reported per part."""
+  import importlib
+
+  detection = importlib.import_module("configs.detection_default").get_config().to_dict()
+  detection.update(num_steps=2, log_every_steps=1, batch_size=8)
+  workdir = str(tmp_path / "detection")
+  summary = train_and_evaluate(detection, workdir)
+  assert 0 <= summary["eval_mAP"] <= 1
+  result = analyze_workdir(workdir, batches=1, methods=("daq",), report=lambda n: None)
+  parts = result["parts"]
+  assert set(parts) == {"backbone", "fpn", "class_head", "box_head"}, parts
+  assert all(0 <= p["inverted_t_share"] <= 1 and p["layers"] > 0 for p in parts.values())
+  assert parts["class_head"]["layers"] == 3 and parts["box_head"]["layers"] == 3  # 2 + output
+  with open(os.path.join(workdir, "analysis", "summary.md")) as f:
+    assert "| class_head | 3 |" in f.read()

@@ -71,6 +71,74 @@ def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(
   assert f"video top-1 {summary['eval_video_top1']:.4f} on 1080 clips of 360 videos" in again.stdout
 
 
+@pytest.mark.slow  # the detector's steps compile for 40-90 s
+def test_train_py_runs_the_detection_default_config_resumes_and_evaluates_map(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["train.py", "--config=configs/detection_default.py", f"--workdir={workdir}"]
+  short = ["--config.num_steps=4", "--config.checkpoint_every_steps=2"]
+  proc = _run([*args, *short, "--config.num_steps=2"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "2048 train / 512 test images" in proc.stderr
+  # More steps on the same workdir: it resumes from step 2 (the config allows a longer run).
+  proc = _run([*args, *short])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from" in proc.stderr and "checkpoints/2" in proc.stderr, proc.stderr[-2000:]
+  assert re.search(
+    r"final: retinanet_small daq step 4: test mAP [\d.]+, mAP@.5 [\d.]+ \(COCO, pycocotools\) "
+    r"on 512 images",
+    proc.stderr,
+  ), proc.stderr[-2000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert 0 <= summary["eval_mAP"] <= 1 and summary["eval_examples"] == 512
+  again = _run(["-m", "daq_jax.evaluate", f"--workdir={workdir}"])
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"mAP {summary['eval_mAP']:.4f}, mAP@.5 {summary['eval_mAP50']:.4f}" in again.stdout
+
+
+DETECTION = "--config=configs/detection_default.py"
+
+
+@pytest.mark.parametrize(
+  ("flag", "message"),
+  [
+    (
+      f"{DETECTION} --config.data.image_size=100",
+      "config data.image_size=100 is not divisible by the largest stride 32 "
+      "(detection.max_level=5)",
+    ),
+    (
+      f"{DETECTION} --config.detection.score_threshold=-0.1",
+      "config detection.score_threshold=-0.1 must be in [0, 1]",
+    ),
+    (f"{DETECTION} --config.detection.box_loss=l2", "config detection.box_loss='l2' is not one"),
+    (
+      f"{DETECTION} --config.model.name=resnet18",
+      "config model.name='resnet18' is a classifier, but data.name='shapes' gives boxes",
+    ),
+    (
+      "--config.model.name=retinanet_small",
+      "config model.name='retinanet_small' is a detector, but data.name='digits' gives labels",
+    ),
+    (f"{DETECTION} --config.data.augment=cifar", "would move pixels without their boxes"),
+    (
+      f"{DETECTION} --config.data.name=coco --config.data.dir=/nonexistent",
+      "config data.image_size=0: COCO images differ in size",
+    ),
+    (
+      f"{DETECTION} --config.data.max_boxes=2",
+      "the embedded shapes (train): image 10 has 5 boxes, more than config data.max_boxes=2",
+    ),
+  ],
+)
+def test_bad_detection_config_values_are_clear_errors(tmp_path, flag, message):
+  proc = _run(["train.py", f"--workdir={tmp_path}", *flag.split()])
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert os.listdir(tmp_path) == [] or set(os.listdir(tmp_path)) <= {"run.lock"}
+
+
 @pytest.mark.parametrize(
   ("flag", "message"),
   [

@@ -122,7 +122,7 @@ ZOO_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(set(models.MODELS) - set(models.DETECTION_MODELS)))
 def test_the_default_rules_keep_the_zoos_stem_and_head_float(name):
   cfg = from_dict(
     tiny(
@@ -181,3 +181,20 @@ def test_resnet20_through_the_rules_is_resnet20_built_with_quantized_layers():
 
   for got, want in zip(jax.tree.leaves(step(ruled)), jax.tree.leaves(step(direct)), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_detector_is_quantized_whole_and_only_its_stem_stays_float_on_request():
+  """Every conv of retinanet_small, backbone, FPN and heads, gets the method; with
+  quantize_first_conv False only the backbone's stem stays float (a detector has no dense)."""
+  import importlib
+
+  base = importlib.import_module("configs.detection_default").get_config().to_dict()
+  cfg = from_dict(base)
+  model = modeling.create_model(cfg, 3, (96, 96, 3))
+  layers, _ = modeling.probe(model.module, (96, 96, 3))
+  assigned = cfg.quant.rule_set()
+  rules = quant.default_rules(layers, cfg.quant.layer_config(), first_conv=False)
+  floats = [p for p, c in rules.assign([p for p, _ in layers], what="layer").items() if c is None]
+  assert floats == ["backbone/stem_conv"], floats
+  assert not assigned.pairs  # the default config quantizes every conv: no rules needed
+  assert {p.split("/")[0] for p, _ in layers} == {"backbone", "fpn", "class_head", "box_head"}
