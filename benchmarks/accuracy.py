@@ -106,7 +106,11 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
     "method": method,
     "seed": seed,
     "command": " ".join(["python", *command]),
-    "top1": summary["eval_top1"],
+    **(
+      {"mAP": summary["eval_mAP"], "mAP50": summary["eval_mAP50"]}
+      if "eval_mAP" in summary
+      else {"top1": summary["eval_top1"]}
+    ),
     "eval_split": summary.get("eval_split"),
     **({"video_top1": summary["eval_video_top1"]} if "eval_video_top1" in summary else {}),
     "eval_loss": summary["eval_loss"],
@@ -127,21 +131,29 @@ def _mean_std(values: list[float]) -> dict:
   }
 
 
+def headline(run: dict) -> str:
+  """The metric a run is ranked by: `mAP` (detection) or `top1`."""
+  return "mAP" if "mAP" in run else "top1"
+
+
 def tabulate(runs: dict, methods, seeds) -> dict:
-  """Per method: top-1 mean/std over the finished seeds, and the paired difference to fp32."""
+  """Per method: the headline metric's (top-1's, or a detector's mAP's) mean/std over the
+  finished seeds, and the paired difference to fp32."""
   table = {}
   for method in methods:
     done = [s for s in seeds if run_key(method, s) in runs]
     if not done:
       continue
-    top1 = [runs[run_key(method, s)]["top1"] for s in done]
-    row = {"top1": _mean_std(top1), "seeds": done}
-    videos = [runs[run_key(method, s)].get("video_top1") for s in done]
-    if None not in videos:
-      row["video_top1"] = _mean_std(videos)
+    key = headline(runs[run_key(method, done[0])])
+    scores = [runs[run_key(method, s)][key] for s in done]
+    row = {key: _mean_std(scores), "seeds": done}
+    for extra in ("video_top1", "mAP50"):
+      values = [runs[run_key(method, s)].get(extra) for s in done]
+      if None not in values:
+        row[extra] = _mean_std(values)
     paired = [s for s in done if run_key("fp32", s) in runs]
     if method != "fp32" and paired:
-      diffs = [runs[run_key(method, s)]["top1"] - runs[run_key("fp32", s)]["top1"] for s in paired]
+      diffs = [runs[run_key(method, s)][key] - runs[run_key("fp32", s)][key] for s in paired]
       row["vs_fp32"] = {**_mean_std(diffs), "seeds": paired}
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
@@ -162,7 +174,10 @@ def markdown(payload: dict) -> str:
   splits = {run.get("eval_split") or "val" for run in payload["runs"].values()}
   split = {"val": "validation", "test": "test"}.get(min(splits), min(splits)) if splits else "val"
   video = any("video_top1" in row for row in payload["table"].values())
+  detection = any("mAP" in row for row in payload["table"].values())
   what = "clip top-1 and video top-1" if video else "top-1"
+  if detection:
+    what = "COCO mAP@[.5:.95] and mAP@.5"
   lines = [
     f"Final {split} {what} (%) of `{payload['config']}` "
     f"({' '.join(payload['set']) or 'as configured'}); seeds {payload['seeds']}.",
@@ -173,10 +188,17 @@ def markdown(payload: dict) -> str:
     "vs fp32 (paired by seed) | final train loss | train minutes |",
     "|---|---|---|---|---|---|" + ("---|" if video else ""),
   ]
+  if detection:
+    lines[-2:] = [
+      "| method | seeds done | mAP | mAP@.5 | vs fp32 (mAP, paired by seed) | final train loss "
+      "| train minutes |",
+      "|---|---|---|---|---|---|---|",
+    ]
   for method, row in payload["table"].items():
     paired = _pm(row["vs_fp32"], 100, 2) if "vs_fp32" in row else "-"
     loss = _pm(row["train_loss"], 1, 3) if "train_loss" in row else "-"
-    top1 = _pm(row["top1"], 100)
+    top1 = _pm(row["mAP"], 100) + " | " + _pm(row["mAP50"], 100) if detection else ""
+    top1 = top1 or _pm(row["top1"], 100)
     if video:
       top1 += " | " + (_pm(row["video_top1"], 100) if "video_top1" in row else "-")
     lines.append(

@@ -11,25 +11,29 @@ images of 96x96, 1-5 circles, squares and triangles each on textured backgrounds
 results are in docs/detection.md.
 """
 
-from configs import default
+from configs import base_detection
 
 
 def get_config():
-  config = default.get_config()
-  config.model.name = "retinanet_small"
-  config.data.name = "shapes"
-  config.data.max_boxes = 8
-  det = config.detection
-  det.min_level, det.max_level = 3, 5
-  det.fpn_channels = 64
-  det.head_convs = 2
-  det.anchor_size = 2.0  # sides 16-32 pixels at P3 for objects of 12-44
-  config.batch_size = 32
-  config.num_epochs = 6.0
-  config.optim.base_learning_rate = 0.02
-  config.optim.base_batch_size = 32
-  config.optim.weight_decay = 1e-4
-  config.optim.warmup_epochs = 0.5
+  config = base_detection.recipe(
+    "retinanet_small",
+    data_name="shapes",
+    image_size=0,  # the shapes' own 96x96
+    max_boxes=8,
+    batch_size=32,
+    num_epochs=6.0,
+    schedule="cosine",
+    base_learning_rate=0.02,
+    base_batch_size=32,
+    weight_decay=1e-4,
+    warmup_epochs=0.5,
+    # Small: P3-P5 (strides 8-32 for a 96x96 input), 64 channels, 2-conv heads, anchors of
+    # side 2 strides (16-25 pixels at P3) for objects of 12-44 pixels.
+    min_level=3,
+    max_level=5,
+    fpn_channels=64,
+    head_convs=2,
+    anchor_size=2.0,
+  )
   config.log_every_steps = 32
-  config.eval_every_epochs = 0.0
   return config

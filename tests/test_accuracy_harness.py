@@ -65,3 +65,29 @@ def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
   capsys.readouterr()
   accuracy.main(argv)
   assert "0 run(s) to go" in capsys.readouterr().out
+
+
+def test_detection_runs_are_tabulated_by_map():
+  runs = {}
+  for method, values in {"fp32": (0.30, 0.34), "daq": (0.25, 0.27)}.items():
+    for seed, value in enumerate(values):
+      run = _run(method, seed, 0.0)
+      del run["top1"]
+      runs[accuracy.run_key(method, seed)] = {**run, "mAP": value, "mAP50": 2 * value}
+  table = accuracy.tabulate(runs, ["fp32", "daq"], [0, 1])
+  assert table["fp32"]["mAP"]["mean"] == pytest.approx(0.32) and "top1" not in table["fp32"]
+  assert table["daq"]["mAP50"]["mean"] == pytest.approx(0.52)
+  assert table["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.06)
+  payload = {
+    "config": "configs/detection_default.py",
+    "set": [],
+    "seeds": [0, 1],
+    "machine": {"cpu": "cpu", "cpu_count": 2},
+    "command": "python -m benchmarks.accuracy",
+    "date": "today",
+    "table": table,
+    "runs": runs,
+  }
+  text = accuracy.markdown(payload)
+  assert "COCO mAP@[.5:.95] and mAP@.5" in text and "| mAP | mAP@.5 |" in text
+  assert "| daq | 2 | 26.00 ± 1.41 | 52.00 ± 2.83 | -6.00 ± 1.41 |" in text

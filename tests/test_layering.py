@@ -3,8 +3,9 @@
 Strategy: read every module's imports (top-level and lazy ones inside functions) with `ast`
 and check (1) the module graph has no cycle and (2) the layers: numerics and geometry at the
 bottom, then the implementations of the int8 products (quant.backends, pallas), then the ops,
-then the Flax layers, then models, data and the detection task, then analysis and training, then the command-line tools. Every module
-must be given a layer: a new one that is not is an error, not a silent top layer.
+then the Flax layers, then models, data and the detection task, then analysis and training,
+then the command-line tools. Every module must be given a layer: a new one that is not is an
+error, not a silent top layer.
 """
 
 import ast

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = sorted(
   p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py")
 )
-BASES = {"base_cifar10", "base_imagenet", "base_video"}
+BASES = {"base_cifar10", "base_imagenet", "base_video", "base_detection"}
 EXPECTED = BASES | {
   "default",
   "cifar10_resnet20",
@@ -34,6 +34,8 @@ EXPECTED = BASES | {
   "video_default",
   "video_ucf101_r3d18",
   "video_kinetics_r2plus1d18",
+  "detection_default",
+  "detection_coco_retinanet_r50",
 }
 
 
