@@ -3,6 +3,7 @@
 subprocesses), with what it printed, its exit status and what it left in the workdir.
 
     python -m benchmarks.workdir_probes            # about 5 minutes on 2 cores
+    python -m benchmarks.workdir_probes --config configs/detection_default.py   # a detector
 
 Prints a markdown table and writes benchmarks/results/workdir_probes.json. The read-only
 cases mount the workdir read-only in a mount namespace of their own (`unshare -m`, which needs
@@ -12,6 +13,7 @@ root); they are skipped where `unshare` is missing. The full-disk cases run on a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -29,10 +31,14 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "workdir_probes.json")
 TINY = ["--config.num_steps=6", "--config.checkpoint_every_steps=2", "--config.log_every_steps=2"]
+# `--config=PATH` of every run when the probes are run on another config than the default;
+# the cases about image data and the full-disk ones (sized for the default's checkpoints)
+# are then left out.
+CONFIG: list[str] = []
 
 
 def train(workdir, *flags, read_only=False, wait=True, timeout=300):
-  cmd = [sys.executable, "train.py", f"--workdir={workdir}", *flags]
+  cmd = [sys.executable, "train.py", f"--workdir={workdir}", *CONFIG, *flags]
   return _run(cmd, workdir if read_only else None, wait, timeout)
 
 
@@ -141,21 +147,22 @@ def probes(tmp):
     print(f"{case}: exit {status}: {out[-1]['says']}", file=sys.stderr)
 
   # 1. Resuming with other data.
-  abc = folder(f"{tmp}/abc", "abc")
-  run = f"{tmp}/r1"
-  train(run, *folder_flags(abc))
-  config_before = records(run)
-  status, text = train(run, *folder_flags(folder(f"{tmp}/abcd", "abcd")))
-  unchanged = config_before == records(run)
-  ev = evaluate(run)
-  record(
-    "resume a 3-class run with a 4-class data.dir",
-    status,
-    text,
-    f"json unchanged: {unchanged}; evaluate exit {ev[0]}",
-  )
-  status, text = train(run, *folder_flags(folder(f"{tmp}/xyz", "xyz")))
-  record("resume with 3 other class names (x, y, z)", status, text)
+  if not CONFIG:
+    abc = folder(f"{tmp}/abc", "abc")
+    run = f"{tmp}/r1"
+    train(run, *folder_flags(abc))
+    config_before = records(run)
+    status, text = train(run, *folder_flags(folder(f"{tmp}/abcd", "abcd")))
+    unchanged = config_before == records(run)
+    ev = evaluate(run)
+    record(
+      "resume a 3-class run with a 4-class data.dir",
+      status,
+      text,
+      f"json unchanged: {unchanged}; evaluate exit {ev[0]}",
+    )
+    status, text = train(run, *folder_flags(folder(f"{tmp}/xyz", "xyz")))
+    record("resume with 3 other class names (x, y, z)", status, text)
 
   # 2. Two runs on one workdir.
   run = f"{tmp}/r2"
@@ -290,6 +297,9 @@ def probes(tmp):
     f"first: exit {status}: {last_lines(text)}",
   )
 
+  if CONFIG:  # the rest is about image data and the default's checkpoint sizes
+    return out
+
   # 7. Image folders.
   odd = folder(f"{tmp}/odd", ("airplane", "cat"), size=32, odd=(("cat", 3), (40, 48)))
   record("one 48x40 image in cat/ among 32x32 ones", *train(f"{tmp}/r11", *folder_flags(odd)))
@@ -387,7 +397,15 @@ def full_disk_probes(disk: str, record) -> None:
   record("... free space, run the same command", status, text, state())
 
 
-def main():
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="", help="probe runs of this config (default: none)")
+  args = parser.parse_args(argv)
+  results = RESULTS
+  if args.config:
+    CONFIG.append(f"--config={args.config}")
+    name = os.path.splitext(os.path.basename(args.config))[0]
+    results = RESULTS.replace(".json", f"_{name}.json")
   tmp = tempfile.mkdtemp(prefix="daq_jax_probes_")
   started = time.time()
   try:
@@ -399,11 +417,11 @@ def main():
   for c in cases:
     says = c["says"].replace("|", "/")
     print(f"| {c['case']} | {c['exit']} | {c['tracebacks']} | {says} | {c['left'] or ''} |")
-  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-  with open(RESULTS, "w") as f:
+  os.makedirs(os.path.dirname(results), exist_ok=True)
+  with open(results, "w") as f:
     json.dump(
       {
-        "command": "python -m benchmarks.workdir_probes",
+        "command": " ".join(["python -m benchmarks.workdir_probes", *(argv or sys.argv[1:])]),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
         "seconds": round(time.time() - started),

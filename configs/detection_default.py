@@ -21,7 +21,7 @@ def get_config():
     image_size=0,  # the shapes' own 96x96
     max_boxes=8,
     batch_size=32,
-    num_epochs=6.0,
+    num_epochs=12.0,
     schedule="cosine",
     base_learning_rate=0.02,
     base_batch_size=32,

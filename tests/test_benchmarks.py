@@ -39,6 +39,11 @@ def test_the_error_finder_finds_an_error_at_any_depth():
     ("benchmarks.train_step", ["--model", "small_cnn", "--batch", "2", "--repeats", "1"], []),
     ("benchmarks.any_model", ["--batch", "2", "--repeats", "1"], ["resnet20_ms", "cnn_ms"]),
     ("benchmarks.multiprocess", ["--model", "small_cnn", "--batch", "4", "--repeats", "1"], []),
+    (
+      "benchmarks.detection_step",
+      ["--methods", "daq", "--batch", "2", "--rounds", "1", "--repeats", "1"],
+      ["rows"],
+    ),
   ],
 )
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
@@ -57,7 +62,7 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):
   for key in keys:
     assert isinstance(result[key], (list, dict)) and result[key], key
   assert errors(result) == []
-  if module in ("benchmarks.train_step", "benchmarks.multiprocess"):
+  if module in ("benchmarks.train_step", "benchmarks.multiprocess", "benchmarks.detection_step"):
     assert all("ms" in row for row in result["rows"].values()), result["rows"]
   if module == "benchmarks.multiprocess":  # the second layout ran as two processes
     assert [r["processes"] for r in result["rows"].values()] == [1, 2], result["rows"]
