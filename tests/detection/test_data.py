@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from daq_jax.data import DataConfig, coco, shapes, sources
+from daq_jax.data import DataConfig, DatasetInfo, coco, shapes, sources
 from daq_jax.data.batches import Batches
 from daq_jax.detection import coco_metric
 
@@ -161,12 +161,16 @@ def test_letterbox_keeps_the_aspect_and_the_flip_moves_boxes_with_their_pixels()
 
 
 def test_training_batches_are_a_function_of_seed_and_step_and_flip_half(small):
-  cfg = DataConfig(name="shapes", max_boxes=8)
-  info = sources.load(cfg)[2]
+  info = DatasetInfo(shapes.CLASSES, (96, 96, 3), (0.5,) * 3, (0.25,) * 3, "flip", max_boxes=8)
   batches = Batches(small, info, 4, seed=3)
   a, b = batches.train(1), batches.train(1)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
+  # Half the images flipped (drawn from (seed, step)); a flipped image's boxes mirrored.
+  flips = [batches.train(s)["boxes"][:, 0, 0] for s in range(8)]
+  unflipped = [small.boxes[i][0, 0] for s in range(8) for i in batches.train_indices(s)]
+  moved = np.mean(~np.isclose(np.concatenate(flips), unflipped))
+  assert 0.3 < moved < 0.7, moved
   assert set(a) == {"image", "boxes", "classes", "box_valid", "crowd"}
   # Two processes' halves are the one-process batch.
   halves = [
