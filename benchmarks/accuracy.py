@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,16 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
     )
   seconds = time.monotonic() - start
   summary_path = workdir / "summary.json"
+  diverged = DIVERGED.search(log.read_text()) if code != 0 else None
+  if diverged:  # a result too: the method does not train this config at this seed
+    return {
+      "method": method,
+      "seed": seed,
+      "command": " ".join(["python", *command]),
+      "diverged_at": int(diverged.group(1)),
+      "seconds": round(seconds, 1),
+      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
   if code != 0 or not summary_path.exists():
     raise RuntimeError(f"{run_key(method, seed)} exited {code}; see {log}")
   summary = json.loads(summary_path.read_text())
@@ -136,12 +147,21 @@ def headline(run: dict) -> str:
   return "mAP" if "mAP" in run else "top1"
 
 
+# train.py's line for a run that stopped at a non-finite loss (`metrics.NonFiniteLossError`).
+DIVERGED = re.compile(r"error: (?:the loss is \S+|the parameters became non-finite) at step (\d+)")
+
+
 def tabulate(runs: dict, methods, seeds) -> dict:
   """Per method: the headline metric's (top-1's, or a detector's mAP's) mean/std over the
   finished seeds, and the paired difference to fp32."""
   table = {}
   for method in methods:
-    done = [s for s in seeds if run_key(method, s) in runs]
+    recorded = [s for s in seeds if run_key(method, s) in runs]
+    diverged = [s for s in recorded if "diverged_at" in runs[run_key(method, s)]]
+    done = [s for s in recorded if s not in diverged]
+    if diverged and not done:
+      table[method] = {"seeds": [], "diverged": diverged}
+      continue
     if not done:
       continue
     key = headline(runs[run_key(method, done[0])])
@@ -151,7 +171,7 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       values = [runs[run_key(method, s)].get(extra) for s in done]
       if None not in values:
         row[extra] = _mean_std(values)
-    paired = [s for s in done if run_key("fp32", s) in runs]
+    paired = [s for s in done if key in runs.get(run_key("fp32", s), {})]
     if method != "fp32" and paired:
       diffs = [runs[run_key(method, s)][key] - runs[run_key("fp32", s)][key] for s in paired]
       row["vs_fp32"] = {**_mean_std(diffs), "seeds": paired}
@@ -160,6 +180,8 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       row["train_loss"] = _mean_std(losses)
     minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
     row["minutes"] = _mean_std(minutes)
+    if diverged:
+      row["diverged"] = diverged
     table[method] = row
   return table
 
@@ -195,19 +217,25 @@ def markdown(payload: dict) -> str:
       "|---|---|---|---|---|---|---|",
     ]
   for method, row in payload["table"].items():
+    if not row["seeds"]:  # every seed diverged
+      cells = 6 if detection else 5 + video
+      lines.append(f"| {method} | 0 (diverged: seeds {row['diverged']}) |" + " - |" * (cells - 1))
+      continue
     paired = _pm(row["vs_fp32"], 100, 2) if "vs_fp32" in row else "-"
+    diverged = f" (+ diverged: seeds {row['diverged']})" if row.get("diverged") else ""
     loss = _pm(row["train_loss"], 1, 3) if "train_loss" in row else "-"
     top1 = _pm(row["mAP"], 100) + " | " + _pm(row["mAP50"], 100) if detection else ""
     top1 = top1 or _pm(row["top1"], 100)
     if video:
       top1 += " | " + (_pm(row["video_top1"], 100) if "video_top1" in row else "-")
     lines.append(
-      f"| {method} | {len(row['seeds'])} | {top1} | {paired} | {loss} | "
+      f"| {method} | {len(row['seeds'])}{diverged} | {top1} | {paired} | {loss} | "
       f"{_pm(row['minutes'], 1, 1)} |"
     )
   lines.append("")
   lines.append(
-    "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread. Train "
+    "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread; a seed "
+    "whose loss became non-finite is listed as diverged and left out of the mean. Train "
     "minutes: the steps' time (no compilation or evaluation), one core a run, the machine "
     "shared."
   )

@@ -91,3 +91,33 @@ def test_detection_runs_are_tabulated_by_map():
   text = accuracy.markdown(payload)
   assert "COCO mAP@[.5:.95] and mAP@.5" in text and "| mAP | mAP@.5 |" in text
   assert "| daq | 2 | 26.00 ± 1.41 | 52.00 ± 2.83 | -6.00 ± 1.41 |" in text
+
+
+def test_a_diverged_run_is_recorded_and_left_out_of_the_mean(tmp_path):
+  log = tmp_path / "x.log"
+  log.write_text("...\nerror: the loss is nan at step 484: stopping. The last good checkpoint\n")
+  assert accuracy.DIVERGED.search(log.read_text()).group(1) == "484"
+  runs = {
+    accuracy.run_key("fp32", 0): _run("fp32", 0, 0.6),
+    accuracy.run_key("fp32", 1): _run("fp32", 1, 0.62),
+    accuracy.run_key("per_tensor", 0): {"method": "per_tensor", "seed": 0, "diverged_at": 484},
+    accuracy.run_key("per_tensor", 1): _run("per_tensor", 1, 0.5),
+    accuracy.run_key("ui8", 0): {"method": "ui8", "seed": 0, "diverged_at": 9},
+  }
+  table = accuracy.tabulate(runs, ["fp32", "per_tensor", "ui8"], [0, 1])
+  assert table["per_tensor"]["top1"]["n"] == 1 and table["per_tensor"]["diverged"] == [0]
+  assert table["per_tensor"]["vs_fp32"]["mean"] == pytest.approx(-0.12)
+  assert table["ui8"] == {"seeds": [], "diverged": [0]}
+  payload = {
+    "config": "c",
+    "set": [],
+    "seeds": [0, 1],
+    "machine": {"cpu": "cpu", "cpu_count": 2},
+    "command": "python -m benchmarks.accuracy",
+    "date": "today",
+    "table": table,
+    "runs": runs,
+  }
+  text = accuracy.markdown(payload)
+  assert "| per_tensor | 1 (+ diverged: seeds [0]) | 50.00 |" in text
+  assert "| ui8 | 0 (diverged: seeds [0]) | - | - | - | - |" in text
