@@ -123,6 +123,8 @@ class OptimConfig:
     warmup_epochs: linear warmup from 0 (fractions allowed).
     decay_epochs: the step schedule's boundaries, in epochs.
     decay_factor: the step schedule's factor.
+    grad_clip_norm: the largest global L2 norm of the gradient, larger ones scaled down to it
+      before weight decay and momentum (0: no clipping; detectors often use it).
     lr_scale_alpha, lr_scale_beta: UI8's deviation-counteractive learning-rate scaling, used
       with quant.method=ui8: each quantized layer's rate is multiplied by
       max(exp(-alpha * d), beta), d the cosine distance of its int8 gradient (Zhu et al. 2020).
@@ -137,6 +139,7 @@ class OptimConfig:
   warmup_epochs: float = 1.0
   decay_epochs: tuple[float, ...] = ()
   decay_factor: float = 0.1
+  grad_clip_norm: float = 0.0
   lr_scale_alpha: float = 20.0
   lr_scale_beta: float = 0.1
 
@@ -145,7 +148,13 @@ class OptimConfig:
       raise ValueError(f"config optim.schedule={self.schedule!r} is not one of {SCHEDULES}")
     for key in ("base_learning_rate", "base_batch_size", "decay_factor"):
       _positive(f"optim.{key}", getattr(self, key))
-    for key in ("weight_decay", "warmup_epochs", "lr_scale_alpha", "lr_scale_beta"):
+    for key in (
+      "weight_decay",
+      "warmup_epochs",
+      "grad_clip_norm",
+      "lr_scale_alpha",
+      "lr_scale_beta",
+    ):
       _non_negative(f"optim.{key}", getattr(self, key))
     if not 0 <= self.momentum < 1:
       raise ValueError(f"config optim.momentum={self.momentum} must be in [0, 1)")

@@ -95,10 +95,12 @@ def make_optimizer(
 ) -> optax.GradientTransformationExtraArgs:
   """L2 weight decay on kernels, momentum, UI8 scaling (if given as (alpha, beta)), the rate.
 
-  The order is PyTorch's SGD: decay is added to the gradient before the momentum buffer, and
-  the per-layer UI8 factor multiplies the layer's learning rate.
+  The order is PyTorch's SGD: the gradient clipped to `grad_clip_norm` (as
+  `torch.nn.utils.clip_grad_norm_` before the step), decay added to it before the momentum
+  buffer, and the per-layer UI8 factor multiplying the layer's learning rate.
   """
-  parts = [optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask)]
+  parts = [optax.clip_by_global_norm(cfg.grad_clip_norm)] if cfg.grad_clip_norm else []
+  parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
   if cfg.momentum:
     parts.append(optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov))
   if ui8_scaling is not None:

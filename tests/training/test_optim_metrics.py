@@ -7,6 +7,7 @@ import math
 import os
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from daq_jax.training import optim
@@ -58,6 +59,18 @@ def test_weight_decay_skips_biases_and_batch_norm():
   assert float(updates["conv"]["kernel"][0, 0, 0, 0]) == -0.5
   assert float(jnp.abs(updates["conv"]["bias"]).max()) == 0
   assert float(jnp.abs(updates["bn"]["scale"]).max()) == 0
+
+
+def test_gradient_clipping_bounds_the_global_norm_before_weight_decay():
+  params = {"conv": {"kernel": jnp.ones((1, 2))}}
+  cfg = OptimConfig(weight_decay=0.5, momentum=0.0, grad_clip_norm=5.0)
+  tx = optim.make_optimizer(cfg, 1.0)
+  # Norm 50: clipped to norm 5, (3, 4), then the decay of the unit kernel (0.5) added.
+  updates, _ = tx.update({"conv": {"kernel": jnp.array([[30.0, 40.0]])}}, tx.init(params), params)
+  np.testing.assert_allclose(updates["conv"]["kernel"], [[-3.5, -4.5]], rtol=1e-6)
+  # Below the bound: unchanged.
+  updates, _ = tx.update({"conv": {"kernel": jnp.array([[0.3, 0.4]])}}, tx.init(params), params)
+  np.testing.assert_allclose(updates["conv"]["kernel"], [[-0.8, -0.9]], rtol=1e-6)
 
 
 def test_deviation_scaling_multiplies_each_layer_by_its_factor():
