@@ -114,6 +114,8 @@ def from_coco(coco: dict, where: str, image_dir: str | None = None, images=None)
       _fail(where, f"image {im.get('id', i)!r} lacks a valid {e}")
     if height <= 0 or width <= 0:
       _fail(where, f"image {image_id} has size {width}x{height}")
+    if image_id in index:
+      _fail(where, f"image id {image_id} is listed twice")
     index[image_id] = i
     sizes.append((height, width))
     if image_dir is not None:

@@ -121,6 +121,13 @@ def test_a_missing_image_file_and_no_categories_are_one_line(tmp_path):
     coco.read_coco(str(tmp_path), "train")
 
 
+def test_an_image_id_listed_twice_is_one_line(tmp_path):
+  image = {"id": 4, "file_name": "a.png", "width": 30, "height": 20}
+  path = _write(tmp_path, _coco([], images=[image, image]))
+  with pytest.raises(ValueError, match=f"^{path}: image id 4 is listed twice$"):
+    coco.read_coco(str(tmp_path), "train")
+
+
 def test_crowd_and_images_without_boxes_are_kept(tmp_path):
   images = [
     {"id": 1, "file_name": "a.png", "width": 30, "height": 20},
