@@ -62,6 +62,20 @@ def test_the_coco_layout_reads_back_what_was_written(tmp_path, small):
   )
 
 
+def test_worker_processes_decode_the_same_batches(tmp_path, small):
+  coco.write_coco(small, str(tmp_path), "train")
+  data = coco.read_coco(str(tmp_path), "train")
+  info = DatasetInfo(shapes.CLASSES, (64, 64, 3), (0.5,) * 3, (0.25,) * 3, "flip", max_boxes=8)
+  here = Batches(data, info, 4, seed=1).train(2)
+  pool = Batches(data, info, 4, seed=1, workers=2)
+  try:
+    there = pool.train(2)
+  finally:
+    pool.close()
+  for key in here:
+    np.testing.assert_array_equal(here[key], there[key])
+
+
 def _write(tmp_path, coco_dict, image_names=("a.png",)):
   (tmp_path / "annotations").mkdir(exist_ok=True)
   (tmp_path / "train2017").mkdir(exist_ok=True)

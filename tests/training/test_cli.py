@@ -94,6 +94,16 @@ def test_train_py_runs_the_detection_default_config_resumes_and_evaluates_map(tm
   again = _run(["-m", "daq_jax.evaluate", f"--workdir={workdir}"])
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"mAP {summary['eval_mAP']:.4f}, mAP@.5 {summary['eval_mAP50']:.4f}" in again.stdout
+  # And on a COCO directory of the same classes (its val2017), as a user's data comes.
+  from daq_jax.data import coco, shapes
+
+  data_dir = tmp_path / "coco"
+  coco.write_coco(shapes.shapes("test").take(range(10)), str(data_dir), "val")
+  other = _run(["-m", "daq_jax.evaluate", f"--workdir={workdir}", f"--data_dir={data_dir}"])
+  assert other.returncode == 0, other.stderr[-2000:]
+  assert re.search(
+    r"on \S+coco: mAP [\d.]+, mAP@.5 [\d.]+ \(COCO, pycocotools\) on 10 images", other.stdout
+  )
 
 
 DETECTION = "--config=configs/detection_default.py"
