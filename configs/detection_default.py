@@ -1,7 +1,7 @@
 """The default detection run: INT8 training of a small RetinaNet (`retinanet_small`: a narrow
 ResNet-10 backbone, an FPN on P3-P5, 2-conv heads, every conv in DAQ INT8) on the embedded
 shapes, scored with COCO's mAP (pycocotools) on their fixed test split. The gradient is
-clipped at norm 2 (`optim.grad_clip_norm`): without it DAQ and per-tensor INT8 diverge at this
+clipped at norm 2 (`optim.grad_clip_norm`): without it DAQ and per-tensor INT8 can diverge at this
 learning rate, the float run does not (docs/detection.md has the measurements).
 
     python train.py --config configs/detection_default.py --workdir runs/detection_default
