@@ -67,6 +67,20 @@ def test_two_runs_end_to_end_then_skipped(tmp_path, capsys):
   assert "0 run(s) to go" in capsys.readouterr().out
 
 
+def _payload(config, table, runs, seeds=(0, 1)) -> dict:
+  """What `accuracy.main` hands `markdown`, with a fixed machine, command and date."""
+  return {
+    "config": config,
+    "set": [],
+    "seeds": list(seeds),
+    "machine": {"cpu": "cpu", "cpu_count": 2},
+    "command": "python -m benchmarks.accuracy",
+    "date": "today",
+    "table": table,
+    "runs": runs,
+  }
+
+
 def test_detection_runs_are_tabulated_by_map():
   runs = {}
   for method, values in {"fp32": (0.30, 0.34), "daq": (0.25, 0.27)}.items():
@@ -78,17 +92,7 @@ def test_detection_runs_are_tabulated_by_map():
   assert table["fp32"]["mAP"]["mean"] == pytest.approx(0.32) and "top1" not in table["fp32"]
   assert table["daq"]["mAP50"]["mean"] == pytest.approx(0.52)
   assert table["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.06)
-  payload = {
-    "config": "configs/detection_default.py",
-    "set": [],
-    "seeds": [0, 1],
-    "machine": {"cpu": "cpu", "cpu_count": 2},
-    "command": "python -m benchmarks.accuracy",
-    "date": "today",
-    "table": table,
-    "runs": runs,
-  }
-  text = accuracy.markdown(payload)
+  text = accuracy.markdown(_payload("configs/detection_default.py", table, runs))
   assert "COCO mAP@[.5:.95] and mAP@.5" in text and "| mAP | mAP@.5 |" in text
   assert "| daq | 2 | 26.00 ± 1.41 | 52.00 ± 2.83 | -6.00 ± 1.41 |" in text
 
@@ -108,16 +112,6 @@ def test_a_diverged_run_is_recorded_and_left_out_of_the_mean(tmp_path):
   assert table["per_tensor"]["top1"]["n"] == 1 and table["per_tensor"]["diverged"] == [0]
   assert table["per_tensor"]["vs_fp32"]["mean"] == pytest.approx(-0.12)
   assert table["ui8"] == {"seeds": [], "diverged": [0]}
-  payload = {
-    "config": "c",
-    "set": [],
-    "seeds": [0, 1],
-    "machine": {"cpu": "cpu", "cpu_count": 2},
-    "command": "python -m benchmarks.accuracy",
-    "date": "today",
-    "table": table,
-    "runs": runs,
-  }
-  text = accuracy.markdown(payload)
+  text = accuracy.markdown(_payload("c", table, runs))
   assert "| per_tensor | 1 (+ diverged: seeds [0]) | 50.00 |" in text
   assert "| ui8 | 0 (diverged: seeds [0]) | - | - | - | - |" in text
