@@ -30,7 +30,7 @@ import time
 
 from benchmarks.common import environment, write_json
 
-METHODS = ("fp32", "daq", "daq_sr", "daq_sr_wgrad", "ui8")
+METHODS = ("fp32", "daq", "daq_sr", "daq_sr_wgrad", "daq_sr_wgrad_rows", "ui8")
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 

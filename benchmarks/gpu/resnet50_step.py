@@ -1,7 +1,7 @@
 """GPU check, stage `resnet50_step`: `train.py`'s training step (`benchmarks.train_step.
 build_step`: the config's model, SGD with momentum, BN, normalisation on the device) of
-ResNet-50 at batch 128 on 224x224 images: fp32, bf16, and per_tensor, DAQ and daq_sr on
-impl="auto" with bf16 float parts. Smoke: the small CNN at 32x32, batch 2."""
+ResNet-50 at batch 128 on 224x224 images: fp32, bf16, and per_tensor, DAQ, daq_sr and
+daq_sr_wgrad_rows on impl="auto" with bf16 float parts. Smoke: the small CNN at 32x32, batch 2."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ VARIANTS = [
   ("per_tensor_bf16", "per_tensor", "bfloat16"),
   ("daq_auto_bf16", "daq", "bfloat16"),
   ("daq_sr_auto_bf16", "daq_sr", "bfloat16"),
+  # per-row dgrad scales: the GEMM + col2im dgrad
+  ("daq_sr_wgrad_rows_auto_bf16", "daq_sr_wgrad_rows", "bfloat16"),
 ]
 
 
@@ -24,7 +26,7 @@ def run(rec: Recorder, smoke: bool, repeats: int) -> None:
 
   model, batch, size, classes = ("small_cnn", 2, 32, 10) if smoke else ("resnet50", 128, 224, 1000)
   rec.set("model", model)
-  variants = [VARIANTS[0], VARIANTS[-1]] if smoke else VARIANTS
+  variants = [VARIANTS[0], VARIANTS[-2], VARIANTS[-1]] if smoke else VARIANTS
   for name, method, dtype in variants:
     try:
       step, state, batch_data = build_step(method, dtype, model, batch, size, classes)

@@ -12,9 +12,9 @@ Where the error comes from is split three ways, each step's increment relative t
 result's norm: `forward` (x and w quantized, g float), `clipping` (g clipped to the method's
 clip values as well, not rounded) and `rounding` (the method's int8 g). The share of g's
 nonzero entries that rounding sets to zero, and the share of g's energy they hold, show the
-bias of nearest rounding on the wgrad path. One option is measured here only: per-row (per
-output position) g scales on the dgrad path, which factor out of the dgrad GEMM as the
-per-channel scales factor out of wgrad.
+bias of nearest rounding on the wgrad path. Per-row (per output position) g scales on the
+dgrad path, with nearest and with stochastic rounding, are measured for every layer whatever
+the methods (the ops offer them as `dgrad_granularity="per_row"`, e.g. `daq_sr_wgrad_rows`).
 
 Each method carries its own per-layer state from batch to batch, as in training: the run's own
 method starts from the checkpoint's state, the others from a fresh one (so give them a few
@@ -173,7 +173,7 @@ def _split(exact, forward, clipped, quantized) -> dict[str, jax.Array]:
 
 def _per_row_dgrad(call: OpCall, xq, wq, dx_f, key) -> dict[str, dict]:
   """dX errors with one g scale per output position (row of the (M, C) view) on the dgrad
-  path, nearest and stochastic: an option measured here, not offered by the ops."""
+  path, nearest and stochastic, as the float twin of `dgrad_granularity="per_row"`."""
   g2d = call.g.reshape(-1, call.g.shape[-1]).astype(jnp.float32)
   rows = numerics.max_abs(g2d, axis=1, keepdims=True)
   out = {}

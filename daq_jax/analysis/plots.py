@@ -16,6 +16,7 @@ COLORS = {
   "daq": "tab:red",
   "daq_sr": "tab:brown",
   "daq_sr_wgrad": "tab:pink",
+  "daq_sr_wgrad_rows": "tab:olive",
   "per_tensor": "tab:blue",
   "gvq": "tab:green",
   "mcs": "tab:orange",

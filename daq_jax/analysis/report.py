@@ -31,7 +31,7 @@ from daq_jax.training import steps
 from daq_jax.training.evaluation import read_run_record, restore_run
 from daq_jax.training.files import replace, write_json
 
-METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "per_tensor", "gvq", "mcs", "ui8")
+METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "daq_sr_wgrad_rows", "per_tensor", "gvq", "mcs", "ui8")
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -276,7 +276,7 @@ def _cause_tables(result: dict) -> list[str]:
   lines += [
     "",
     "dX relative L2 error: each method, and one g scale per output position on the dgrad "
-    "path (per-row; measured here only):",
+    "path (per-row, with either rounding):",
     "",
     "| layer | " + " | ".join(methods) + " | per-row, nearest | per-row, stochastic |",
     "|---|" + "---|" * (len(methods) + 2),

@@ -75,6 +75,7 @@ def supports(cfg: QuantConfig) -> bool:
     cfg.wgrad_granularity == "per_channel"
     and cfg.wgrad_clip in ("max", "mcs")
     and cfg.dgrad_clip == "max"
+    and cfg.dgrad_granularity == "per_tensor"
   )
 
 

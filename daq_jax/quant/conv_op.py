@@ -1,5 +1,5 @@
-"""The quantized convolution: int8 forward, int8 dgrad (global gradient scale) and int8 wgrad
-(per-output-channel gradient scales), as one `jax.custom_vjp`.
+"""The quantized convolution: int8 forward, int8 dgrad (a global gradient scale, or one per
+output position) and int8 wgrad (per-output-channel gradient scales), as one `jax.custom_vjp`.
 
 Layout is channels last: lhs (N, *spatial, C_in), rhs (*spatial, C_in / groups, C_out), the
 layout of `flax.linen.Conv`. 1-D, 2-D and 3-D convolutions, strides, padding, lhs (input) and
@@ -33,7 +33,8 @@ def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, s
   x = QTensor.of(lhs, numerics.max_abs(lhs))
   w = QTensor.of(rhs, numerics.max_abs(rhs))
   out = plan.forward.conv_forward(x, w, spec)
-  kernel = plan.dgrad.conv_keep_kernel(rhs, w, spec)
+  # A dgrad with per-row g scales is a GEMM with the forward kernel, then col2im.
+  kernel = w if plan.dgrad_rows else plan.dgrad.conv_keep_kernel(rhs, w, spec)
   inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
   out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, lhs, rhs)
@@ -41,7 +42,8 @@ def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, s
 
 def _conv_bwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
-  dx = plan.dgrad.conv_dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
+  dgrad = plan.dgrad.conv_dgrad_rows if plan.dgrad_rows else plan.dgrad.conv_dgrad
+  dx = dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
   dw = plan.wgrad.conv_wgrad(res.inputs, gq.wgrad, res.lhs_shape, res.rhs_shape, spec)
   new_stats = gradient.statistics(gq, cfg, res.statistics)
   return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None

@@ -39,7 +39,8 @@ def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, stats, key):
 
 def _dense_bwd(plan: backends.Plan, cfg: QuantConfig, res: Residuals, g):
   gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
-  g2d = QTensor(gq.dgrad_q.reshape(-1, g.shape[-1]), gq.dgrad_scale)
+  scale = gq.dgrad_scale
+  g2d = QTensor(gq.dgrad_q.reshape(-1, g.shape[-1]), scale.reshape(-1, 1) if scale.ndim else scale)
   dx = plan.dgrad.dense_dgrad(g2d, res.kernel).reshape(res.lhs_shape)
   dw = plan.wgrad.dense_wgrad(res.inputs, gq.wgrad)
   new_stats = gradient.statistics(gq, cfg, res.statistics)

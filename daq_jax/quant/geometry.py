@@ -187,6 +187,16 @@ def dgrad_spec(lhs_shape, rhs_shape, spec: ConvSpec) -> ConvSpec:
   )
 
 
+def col2im(cols: jax.Array, lhs_shape, rhs_shape, spec: ConvSpec) -> jax.Array:
+  """The transpose of `spec_patches`: every column of `cols` (N * prod(out), T * C) added back
+  onto the input position its tap was taken from, (N, *spatial, C) in cols' float dtype."""
+  take = jax.linear_transpose(
+    lambda x: spec_patches(x, rhs_shape, spec), jax.ShapeDtypeStruct(tuple(lhs_shape), cols.dtype)
+  )
+  (out,) = take(cols)
+  return out
+
+
 def patches(x: jax.Array, ksize, *, window_strides, padding, lhs_dilation, rhs_dilation):
   """im2col of a channels-last input: (N, *spatial, C) -> (N * prod(out), T * C), taps major
   and channels minor, the order of a (*ksize, C, C_out) kernel reshaped to (T * C, C_out).

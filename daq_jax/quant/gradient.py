@@ -4,7 +4,8 @@ and the baselines' rules (plain max-abs, UI8's direction-sensitive clipping).
 The output gradient g of a layer (channels last) is quantized twice:
 - for the weight gradient, per output channel (or per tensor), with a clip value chosen by
   `cfg.wgrad_clip`;
-- for the input gradient, with one global clip value chosen by `cfg.dgrad_clip`.
+- for the input gradient, with one global clip value chosen by `cfg.dgrad_clip` (or, with
+  `cfg.dgrad_granularity="per_row"`, one max-abs scale per output position).
 
 Per-layer state (one float per output channel for per-channel MCS) is read from the previous
 step and a new value is returned; the quantized ops hand it out of the backward pass as the
@@ -45,8 +46,9 @@ class QuantizedGradient(NamedTuple):
   Attributes:
     wgrad_q: int8 (M, C), the wgrad-path g as a 2-D view (channels last).
     wgrad_scale: float32 clip values, (C,) per channel or () per tensor.
-    dgrad_q: int8, g's shape, one global scale.
-    dgrad_scale: float32 ().
+    dgrad_q: int8, g's shape.
+    dgrad_scale: float32 (), one global scale, or (*g.shape[:-1], 1), one per output
+      position (`dgrad_granularity="per_row"`).
     new_state: the layer's state for the next step.
     wgrad_stats: the statistics the wgrad clip rule saw (per channel or per tensor).
   """
@@ -60,7 +62,7 @@ class QuantizedGradient(NamedTuple):
 
   @property
   def dgrad(self) -> numerics.QTensor:
-    """The dgrad-path g with its global scale."""
+    """The dgrad-path g with its scale (global, or one per row)."""
     return numerics.QTensor(self.dgrad_q, self.dgrad_scale)
 
   @property
@@ -114,7 +116,7 @@ def statistics(gq: QuantizedGradient, cfg: QuantConfig, names=STATISTICS) -> Sta
   every = {
     "inverted_t": jnp.sum(live & ~stats.is_bell(cfg)) / count,
     "clip_ratio": jnp.sum(jnp.where(live, ratio, 0.0)) / count,
-    "dgrad_scale": gq.dgrad_scale.astype(jnp.float32),
+    "dgrad_scale": jnp.max(gq.dgrad_scale).astype(jnp.float32),  # per row: the largest
   }
   return {name: every[name] for name in names}
 
@@ -237,6 +239,10 @@ def quantize_gradient(
 
   dclip, dstate = _clip(cfg.dgrad_clip, flat, tensor_stats, state["dgrad_clip"][None], cfg)
   dgrad_scale = dclip[0]
+  if cfg.dgrad_granularity == "per_row":
+    # One max-abs scale per output position (the clip rule is `max`); the carried state stays
+    # the tensor's max, so the state has one shape whatever the granularity.
+    dgrad_scale = numerics.max_abs(g.astype(jnp.float32), axis=-1, keepdims=True)
   dgrad_q = numerics.quantize_tensor(g, dgrad_scale, rounding=cfg.dgrad_rounding, seed=dseed)
   new_state = {"dgrad_clip": dstate[0]}
 

@@ -232,7 +232,7 @@ class Trainer:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     self.writer.message(
       f"{cfg.model.name} ({n_params:,} parameters), method {cfg.quant.method} "
-      f"({backends.describe(cfg.quant.impl, spatial_dims=len(self.info.image_shape) - 1)}), "
+      f"({_describe_impl(cfg.quant, len(self.info.image_shape) - 1)}), "
       f"{len(self.train_batches.dataset)} train / "
       f"{len(self.eval_batches.dataset)} {cfg.data.eval_split} "
       f"{'videos' if self.info.is_video else 'images' if self.info.is_detection else 'examples'}, "
@@ -295,6 +295,12 @@ class Trainer:
     if self.main:
       files.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary
+
+
+def _describe_impl(quant, spatial_dims: int) -> str:
+  """The run's `impl` and what auto resolves to for its method's layers (for the headline)."""
+  rows = any(c.dgrad_granularity == "per_row" for c in quant.configs())
+  return backends.describe(quant.impl, spatial_dims=spatial_dims, dgrad_rows=rows)
 
 
 def _headline(summary: dict) -> str:

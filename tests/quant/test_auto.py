@@ -103,6 +103,8 @@ def test_describe_says_what_auto_resolves_to():
   assert backends.describe("auto", "cpu") == "auto: xla,xla,xla on cpu"
   assert backends.describe("xla,auto,im2col", "cpu") == "xla,auto,im2col: xla,xla,im2col on cpu"
   assert backends.describe("im2col") == "im2col"
+  rows = backends.describe("auto", "cpu", dgrad_rows=True)
+  assert rows == "auto: xla,im2col,xla on cpu"
 
 
 def test_the_cpu_plan_of_a_3d_conv_puts_forward_and_dgrad_on_im2col():

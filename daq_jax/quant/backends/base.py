@@ -27,10 +27,15 @@ class Backend(abc.ABC):
 
   Shapes: conv lhs (N, *spatial, C_in), rhs (*spatial, C_in / G, C_out), g (N, *out, C_out);
   dense x (M, K), w (K, N), g (M, N). The wgrad-path g is a 2-D view (M, C_out) whose scale is
-  () or (C_out,) (per output channel); every other operand has one scale.
+  () or (C_out,) (per output channel); the dgrad-path g's scale is () or, per row, (M, 1) for
+  dense layers and (N, *out, 1) for convs (`conv_dgrad_rows`); every other operand has one
+  scale.
   """
 
   name: str
+  # Whether `conv_dgrad_rows` is implemented: a conv dgrad with one g scale per output
+  # position (`dgrad_granularity="per_row"`), which factors out of a GEMM + col2im only.
+  dgrad_rows: bool = False
 
   def unsupported(self, contraction: str, spec: ConvSpec | None, platform: str) -> str | None:
     """Why this implementation cannot compute `contraction` ("forward", "dgrad", "wgrad") of a
@@ -52,6 +57,11 @@ class Backend(abc.ABC):
   @abc.abstractmethod
   def conv_dgrad(self, g: QTensor, kernel: Any, lhs_shape, rhs_shape, spec: ConvSpec):
     """The input gradient, float32 (N, *spatial, C_in)."""
+
+  def conv_dgrad_rows(self, g: QTensor, w: QTensor, lhs_shape, rhs_shape, spec: ConvSpec):
+    """The input gradient from g with one scale per output position, g.scale
+    (N, *out, 1), and the forward kernel `w`: float32 (N, *spatial, C_in)."""
+    raise NotImplementedError(f"impl {self.name!r} has no dgrad with per-row g scales")
 
   def conv_keep_input(self, lhs: jax.Array, x: QTensor, spec: ConvSpec) -> Any:
     """What `conv_wgrad` gets of the input (float `lhs`, quantized `x`): `x` by default."""

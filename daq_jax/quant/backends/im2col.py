@@ -5,6 +5,8 @@ the forward pass and the weight gradient, of g for the input gradient.
     dgrad:   patches(g) (M_in, T*C_out) @ w' (T*C_out, C_in)      w' = the flipped kernel,
              the forward conv of `geometry.dgrad_spec` (input positions M_in); for strided
              convs one such GEMM per output phase, with that phase's taps
+             with per-row g scales: col2im(g (M, C_out) @ w^T (C_out, T*C_in)), the row
+             scales on the GEMM's rows
     wgrad:   patches(x)^T (T*C_in, M) @ g (M, C_out), per-channel g scales on the columns
 
 Each GEMM is handed over with both operands K-major, a (M, K) and b^T (N, K) ("NT"), the layout
@@ -33,7 +35,14 @@ import jax.numpy as jnp
 from daq_jax.quant import contract
 from daq_jax.quant.backends import xla
 from daq_jax.quant.backends.base import Backend
-from daq_jax.quant.geometry import ConvSpec, dgrad_kernel, dgrad_spec, out_spatial, spec_patches
+from daq_jax.quant.geometry import (
+  ConvSpec,
+  col2im,
+  dgrad_kernel,
+  dgrad_spec,
+  out_spatial,
+  spec_patches,
+)
 from daq_jax.quant.numerics import QMAX, QTensor
 
 
@@ -92,6 +101,22 @@ class Im2colBackend(Backend):
       return acc * (g.scale / QMAX) * (kernel[0].scale / QMAX)
     return self.conv_forward(g, kernel, dgrad_spec(lhs_shape, rhs_shape, spec))
 
+  dgrad_rows = True
+
+  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec):
+    # Every row of g (one output position) meets the whole kernel, so a row's scale factors
+    # out of cols = g (M, O) @ w^T (O, T * I), per group; col2im then adds each tap's column
+    # back onto its input position (in float32, after the int8 GEMM).
+    groups, taps = spec.feature_group_count, math.prod(rhs_shape[:-2])
+    c_in_g, c_out = rhs_shape[-2:]
+    g_rows = g.q.reshape(-1, groups, c_out // groups).transpose(1, 0, 2)  # (G, M, O)
+    kernel = _kernel_per_group(w.q, groups)  # (G, T * I, O)
+    rows = jnp.reshape(g.scale, (1, -1)) * (w.scale / (QMAX * QMAX))
+    cols = self._gemm(g_rows, kernel, rows, 1.0)  # (G, M, T * I)
+    m = g_rows.shape[1]
+    cols = cols.reshape(groups, m, taps, c_in_g).transpose(1, 2, 0, 3).reshape(m, -1)
+    return col2im(cols, lhs_shape, rhs_shape, spec)
+
   def _sums(self, lhs, rhs, **geometry) -> jax.Array:
     """The integer sums of an int8 conv (float32), as one GEMM on patches."""
     one = jnp.float32(QMAX)  # scales of QMAX: the rescaling multiplies by 1
@@ -112,7 +137,8 @@ class Im2colBackend(Backend):
     return self._gemm(x.q, w.q.T, x.scale * w.scale / (QMAX * QMAX), 1.0)
 
   def dense_dgrad(self, g, kernel):
-    return self._gemm(g.q, kernel.q, g.scale * kernel.scale / (QMAX * QMAX), 1.0)
+    rows = jnp.reshape(g.scale, -1)  # (1,) for one scale, (M,) per row
+    return self._gemm(g.q, kernel.q, rows * kernel.scale / (QMAX * QMAX), 1.0)
 
   def dense_wgrad(self, inputs, g):
     return self._gemm(inputs.q.T, g.q.T, inputs.scale / QMAX, g.scale / QMAX)

@@ -48,13 +48,28 @@ class Plan:
   forward: Backend
   dgrad: Backend
   wgrad: Backend
+  dgrad_rows: bool = False  # a conv's dgrad with per-row g scales (`conv_dgrad_rows`)
 
   @property
   def names(self) -> tuple[str, str, str]:
     return (self.forward.name, self.dgrad.name, self.wgrad.name)
 
 
-def choose(name: str, contraction: str, spec: ConvSpec | None, platform: str) -> Backend:
+ROWS_UNSUPPORTED = (
+  "per-row g scales (dgrad_granularity='per_row') do not factor out of an int8 convolution; "
+  "they need a GEMM + col2im dgrad (impl im2col or pallas)"
+)
+
+
+def _unsupported(backend: Backend, contraction, spec, platform, rows: bool) -> str | None:
+  if rows and contraction == "dgrad" and not backend.dgrad_rows:
+    return ROWS_UNSUPPORTED
+  return backend.unsupported(contraction, spec, platform)
+
+
+def choose(
+  name: str, contraction: str, spec: ConvSpec | None, platform: str, rows: bool = False
+) -> Backend:
   """The implementation of one contraction: `name`, or auto's pick when `name` is "auto".
 
   Args:
@@ -62,13 +77,14 @@ def choose(name: str, contraction: str, spec: ConvSpec | None, platform: str) ->
     contraction: "forward", "dgrad" or "wgrad".
     spec: the conv's geometry, or None for a dense layer.
     platform: what the program is traced for ("cpu", "cuda", ...).
+    rows: whether a conv's dgrad has per-row g scales (`Backend.dgrad_rows` needed).
 
   Raises:
     ValueError: when the named implementation, or every one auto may use, cannot compute it.
   """
   if name != AUTO:
     backend = get(name)
-    reason = backend.unsupported(contraction, spec, platform)
+    reason = _unsupported(backend, contraction, spec, platform, rows)
     if reason:
       raise ValueError(
         f"quant config impl={name!r} cannot compute the {contraction} product of this layer on "
@@ -78,7 +94,7 @@ def choose(name: str, contraction: str, spec: ConvSpec | None, platform: str) ->
   skipped = []
   for candidate in auto.candidates(platform, contraction, spec):
     backend = get(candidate)
-    reason = backend.unsupported(contraction, spec, platform)
+    reason = _unsupported(backend, contraction, spec, platform, rows)
     if reason is None:
       for skipped_name, why in skipped:
         auto.log_skip(platform, contraction, skipped_name, why, candidate)
@@ -94,22 +110,25 @@ def plan(cfg: QuantConfig, spec: ConvSpec | None = None, platform: str | None = 
   """The implementations of a conv (`spec`) or dense (None) layer's three contractions under
   `cfg.impl`, for `platform` (default: the one being traced for)."""
   platform = platform or target_platform()
+  rows = spec is not None and cfg.dgrad_granularity == "per_row"
   chosen = [
-    choose(name, contraction, spec, platform)
+    choose(name, contraction, spec, platform, rows)
     for name, contraction in zip(cfg.impls, CONTRACTIONS, strict=True)
   ]
-  return Plan(*chosen)
+  return Plan(*chosen, dgrad_rows=rows)
 
 
-def describe(impl: str, platform: str | None = None, spatial_dims: int = 2) -> str:
+def describe(
+  impl: str, platform: str | None = None, spatial_dims: int = 2, dgrad_rows: bool = False
+) -> str:
   """`impl`, with what "auto" resolves to for an ungrouped conv of `spatial_dims` (2: images,
-  3: clips) on `platform` (for logs)."""
+  3: clips) on `platform`, its dgrad with per-row g scales if `dgrad_rows` (for logs)."""
   if AUTO not in impl:
     return impl
   platform = platform or target_platform()
   spec = geometry.make_spec((1, *[3] * spatial_dims, 1), (*[3] * spatial_dims, 1, 1))
   chosen = [
-    auto.candidates(platform, c, spec)[0] if n == AUTO else n
+    choose(n, c, spec, platform, dgrad_rows).name if n == AUTO else n
     for n, c in zip(contraction_impls(impl), CONTRACTIONS)
   ]
   return f"{impl}: {','.join(chosen)} on {platform}"

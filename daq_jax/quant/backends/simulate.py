@@ -36,6 +36,11 @@ class SimulateBackend(Backend):
     w_hat = kernel.dequantize()
     return _transpose(lambda a: spec.float_conv(a, w_hat), lhs_shape, g.dequantize())
 
+  dgrad_rows = True
+
+  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec):
+    return self.conv_dgrad(g, w, lhs_shape, rhs_shape, spec)  # its kept kernel is `w` too
+
   def conv_wgrad(self, inputs, g, lhs_shape, rhs_shape, spec):
     x_hat = inputs.dequantize()
     out_shape = (lhs_shape[0], *out_spatial(lhs_shape, rhs_shape, spec), rhs_shape[-1])
