@@ -6,7 +6,7 @@ import dataclasses
 
 IMAGE_DATASETS = ("digits", "cifar10", "cifar100", "image_folder")
 VIDEO_DATASETS = ("moving_digits", "video_folder")
-DETECTION_DATASETS = ("shapes", "coco")
+DETECTION_DATASETS = ("shapes", "coco", "voc")
 DATASETS = IMAGE_DATASETS + VIDEO_DATASETS + DETECTION_DATASETS
 AUGMENTS = ("auto", "none", "cifar", "imagenet", "video", "flip")
 EVAL_SPLITS = ("val", "test")
@@ -21,8 +21,10 @@ class DataConfig:
       directory or image folder) or `image_folder` (`<dir>/train/<class>/*.jpg`, ImageNet);
       for video, `moving_digits` (embedded: the digits drifting over 16 frames) or
       `video_folder` (`<dir>/train/<class>/<video>/` frames, `.npy`, or containers); for
-      detection, `shapes` (embedded: generated circles, squares and triangles) or `coco`
-      (`<dir>/annotations/instances_train2017.json` with `<dir>/train2017/`, and val2017).
+      detection, `shapes` (embedded: generated circles, squares and triangles), `coco`
+      (`<dir>/annotations/instances_train2017.json` with `<dir>/train2017/`, and val2017)
+      or `voc` (a Pascal VOC year folder: `<dir>/Annotations/*.xml`, `JPEGImages/`,
+      `ImageSets/Main/`; trainval and test where there is a test list, else train and val).
     dir: the data directory (unused for the embedded data).
     image_size: the side of the training images; 0 keeps the stored size (in-memory data).
       Detection: the square input every image is letterboxed to (its longer side).

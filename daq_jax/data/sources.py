@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from daq_jax.data import arrays, coco, image_folder, shapes, video
+from daq_jax.data import arrays, coco, image_folder, shapes, video, voc
 from daq_jax.data.arrays import ArrayDataset
 from daq_jax.data.coco import DetectionDataset
 from daq_jax.data.config import DataConfig
@@ -224,12 +224,13 @@ def load_videos(cfg: DataConfig) -> tuple[VideoDataset, VideoDataset, DatasetInf
 
 
 def load_detection(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDataset, DatasetInfo]:
-  """(train, eval, info) of a detection dataset: the embedded shapes (in memory) or a COCO
-  directory (train2017, and val2017 as its test split; images read per batch).
+  """(train, eval, info) of a detection dataset: the embedded shapes (in memory), a COCO
+  directory (train2017, and val2017 as its test split) or a Pascal VOC year directory
+  (`voc.splits`); the images of the last two are read per batch.
 
   Raises:
-    ValueError: one line naming the key or the image: no input size for COCO, an image with
-      more boxes than `data.max_boxes`.
+    ValueError: one line naming the key or the image: no input size for COCO or VOC, an
+      image with more boxes than `data.max_boxes`.
   """
   if cfg.name == "shapes":
     train, source = shapes.shapes("train"), "the embedded shapes (96x96, 3 classes)"
@@ -237,12 +238,18 @@ def load_detection(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDataset,
   else:
     if not cfg.image_size:
       raise ValueError(
-        "config data.image_size=0: COCO images differ in size; set the square input side "
-        "(e.g. 1024) every image is letterboxed to"
+        f"config data.image_size=0: {cfg.name.upper()} images differ in size; set the square "
+        "input side (e.g. 1024) every image is letterboxed to"
       )
     root = _data_dir(cfg)
-    train, size = coco.read_coco(root, "train"), cfg.image_size
-    source = f"COCO {coco.annotation_file(root, 'train')}: {len(train)} images, read every batch"
+    if cfg.name == "coco":
+      train, test_split = coco.read_coco(root, "train"), "val"
+      listed = coco.annotation_file(root, "train")
+    else:
+      train_split, test_split = voc.splits(root)
+      train, listed = voc.read_voc(root, train_split), f"{root} ({train_split})"
+    size = cfg.image_size
+    source = f"{cfg.name.upper()} {listed}: {len(train)} images, read every batch"
   if cfg.val_fraction > 0:
     train_idx, val_idx = arrays.validation_split(np.zeros(len(train)), cfg.val_fraction)
     train, val = train.take(train_idx), train.take(val_idx)
@@ -251,7 +258,8 @@ def load_detection(cfg: DataConfig) -> tuple[DetectionDataset, DetectionDataset,
   elif cfg.name == "shapes":
     evaluation = shapes.shapes("test")
   else:
-    evaluation = coco.read_coco(root, "val")
+    read = coco.read_coco if cfg.name == "coco" else voc.read_voc
+    evaluation = read(root, test_split)
     if evaluation.category_ids != train.category_ids:
       raise ValueError(
         f"{evaluation.source}: its categories {evaluation.category_ids} differ from the "

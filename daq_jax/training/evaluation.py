@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from daq_jax import data as data_lib
-from daq_jax.data import coco, sources
+from daq_jax.data import coco, sources, voc
 from daq_jax.data.info import DatasetInfo
 from daq_jax.detection import coco_metric
 from daq_jax.training import checkpoint, files, modeling, optim, parallel, steps, stops
@@ -102,7 +102,9 @@ def _dataset(path: str, cfg, info: DatasetInfo):
     raise FileNotFoundError(f"--data_dir {path}: no such directory")
   data_cfg = dataclasses.replace(cfg.data, dir=path)
   channels = info.image_shape[-1]
-  if info.is_detection:  # a COCO directory: its val2017 split
+  if info.is_detection and cfg.data.name == "voc":  # a VOC year folder: its evaluation split
+    dataset = voc.read_voc(path, voc.splits(path)[1])
+  elif info.is_detection:  # a COCO directory: its val2017 split
     dataset = coco.read_coco(path, "val")
   elif info.is_video:
     dataset = sources.read_video_dir(path, "test", data_cfg, info.class_names, classes_at_top=True)
