@@ -5,6 +5,7 @@ parts (BN, ReLU, pooling) in bf16, side by side in one run.
 
     python -m benchmarks.train_step                  # about 3 minutes on 2 CPU cores
     python -m benchmarks.train_step --batch 16 --repeats 2 --out /tmp/step.json   # quick
+    python -m benchmarks.train_step --variants daq,daq_sr_wgrad_rows  # some, with fp32, bf16
 
 Prints the median step time of each method and its ratio to float32 and bfloat16; writes
 benchmarks/results/train_step_<backend>.json with the machine, versions and command.
@@ -92,9 +93,18 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--out", default=None)
+  parser.add_argument(
+    "--variants",
+    default=",".join(v[0] for v in VARIANTS),
+    help="a comma-separated subset of the variants (fp32 and bf16 are always timed)",
+  )
   args = parser.parse_args(argv)
+  names = {"fp32", "bf16", *(v.strip() for v in args.variants.split(","))}
+  unknown = sorted(names - {v[0] for v in VARIANTS})
+  if unknown:
+    parser.error(f"--variants: unknown {unknown}; known: {[v[0] for v in VARIANTS]}")
   rows = {}
-  for name, method, dtype in VARIANTS:
+  for name, method, dtype in [v for v in VARIANTS if v[0] in names]:
     try:
       rows[name] = {"ms": time_step(method, dtype, args.model, args.batch, args.repeats)}
     except Exception as e:  # one failing variant must not hide the others
@@ -111,11 +121,11 @@ def main(argv=None):
   for name, row in rows.items():
     if "ms" in row:
       print(
-        f"  {name:11s} {row['ms']:9.1f} ms   x{row['vs_fp32']:.2f} fp32   "
+        f"  {name:17s} {row['ms']:9.1f} ms   x{row['vs_fp32']:.2f} fp32   "
         f"x{row['vs_bf16']:.2f} bf16"
       )
     else:
-      print(f"  {name:11s} {row['error']}")
+      print(f"  {name:17s} {row['error']}")
   out = args.out or f"benchmarks/results/train_step_{jax.default_backend()}.json"
   payload = {
     **environment("benchmarks.train_step"),

@@ -46,8 +46,14 @@ def _data(name, seed=0, exact=True):
   return x, w, g, kw
 
 
-@pytest.mark.parametrize("impl", ["im2col", "xla,im2col,xla", "auto"])
-@pytest.mark.parametrize("name", _cases(GEOMETRIES))
+# Every geometry on im2col; the xla forward and wgrad (what auto runs on the CPU) around it on
+# a few, which is where the residuals differ.
+@pytest.mark.parametrize(
+  "name, impl",
+  [(n, "im2col") for n in GEOMETRIES if n != "3d"]
+  + [pytest.param("3d", "im2col", marks=pytest.mark.slow)]
+  + [(n, "xla,im2col,xla") for n in ("2d", "grouped_dilated", "pointwise_strided")],
+)
 def test_int8_equals_simulate_exactly_with_power_of_two_scales(name, impl):
   x, w, g, kw = _data(name)
   cfg = quant.daq(impl=impl, **ROWS)
