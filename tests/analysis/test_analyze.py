@@ -68,6 +68,7 @@ def test_its_numbers_are_in_range(analysis):
       "daq",
       "daq_sr",
       "daq_sr_wgrad",
+      "daq_sr_wgrad_rows",
       "per_tensor",
       "gvq",
       "mcs",
