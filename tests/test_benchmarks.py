@@ -108,3 +108,12 @@ def test_gpu_check_smoke_runs_every_stage(tmp_path):
   assert {(r["impl"], r["method"]) for r in quantizer} == {
     (impl, method) for impl in ("jnp", "pallas") for method in ("daq", "daq_sr")
   }
+
+
+def test_train_step_refuses_an_unknown_variant_by_name(capsys):
+  from benchmarks import train_step
+
+  with pytest.raises(SystemExit) as e:
+    train_step.main(["--variants", "daq,daq_rows"])
+  assert e.value.code == 2
+  assert "--variants: unknown ['daq_rows']" in capsys.readouterr().err
