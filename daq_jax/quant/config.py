@@ -215,38 +215,32 @@ def _make(name: str, fields: dict, overrides: dict) -> QuantConfig:
   return QuantConfig(**{"name": name, **fields, **_expand_rounding(overrides)})
 
 
+# DAQ's gradient scales and clipping, which its variants keep and add a rounding or a dgrad
+# granularity to.
+_DAQ = dict(wgrad_granularity="per_channel", wgrad_clip="mcs")
+
+
 def daq(**overrides) -> QuantConfig:
   """DAQ: per-channel wgrad scales with magnitude-aware clipping; global max for dgrad."""
-  return _make("daq", dict(wgrad_granularity="per_channel", wgrad_clip="mcs"), overrides)
+  return _make("daq", _DAQ, overrides)
 
 
 def daq_sr(**overrides) -> QuantConfig:
   """DAQ with stochastic rounding of g on both paths (wgrad and dgrad): DAQ's scales and
   clipping, unbiased rounding (docs/method.md, "Rounding")."""
-  fields = dict(
-    wgrad_granularity="per_channel",
-    wgrad_clip="mcs",
-    wgrad_rounding="stochastic",
-    dgrad_rounding="stochastic",
-  )
+  fields = dict(_DAQ, wgrad_rounding="stochastic", dgrad_rounding="stochastic")
   return _make("daq_sr", fields, overrides)
 
 
 def daq_sr_wgrad(**overrides) -> QuantConfig:
   """DAQ with stochastic rounding of g on the wgrad path only; dgrad rounds to nearest."""
-  fields = dict(wgrad_granularity="per_channel", wgrad_clip="mcs", wgrad_rounding="stochastic")
-  return _make("daq_sr_wgrad", fields, overrides)
+  return _make("daq_sr_wgrad", dict(_DAQ, wgrad_rounding="stochastic"), overrides)
 
 
 def daq_sr_wgrad_rows(**overrides) -> QuantConfig:
   """DAQ with stochastic rounding of g on the wgrad path and one g scale per output position
   (row) on the dgrad path, rounded to nearest: the wgrad bias removed, the dgrad error cut."""
-  fields = dict(
-    wgrad_granularity="per_channel",
-    wgrad_clip="mcs",
-    wgrad_rounding="stochastic",
-    dgrad_granularity="per_row",
-  )
+  fields = dict(_DAQ, wgrad_rounding="stochastic", dgrad_granularity="per_row")
   return _make("daq_sr_wgrad_rows", fields, overrides)
 
 

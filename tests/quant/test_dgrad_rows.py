@@ -19,6 +19,7 @@ from daq_jax import quant
 from daq_jax.quant import backends, conv_op, gradient, lowering
 from tests.helpers import cosine, pow2_tensor
 from tests.quant.test_conv_op import GEOMETRIES, _cases, _float_vjp, _vjp
+from tests.quant.test_dense_op import _vjp as _dense_vjp
 
 ROWS = dict(dgrad_granularity="per_row")
 
@@ -82,16 +83,6 @@ def test_per_row_dx_is_closer_to_float_than_one_global_scale(name):
   assert err(dx_rows) < 0.5 * err(dx_daq), (err(dx_rows), err(dx_daq))
   np.testing.assert_array_equal(dw_rows, dw_daq)  # the wgrad path is not touched
   assert cosine(dx_rows, dx_f) > 0.999
-
-
-def _dense_vjp(cfg, x, w, g):
-  @jax.jit
-  def run(x, w, g):
-    state = gradient.init_state(cfg, w.shape[-1])
-    y, vjp = jax.vjp(lambda a, b, s: quant.dense(a, b, s, cfg=cfg), x, w, state)
-    return (y, *vjp(g))
-
-  return run(x, w, g)
 
 
 @pytest.mark.parametrize("impl", ["xla", "im2col"])
