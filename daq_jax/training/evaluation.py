@@ -151,19 +151,40 @@ def restore_run(
     ckpts.close()
 
 
+def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
+  """`cfg` with every layer's quantization replaced by the method spec `method` (per-layer
+  rules dropped; which layers are quantized and the implementation kept)."""
+  try:
+    quant = dataclasses.replace(cfg.quant, method=method, rules="")
+  except ValueError as e:
+    raise ValueError(f"--quant_method {method!r}: {e}") from None
+  return dataclasses.replace(cfg, quant=quant)
+
+
+def _slug(spec: str) -> str:
+  return "".join(c if c.isalnum() or c in "_." else "-" for c in spec).strip("-")
+
+
 def evaluate_workdir(
   workdir: str,
   data_dir: str | None = None,
   batch_size: int = 0,
   step: int | None = None,
   report=print,
+  quant_method: str | None = None,
 ) -> dict:
   """Restores the newest intact (or the `step`) checkpoint of `workdir` and evaluates it.
 
-  The result is written to `<workdir>/eval-<name>.json` where the workdir is writable;
-  `result["written"]` says where, or why not.
+  `quant_method` (a method spec, e.g. "fp32" or "daq") evaluates the trained weights with
+  another method's forward pass instead of the run's own: the float forward of an INT8-trained
+  model, or the int8 forward of a float-trained one. The forward pass reads no quantization
+  state, so the other method's starts fresh.
+
+  The result is written to `<workdir>/eval-<name>.json` (`eval-<name>-<method>.json` with
+  `quant_method`) where the workdir is writable; `result["written"]` says where, or why not.
   """
   cfg, info = read_run_record(workdir)
+  eval_cfg = cfg if quant_method is None else with_method(cfg, quant_method)
   batch_size = batch_size or cfg.batch_size
   if data_dir:
     dataset, name = _dataset(data_dir, cfg, info), os.path.basename(os.path.normpath(data_dir))
@@ -173,7 +194,12 @@ def evaluate_workdir(
   mesh = parallel.make_mesh(0, batch_size)
   replicated = parallel.replicated(mesh)
   model, tx, state = restore_run(workdir, cfg, info, step, replicated, report)
-  _, eval_fn = steps.compile_steps(model, tx, info, cfg, replicated, donate=False)
+  if quant_method is not None:
+    model = modeling.create_model(eval_cfg, info.num_classes, info.image_shape)
+    fresh = steps.init_train_state(model, tx, info, cfg.seed, replicated)
+    state = state.replace(quant_state=fresh.quant_state)
+    name = f"{name}-{_slug(quant_method)}"
+  _, eval_fn = steps.compile_steps(model, tx, info, eval_cfg, replicated, donate=False)
   batches = data_lib.Batches(
     dataset,
     info,
@@ -184,7 +210,9 @@ def evaluate_workdir(
   )
   result = evaluate_batches(eval_fn, state, batches, mesh)
   batches.close()
-  result = {"step": int(state.step), "data": data_dir or name, **result}
+  result = {"step": int(state.step), "data": data_dir or cfg.data.eval_split, **result}
+  if quant_method is not None:
+    result["quant_method"] = quant_method
   if parallel.is_main_process():
     path = os.path.join(workdir, f"eval-{name}.json")
     try:

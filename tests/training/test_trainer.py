@@ -96,6 +96,42 @@ def test_evaluation_of_the_workdir_reproduces_the_final_score(finished_run, tmp_
   assert f"top-1 {whole['top1']:.4f} on 360 examples" in out
 
 
+def test_evaluation_with_another_methods_forward(finished_run, capsys):
+  """--quant_method fp32 scores the DAQ-trained weights with the float forward: the same top-1
+  as a float model applied to the restored variables directly, one batch of all 360."""
+  workdir, _ = finished_run
+  result = evaluate_workdir(workdir, batch_size=360, quant_method="fp32")
+  assert result["quant_method"] == "fp32" and result["examples"] == 360
+  assert result["written"].endswith("eval-test-fp32.json")
+  state = _restore(workdir, tiny())
+  cfg = from_dict(tiny(**{"quant.method": "fp32"}))
+  test = data.load_digits("test")
+  _, _, info = data.load(cfg.data)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
+  images = steps.normalize(test.images, info, np.float32)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = model.apply(variables, images, train=False)
+  top1 = float(np.mean(np.argmax(np.asarray(logits), -1) == test.labels))
+  np.testing.assert_allclose(result["top1"], top1, atol=1e-6)
+  int8 = evaluate_workdir(workdir, batch_size=360)
+  assert int8["top1"] != result["top1"] or int8["loss"] != result["loss"]
+  assert evaluate_main(["--workdir", workdir, "--quant_method", "fp32"]) == 0
+  assert "with the fp32 forward" in capsys.readouterr().out
+  assert evaluate_main(["--workdir", workdir, "--quant_method", "daq(rounding=up)"]) == 1
+  assert "--quant_method 'daq(rounding=up)'" in capsys.readouterr().err
+
+
+def test_a_float_run_evaluates_with_the_int8_forward(tmp_path):
+  """The other way: a float-trained run (no quantization state) under DAQ's forward, which
+  gets a fresh state; the weights are the run's, so the score is near the float one."""
+  workdir = str(tmp_path / "fp32")
+  summary = train_and_evaluate(tiny(**{"quant.method": "fp32"}), workdir)
+  result = evaluate_workdir(workdir, batch_size=360, quant_method="daq")
+  assert result["quant_method"] == "daq" and result["examples"] == 360
+  assert abs(result["top1"] - summary["eval_top1"]) < 0.1
+  assert result["loss"] != summary["eval_loss"]  # an int8 forward, not the float one again
+
+
 def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
   workdir, _ = finished_run
   assert evaluate_main(["--workdir", str(tmp_path)]) == 1
