@@ -11,7 +11,11 @@ Each run is `train.py` in its own workdir under --root (its own resume guarantee
 results file is rewritten after every finished run and is the harness's memory: a run
 recorded there with the same command is skipped, so the measurement can be spread over
 sessions (interrupt it at any time; run the same command again). A markdown table goes
-beside the JSON (.md). The data split is the training set's own validation split (the
+beside the JSON (.md): per method the mean ± std, the difference to fp32 paired by seed with
+the 95 % t interval of its mean, and the same against daq. `--table-only` rewrites both from
+the file's runs. One file holds one machine's runs: the same seed on another CPU follows
+another trajectory (its float kernels round differently), so the harness refuses to add runs
+made on another CPU to a file. The data split is the training set's own validation split (the
 config's `data.eval_split`), never a test set.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import re
@@ -28,7 +33,9 @@ import sys
 import threading
 import time
 
-from benchmarks.common import environment, write_json
+import scipy.stats
+
+from benchmarks.common import cpu_name, environment, write_json
 
 METHODS = ("fp32", "daq", "daq_sr", "daq_sr_wgrad", "daq_sr_wgrad_rows", "ui8")
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -130,6 +137,7 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
     "train_seconds": round(train_seconds(records), 1),
     "seconds": round(seconds, 1),  # this invocation's wall time (a resumed run: its rest)
     "cores": 1 if core is not None else os.cpu_count(),
+    "cpu": cpu_name(),
     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
 
@@ -140,6 +148,21 @@ def _mean_std(values: list[float]) -> dict:
     "std": statistics.stdev(values) if len(values) > 1 else None,
     "n": len(values),
   }
+
+
+def _paired(diffs: list[float], seeds: list[int]) -> dict:
+  """Mean and sample std of paired differences, with the 95 % confidence interval of the mean
+  (Student's t over n - 1 degrees of freedom) where there are two or more."""
+  stat = {**_mean_std(diffs), "seeds": seeds}
+  if len(diffs) > 1:
+    half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * stat["std"] / math.sqrt(len(diffs))
+    stat["ci95"] = [stat["mean"] - half, stat["mean"] + half]
+  return stat
+
+
+# The methods every other one is paired with by seed: float32, and the paper's DAQ (the
+# project's accuracy target is to match the first and beat the second).
+REFERENCES = ("fp32", "daq")
 
 
 def headline(run: dict) -> str:
@@ -171,10 +194,12 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       values = [runs[run_key(method, s)].get(extra) for s in done]
       if None not in values:
         row[extra] = _mean_std(values)
-    paired = [s for s in done if key in runs.get(run_key("fp32", s), {})]
-    if method != "fp32" and paired:
-      diffs = [runs[run_key(method, s)][key] - runs[run_key("fp32", s)][key] for s in paired]
-      row["vs_fp32"] = {**_mean_std(diffs), "seeds": paired}
+    for reference in REFERENCES:
+      paired = [s for s in done if key in runs.get(run_key(reference, s), {})]
+      if method in REFERENCES[: REFERENCES.index(reference) + 1] or not paired:
+        continue
+      diffs = [runs[run_key(method, s)][key] - runs[run_key(reference, s)][key] for s in paired]
+      row[f"vs_{reference}"] = _paired(diffs, paired)
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
       row["train_loss"] = _mean_std(losses)
@@ -190,6 +215,14 @@ def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
   if stat["std"] is None:
     return f"{stat['mean'] * scale:.{digits}f}"
   return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def _paired_cell(stat: dict) -> str:
+  cell = _pm(stat, 100, 2)
+  if "ci95" in stat:
+    lo, hi = (100 * x for x in stat["ci95"])
+    cell += f" [{lo:+.2f}, {hi:+.2f}]"
+  return cell
 
 
 def markdown(payload: dict) -> str:
@@ -221,7 +254,7 @@ def markdown(payload: dict) -> str:
       cells = 6 if detection else 5 + video
       lines.append(f"| {method} | 0 (diverged: seeds {row['diverged']}) |" + " - |" * (cells - 1))
       continue
-    paired = _pm(row["vs_fp32"], 100, 2) if "vs_fp32" in row else "-"
+    paired = _paired_cell(row["vs_fp32"]) if "vs_fp32" in row else "-"
     diverged = f" (+ diverged: seeds {row['diverged']})" if row.get("diverged") else ""
     loss = _pm(row["train_loss"], 1, 3) if "train_loss" in row else "-"
     top1 = _pm(row["mAP"], 100) + " | " + _pm(row["mAP50"], 100) if detection else ""
@@ -232,8 +265,15 @@ def markdown(payload: dict) -> str:
       f"| {method} | {len(row['seeds'])}{diverged} | {top1} | {paired} | {loss} | "
       f"{_pm(row['minutes'], 1, 1)} |"
     )
+  against_daq = [(m, row["vs_daq"]) for m, row in payload["table"].items() if "vs_daq" in row]
+  if against_daq:
+    lines.append("")
+    lines.append("Paired with daq by seed:")
+    for method, stat in against_daq:
+      lines.append(f"- {method} - daq: {_paired_cell(stat)} over seeds {stat['seeds']}")
   lines.append("")
   lines.append(
+    "[lo, hi]: the 95 % confidence interval of the paired mean (Student's t). "
     "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread; a seed "
     "whose loss became non-finite is listed as diverged and left out of the mean. Train "
     "minutes: the steps' time (no compilation or evaluation), one core a run, the machine "
@@ -254,11 +294,22 @@ def main(argv=None):
   parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="2: one core each")
   parser.add_argument("--root", default="runs/accuracy", help="where the workdirs go")
   parser.add_argument("--out", default="benchmarks/results/accuracy_cifar10_resnet20.json")
+  parser.add_argument(
+    "--table-only",
+    action="store_true",
+    help="rewrite the table and markdown of --out from its runs; train nothing",
+  )
   args = parser.parse_args(argv)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   seeds = [int(s) for s in args.seeds.split(",")]
   out = pathlib.Path(args.out)
-  runs = json.loads(out.read_text())["runs"] if out.exists() else {}
+  before = json.loads(out.read_text()) if out.exists() else {}
+  runs = before.get("runs", {})
+  if args.table_only:
+    if not runs:
+      raise SystemExit(f"--table-only: {out} holds no runs")
+    _rewrite_table(out, before)
+    return
 
   def record(done: dict):
     runs[run_key(done["method"], done["seed"])] = done
@@ -290,6 +341,14 @@ def main(argv=None):
         continue
       todo.append((method, seed))
   print(f"{len(todo)} run(s) to go: {todo}", flush=True)
+  # The same seed on another CPU is another trajectory (float kernels differ), so runs of two
+  # machines are not paired by seed: one results file, one machine.
+  theirs = {run.get("cpu", before.get("machine", {}).get("cpu")) for run in runs.values()}
+  if todo and runs and theirs != {cpu_name()}:
+    raise SystemExit(
+      f"{out} holds runs made on {sorted(map(str, theirs))}, this machine is {cpu_name()!r}: "
+      "the same seed on another CPU is another trajectory, not a pair; give another --out"
+    )
   if args.jobs == 1:
     for method, seed in todo:
       record(train_one(args, method, seed, None))
@@ -321,6 +380,18 @@ def main(argv=None):
     thread.join()
   if failures:
     raise SystemExit("; ".join(failures))
+
+
+def _rewrite_table(out: pathlib.Path, payload: dict) -> None:
+  """The table and markdown of a results file from its runs, its machine and command kept."""
+  runs = payload["runs"]
+  recorded = {run["method"] for run in runs.values()}
+  listed = [m for m in METHODS if m in recorded] + sorted(recorded - set(METHODS))
+  seeds = sorted({run["seed"] for run in runs.values()})
+  payload = {**payload, "seeds": seeds, "table": tabulate(runs, listed, seeds)}
+  write_json(out, payload)
+  out.with_suffix(".md").write_text(markdown(payload))
+  print(markdown(payload), flush=True)
 
 
 if __name__ == "__main__":

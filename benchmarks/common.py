@@ -28,7 +28,7 @@ def median_ms(fn: Callable, *args, repeats: int = 7, warmup: int = 2) -> float:
   return statistics.median(times)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
@@ -52,7 +52,7 @@ def environment(module: str) -> dict:
     "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
     "machine": {
       "platform": platform.platform(),
-      "cpu": _cpu_name(),
+      "cpu": cpu_name(),
       "cpu_count": os.cpu_count(),
       "backend": jax.default_backend(),
       "device": getattr(device, "device_kind", str(device)),

@@ -32,6 +32,45 @@ def test_the_table_pairs_each_method_with_fp32_by_seed():
   assert table["daq"]["minutes"]["mean"] == pytest.approx(1.0)
 
 
+def test_paired_differences_carry_a_t_interval_and_daq_is_a_reference():
+  runs = {}
+  table_values = {
+    "fp32": (0.60, 0.62, 0.61),
+    "daq": (0.59, 0.60, 0.60),
+    "daq_sr_wgrad": (0.61, 0.64, 0.64),
+  }
+  for method, values in table_values.items():
+    for seed, top1 in enumerate(values):
+      runs[accuracy.run_key(method, seed)] = _run(method, seed, top1)
+  table = accuracy.tabulate(runs, list(table_values), [0, 1, 2])
+  paired = table["daq_sr_wgrad"]["vs_fp32"]  # differences 0.01, 0.02, 0.03
+  half = 4.302653 * 0.01 / 3**0.5  # t(0.975, 2 degrees of freedom) * s / sqrt(n)
+  assert paired["ci95"] == pytest.approx([0.02 - half, 0.02 + half], abs=1e-6)
+  against_daq = table["daq_sr_wgrad"]["vs_daq"]  # 0.02, 0.04, 0.04
+  assert against_daq["mean"] == pytest.approx(0.10 / 3) and against_daq["seeds"] == [0, 1, 2]
+  assert "vs_daq" not in table["daq"] and "vs_daq" not in table["fp32"]
+  text = accuracy.markdown(_payload("c", table, runs, seeds=(0, 1, 2)))
+  assert f"| 2.00 ± 1.00 [{2 - 100 * half:+.2f}, {2 + 100 * half:+.2f}] |" in text
+  assert "- daq_sr_wgrad - daq: 3.33 ± 1.15 [" in text
+
+
+def test_the_table_is_rewritten_from_the_file_and_machines_are_not_mixed(tmp_path, capsys):
+  out = tmp_path / "acc.json"
+  runs = {accuracy.run_key(m, 0): _run(m, 0, v) for m, v in (("fp32", 0.6), ("daq", 0.58))}
+  payload = _payload("c", {}, runs, seeds=(0,))
+  payload["machine"]["cpu"] = "another cpu"
+  out.write_text(json.dumps(payload))
+  accuracy.main([f"--out={out}", "--table-only"])
+  rewritten = json.loads(out.read_text())
+  assert rewritten["table"]["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.02)
+  assert rewritten["machine"]["cpu"] == "another cpu"  # the runs' machine, not this one
+  assert "| daq | 1 | 58.00 | -2.00 |" in out.with_suffix(".md").read_text()
+  with pytest.raises(SystemExit, match="holds runs made on \\['another cpu'\\]"):
+    accuracy.main([f"--out={out}", "--methods=daq", "--seeds=1", f"--root={tmp_path}"])
+  with pytest.raises(SystemExit, match="holds no runs"):
+    accuracy.main([f"--out={tmp_path / 'none.json'}", "--table-only"])
+
+
 def test_train_time_sums_each_logged_windows_steps():
   records = [
     {"step": 100, "train/step_time_s": 2.0},
@@ -94,7 +133,7 @@ def test_detection_runs_are_tabulated_by_map():
   assert table["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.06)
   text = accuracy.markdown(_payload("configs/detection_default.py", table, runs))
   assert "COCO mAP@[.5:.95] and mAP@.5" in text and "| mAP | mAP@.5 |" in text
-  assert "| daq | 2 | 26.00 ± 1.41 | 52.00 ± 2.83 | -6.00 ± 1.41 |" in text
+  assert "| daq | 2 | 26.00 ± 1.41 | 52.00 ± 2.83 | -6.00 ± 1.41 [-18.71, +6.71] |" in text
 
 
 def test_a_diverged_run_is_recorded_and_left_out_of_the_mean(tmp_path):
