@@ -295,6 +295,13 @@ def main(argv=None):
   parser.add_argument("--root", default="runs/accuracy", help="where the workdirs go")
   parser.add_argument("--out", default="benchmarks/results/accuracy_cifar10_resnet20.json")
   parser.add_argument(
+    "--pool",
+    default=None,
+    metavar="A.json,B.json",
+    help="print one table over the runs of several results files (seeds paired within a "
+    "file, named file:seed); train nothing",
+  )
+  parser.add_argument(
     "--table-only",
     action="store_true",
     help="rewrite the table and markdown of --out from its runs; train nothing",
@@ -305,6 +312,9 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   before = json.loads(out.read_text()) if out.exists() else {}
   runs = before.get("runs", {})
+  if args.pool:
+    print(pooled_markdown(args.pool.split(",")), flush=True)
+    return
   if args.table_only:
     if not runs:
       raise SystemExit(f"--table-only: {out} holds no runs")
@@ -380,6 +390,33 @@ def main(argv=None):
     thread.join()
   if failures:
     raise SystemExit("; ".join(failures))
+
+
+def pooled_markdown(paths: list[str]) -> str:
+  """One table over several results files (each its own machine): a seed is paired only with
+  the same seed of the same file, and is named `file-stem:seed`."""
+  runs, machines = {}, []
+  for path in paths:
+    payload = json.loads(pathlib.Path(path).read_text())
+    stem = pathlib.Path(path).stem
+    machines.append(f"{stem}: {payload['machine']['cpu']}")
+    for run in payload["runs"].values():
+      seed = f"{stem}:{run['seed']}"
+      runs[run_key(run["method"], seed)] = {**run, "seed": seed}
+  recorded = {run["method"] for run in runs.values()}
+  listed = [m for m in METHODS if m in recorded] + sorted(recorded - set(METHODS))
+  seeds = sorted({run["seed"] for run in runs.values()})
+  table = tabulate(runs, listed, seeds)
+  lines = [f"Pooled over {', '.join(machines)}.", ""]
+  lines += ["| method | seeds | top-1 | vs fp32 | vs daq |", "|---|---|---|---|---|"]
+  for method, row in table.items():
+    if not row["seeds"]:
+      continue
+    against = [_paired_cell(row[k]) if k in row else "-" for k in ("vs_fp32", "vs_daq")]
+    top1 = _pm(row[headline(runs[run_key(method, row["seeds"][0])])], 100)
+    lines.append(f"| {method} | {len(row['seeds'])} | {top1} | {' | '.join(against)} |")
+  lines += ["", "mean ± sample std; [lo, hi]: the 95 % t interval of the paired mean."]
+  return "\n".join(lines) + "\n"
 
 
 def _rewrite_table(out: pathlib.Path, payload: dict) -> None:

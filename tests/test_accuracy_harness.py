@@ -71,6 +71,20 @@ def test_the_table_is_rewritten_from_the_file_and_machines_are_not_mixed(tmp_pat
     accuracy.main([f"--out={tmp_path / 'none.json'}", "--table-only"])
 
 
+def test_pooled_files_pair_seeds_only_within_a_file(tmp_path):
+  paths = []
+  for name, (fp32, daq) in {"a": (0.60, 0.59), "b": (0.70, 0.66)}.items():
+    runs = {accuracy.run_key(m, 0): _run(m, 0, v) for m, v in (("fp32", fp32), ("daq", daq))}
+    payload = _payload("c", {}, runs, seeds=(0,))
+    payload["machine"]["cpu"] = f"cpu {name}"
+    (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    paths.append(str(tmp_path / f"{name}.json"))
+  text = accuracy.pooled_markdown(paths)
+  assert "Pooled over a: cpu a, b: cpu b." in text
+  # Differences -1 and -4 points (never 0.59 - 0.70): mean -2.5, std 2.12.
+  assert "| daq | 2 | 62.50 ± 4.95 | -2.50 ± 2.12 [" in text
+
+
 def test_train_time_sums_each_logged_windows_steps():
   records = [
     {"step": 100, "train/step_time_s": 2.0},
