@@ -15,8 +15,9 @@ beside the JSON (.md): per method the mean ± std, the difference to fp32 paired
 the 95 % t interval of its mean, and the same against daq. `--table-only` rewrites both from
 the file's runs. One file holds one machine's runs: the same seed on another CPU follows
 another trajectory (its float kernels round differently), so the harness refuses to add runs
-made on another CPU to a file. The data split is the training set's own validation split (the
-config's `data.eval_split`), never a test set.
+made on another CPU to a file; `--pool A.json,B.json` prints one table over several files,
+pairing a seed only within its file. The data split is the training set's own validation
+split (the config's `data.eval_split`), never a test set.
 """
 
 from __future__ import annotations
