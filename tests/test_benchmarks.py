@@ -117,3 +117,27 @@ def test_train_step_refuses_an_unknown_variant_by_name(capsys):
     train_step.main(["--variants", "daq,daq_rows"])
   assert e.value.code == 2
   assert "--variants: unknown ['daq_rows']" in capsys.readouterr().err
+
+
+def test_forward_swap_scores_each_run_with_the_other_forward(tmp_path):
+  """Two tiny runs in the accuracy harness's layout: the float one is scored again with DAQ's
+  forward and the DAQ one with the float forward; the JSON holds both scores per run and the
+  change per method (a run that is not there is left out, not an error)."""
+  from benchmarks import forward_swap
+  from daq_jax.training import train_and_evaluate
+  from tests.training.common import tiny
+
+  for method in ("fp32", "daq"):
+    train_and_evaluate(tiny(**{"quant.method": method}), str(tmp_path / f"{method}_seed0"))
+  out = tmp_path / "swap.json"
+  forward_swap.main([f"--root={tmp_path}", "--methods=fp32,daq", "--seeds=0,1", f"--out={out}"])
+  result = json.loads(out.read_text())
+  assert set(result["runs"]) == {"fp32/seed0", "daq/seed0"}
+  assert result["runs"]["fp32/seed0"]["other_forward"] == "daq"
+  assert result["runs"]["daq/seed0"]["other_forward"] == "fp32"
+  for run in result["runs"].values():
+    assert run["other_loss"] != run["own_loss"]
+  change = result["table"]["daq"]["change"]
+  run = result["runs"]["daq/seed0"]
+  assert change["n"] == 1 and change["mean"] == run["other_top1"] - run["own_top1"]
+  assert {"machine", "versions", "command"} <= set(result)
