@@ -12,8 +12,9 @@ results file is rewritten after every finished run and is the harness's memory: 
 recorded there with the same command is skipped, so the measurement can be spread over
 sessions (interrupt it at any time; run the same command again). A markdown table goes
 beside the JSON (.md): per method the mean ± std, the difference to fp32 paired by seed with
-the 95 % t interval of its mean, and the same against daq. `--table-only` rewrites both from
-the file's runs. One file holds one machine's runs: the same seed on another CPU follows
+the 95 % t interval of its mean, the same against daq, and the final train loss (the mean
+over the last 100 steps) paired with fp32's. `--table-only` rewrites both from the file's
+runs, reading the losses again from the workdirs still under --root. One file holds one machine's runs: the same seed on another CPU follows
 another trajectory (its float kernels round differently), so the harness refuses to add runs
 made on another CPU to a file; `--pool A.json,B.json` prints one table over several files,
 pairing a seed only within its file. The data split is the training set's own validation
@@ -90,6 +91,28 @@ def train_seconds(records: list[dict]) -> float:
   return total
 
 
+# The final training loss is the mean over this many last steps (each logged value is its
+# window's mean; a run whose length is not a multiple of the log interval logs a short last
+# window, two steps at the 702-step schedule, too few to compare runs by).
+LOSS_STEPS = 100
+
+
+def final_train_loss(records: list[dict], steps: int = LOSS_STEPS) -> float | None:
+  """The mean training loss over the run's last `steps` steps, from its logged windows (each
+  weighted by how many of its steps fall among the last ones)."""
+  if not records:
+    return None
+  last = records[-1]["step"]
+  total = weight = 0.0
+  previous = 0
+  for record in records:
+    inside = max(0, record["step"] - max(previous, last - steps))
+    total += record["train/loss"] * inside
+    weight += inside
+    previous = record["step"]
+  return total / weight
+
+
 def train_one(args, method: str, seed: int, core: int | None) -> dict:
   """Runs (or resumes) one run to its end and returns its record."""
   workdir = workdir_of(args, method, seed)
@@ -133,7 +156,8 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
     "eval_split": summary.get("eval_split"),
     **({"video_top1": summary["eval_video_top1"]} if "eval_video_top1" in summary else {}),
     "eval_loss": summary["eval_loss"],
-    "train_loss": records[-1]["train/loss"] if records else None,
+    "train_loss": final_train_loss(records),
+    "train_loss_steps": LOSS_STEPS,
     "steps": summary["step"],
     "train_seconds": round(train_seconds(records), 1),
     "seconds": round(seconds, 1),  # this invocation's wall time (a resumed run: its rest)
@@ -204,6 +228,21 @@ def tabulate(runs: dict, methods, seeds) -> dict:
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
       row["train_loss"] = _mean_std(losses)
+      # The final training loss (a mean over the last logged steps) varies less from seed to
+      # seed than a 5,000-image validation score, so its paired difference is shown too.
+      mine = {s: runs[run_key(method, s)].get("train_loss_steps") for s in done}
+      paired = [
+        s
+        for s in done
+        if runs.get(run_key("fp32", s), {}).get("train_loss") is not None
+        and runs[run_key("fp32", s)].get("train_loss_steps") == mine[s]  # one definition
+      ]
+      if method != "fp32" and paired:
+        diffs = [
+          runs[run_key(method, s)]["train_loss"] - runs[run_key("fp32", s)]["train_loss"]
+          for s in paired
+        ]
+        row["train_loss_vs_fp32"] = _paired(diffs, paired)
     minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
     row["minutes"] = _mean_std(minutes)
     if diverged:
@@ -218,11 +257,23 @@ def _pm(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
   return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
-def _paired_cell(stat: dict) -> str:
-  cell = _pm(stat, 100, 2)
+def _loss_note(runs: dict) -> str:
+  """What "final train loss" means for these runs."""
+  older = sorted(k for k, run in runs.items() if "train_loss_steps" not in run and "top1" in run)
+  note = f"Final train loss: the mean over a run's last {LOSS_STEPS} steps"
+  if older:
+    note += (
+      f"; for {len(older)} run(s) recorded before that definition, over its last logged "
+      "window (2 steps at the 702-step schedule), paired only with runs of the same definition"
+    )
+  return note + ". "
+
+
+def _paired_cell(stat: dict, scale: float = 100, digits: int = 2) -> str:
+  cell = _pm(stat, scale, digits)
   if "ci95" in stat:
-    lo, hi = (100 * x for x in stat["ci95"])
-    cell += f" [{lo:+.2f}, {hi:+.2f}]"
+    lo, hi = (scale * x for x in stat["ci95"])
+    cell += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
   return cell
 
 
@@ -272,10 +323,19 @@ def markdown(payload: dict) -> str:
     lines.append("Paired with daq by seed:")
     for method, stat in against_daq:
       lines.append(f"- {method} - daq: {_paired_cell(stat)} over seeds {stat['seeds']}")
+  against_loss = [
+    (m, r["train_loss_vs_fp32"]) for m, r in payload["table"].items() if "train_loss_vs_fp32" in r
+  ]
+  if against_loss:
+    lines.append("")
+    lines.append("Final train loss minus fp32's, paired by seed:")
+    for method, stat in against_loss:
+      lines.append(f"- {method}: {_paired_cell(stat, 1, 3)} over seeds {stat['seeds']}")
   lines.append("")
   lines.append(
     "[lo, hi]: the 95 % confidence interval of the paired mean (Student's t). "
-    "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread; a seed "
+    + _loss_note(payload["runs"])
+    + "mean ± sample std over seeds; the fp32 row's std is the seed-to-seed spread; a seed "
     "whose loss became non-finite is listed as diverged and left out of the mean. Train "
     "minutes: the steps' time (no compilation or evaluation), one core a run, the machine "
     "shared."
@@ -319,6 +379,7 @@ def main(argv=None):
   if args.table_only:
     if not runs:
       raise SystemExit(f"--table-only: {out} holds no runs")
+    _refresh_losses(args, runs)
     _rewrite_table(out, before)
     return
 
@@ -409,15 +470,30 @@ def pooled_markdown(paths: list[str]) -> str:
   seeds = sorted({run["seed"] for run in runs.values()})
   table = tabulate(runs, listed, seeds)
   lines = [f"Pooled over {', '.join(machines)}.", ""]
-  lines += ["| method | seeds | top-1 | vs fp32 | vs daq |", "|---|---|---|---|---|"]
+  lines += [
+    "| method | seeds | top-1 | vs fp32 | vs daq | final train loss vs fp32 |",
+    "|---|---|---|---|---|---|",
+  ]
   for method, row in table.items():
     if not row["seeds"]:
       continue
     against = [_paired_cell(row[k]) if k in row else "-" for k in ("vs_fp32", "vs_daq")]
+    loss = row.get("train_loss_vs_fp32")
+    against.append(_paired_cell(loss, 1, 3) if loss else "-")
     top1 = _pm(row[headline(runs[run_key(method, row["seeds"][0])])], 100)
     lines.append(f"| {method} | {len(row['seeds'])} | {top1} | {' | '.join(against)} |")
   lines += ["", "mean ± sample std; [lo, hi]: the 95 % t interval of the paired mean."]
   return "\n".join(lines) + "\n"
+
+
+def _refresh_losses(args, runs: dict) -> None:
+  """The final train loss of every run whose workdir is still under --root, over the last
+  LOSS_STEPS steps (runs recorded before that definition kept the last logged window's)."""
+  for run in runs.values():
+    records = train_records(workdir_of(args, run["method"], run["seed"]))
+    if records and records[-1]["step"] == run.get("steps"):
+      run["train_loss"] = final_train_loss(records)
+      run["train_loss_steps"] = LOSS_STEPS
 
 
 def _rewrite_table(out: pathlib.Path, payload: dict) -> None:

@@ -52,6 +52,9 @@ def test_paired_differences_carry_a_t_interval_and_daq_is_a_reference():
   text = accuracy.markdown(_payload("c", table, runs, seeds=(0, 1, 2)))
   assert f"| 2.00 ± 1.00 [{2 - 100 * half:+.2f}, {2 + 100 * half:+.2f}] |" in text
   assert "- daq_sr_wgrad - daq: 3.33 ± 1.15 [" in text
+  # Every _run has train loss 1.0: the paired loss difference is 0 with no spread.
+  assert table["daq"]["train_loss_vs_fp32"]["mean"] == 0.0
+  assert "- daq: 0.000 ± 0.000 [+0.000, +0.000] over seeds [0, 1, 2]" in text
 
 
 def test_the_table_is_rewritten_from_the_file_and_machines_are_not_mixed(tmp_path, capsys):
@@ -60,8 +63,19 @@ def test_the_table_is_rewritten_from_the_file_and_machines_are_not_mixed(tmp_pat
   payload = _payload("c", {}, runs, seeds=(0,))
   payload["machine"]["cpu"] = "another cpu"
   out.write_text(json.dumps(payload))
-  accuracy.main([f"--out={out}", "--table-only"])
+  # A workdir still there: its loss is read again over the last 100 steps.
+  workdir = tmp_path / "runs" / "daq_seed0"
+  workdir.mkdir(parents=True)
+  lines = [{"step": 100, "train/loss": 2.0}, {"step": 102, "train/loss": 4.0}]
+  (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+  runs[accuracy.run_key("daq", 0)]["steps"] = 102
+  out.write_text(json.dumps(payload))
+  accuracy.main([f"--out={out}", "--table-only", f"--root={tmp_path / 'runs'}"])
   rewritten = json.loads(out.read_text())
+  refreshed = rewritten["runs"][accuracy.run_key("daq", 0)]
+  assert refreshed["train_loss"] == pytest.approx((98 * 2.0 + 2 * 4.0) / 100)
+  assert refreshed["train_loss_steps"] == 100
+  assert "train_loss_steps" not in rewritten["runs"][accuracy.run_key("fp32", 0)]
   assert rewritten["table"]["daq"]["vs_fp32"]["mean"] == pytest.approx(-0.02)
   assert rewritten["machine"]["cpu"] == "another cpu"  # the runs' machine, not this one
   assert "| daq | 1 | 58.00 | -2.00 |" in out.with_suffix(".md").read_text()
@@ -83,6 +97,33 @@ def test_pooled_files_pair_seeds_only_within_a_file(tmp_path):
   assert "Pooled over a: cpu a, b: cpu b." in text
   # Differences -1 and -4 points (never 0.59 - 0.70): mean -2.5, std 2.12.
   assert "| daq | 2 | 62.50 ± 4.95 | -2.50 ± 2.12 [" in text
+
+
+def test_the_final_train_loss_is_the_mean_of_the_last_steps():
+  records = [
+    {"step": 100, "train/loss": 3.0},
+    {"step": 200, "train/loss": 2.0},
+    {"step": 202, "train/loss": 5.0},
+  ]
+  # The last 100 steps: 98 of the window ending at 200, the 2 of the short last one.
+  assert accuracy.final_train_loss(records) == pytest.approx((98 * 2.0 + 2 * 5.0) / 100)
+  assert accuracy.final_train_loss(records, steps=2) == pytest.approx(5.0)
+  assert accuracy.final_train_loss(records, steps=1000) == pytest.approx(
+    (100 * 3.0 + 100 * 2.0 + 2 * 5.0) / 202
+  )
+  assert accuracy.final_train_loss([]) is None
+
+
+def test_losses_of_two_definitions_are_not_paired():
+  runs = {
+    accuracy.run_key("fp32", 0): _run("fp32", 0, 0.6),
+    accuracy.run_key("daq", 0): {**_run("daq", 0, 0.6), "train_loss_steps": 100},
+    accuracy.run_key("fp32", 1): {**_run("fp32", 1, 0.6), "train_loss_steps": 100},
+    accuracy.run_key("daq", 1): {**_run("daq", 1, 0.6), "train_loss_steps": 100},
+  }
+  table = accuracy.tabulate(runs, ["fp32", "daq"], [0, 1])
+  assert table["daq"]["train_loss_vs_fp32"]["seeds"] == [1]
+  assert table["daq"]["vs_fp32"]["seeds"] == [0, 1]
 
 
 def test_train_time_sums_each_logged_windows_steps():
