@@ -14,10 +14,11 @@ sessions (interrupt it at any time; run the same command again). A markdown tabl
 beside the JSON (.md): per method the mean ± std, the difference to fp32 paired by seed with
 the 95 % t interval of its mean, the same against daq, and the final train loss (the mean
 over the last 100 steps) paired with fp32's. `--table-only` rewrites both from the file's
-runs, reading the losses again from the workdirs still under --root. One file holds one machine's runs: the same seed on another CPU follows
-another trajectory (its float kernels round differently), so the harness refuses to add runs
-made on another CPU to a file; `--pool A.json,B.json` prints one table over several files,
-pairing a seed only within its file. The data split is the training set's own validation
+runs, reading the losses again from the workdirs still under --root. One file holds one
+machine's runs: the same seed on another CPU follows another trajectory (its float kernels
+round differently), so the harness refuses to add runs made on another CPU to a file;
+`--pool A.json,B.json` prints one table over several files, pairing a seed only within its
+file. The data split is the training set's own validation
 split (the config's `data.eval_split`), never a test set.
 """
 

@@ -9,12 +9,13 @@ change per method over seeds.
 A run's workdir is ROOT/METHOD_seedSEED (the accuracy harness's layout). fp32 runs are scored
 again with the `daq` forward (what int8 inference costs a float model), the others with the
 float one (what their own int8 forward costs them). Evaluations are deterministic, so one
-of each per run.
+of each per run; runs already in --out are kept, so it can be run again as runs finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import statistics
 
@@ -41,17 +42,22 @@ def main(argv=None):
   args = parser.parse_args(argv)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   seeds = [int(s) for s in args.seeds.split(",")]
-  runs, table = {}, {}
+  out = pathlib.Path(args.out)
+  # Runs already scored in --out (the same workdir) are kept, not evaluated again.
+  runs = json.loads(out.read_text())["runs"] if out.exists() else {}
+  table = {}
   for method in methods:
-    changes = []
     for seed in seeds:
       workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
+      key = f"{method}/seed{seed}"
+      if runs.get(key, {}).get("workdir") == str(workdir):
+        continue
       if not (workdir / "summary.json").exists():
         print(f"{workdir}: not finished, left out", flush=True)
         continue
       own = evaluate_workdir(str(workdir), report=lambda note: None)
       other = evaluate_workdir(str(workdir), quant_method=swapped(method), report=lambda n: None)
-      runs[f"{method}/seed{seed}"] = {
+      runs[key] = {
         "workdir": str(workdir),
         "own_top1": own["top1"],
         "other_forward": swapped(method),
@@ -59,16 +65,17 @@ def main(argv=None):
         "own_loss": own["loss"],
         "other_loss": other["loss"],
       }
-      changes.append(other["top1"] - own["top1"])
       print(
         f"{method} seed {seed}: own forward {100 * own['top1']:.2f}, "
         f"{swapped(method)} forward {100 * other['top1']:.2f}",
         flush=True,
       )
+    done = [runs[f"{method}/seed{s}"] for s in seeds if f"{method}/seed{s}" in runs]
+    changes = [run["other_top1"] - run["own_top1"] for run in done]
     if changes:
       table[method] = {"other_forward": swapped(method), "change": _stat(changes)}
   payload = {**environment("benchmarks.forward_swap"), "table": table, "runs": runs}
-  write_json(args.out, payload)
+  write_json(out, payload)
   for method, row in table.items():
     change = row["change"]
     spread = "" if change["std"] is None else f" ± {100 * change['std']:.2f}"

@@ -141,3 +141,8 @@ def test_forward_swap_scores_each_run_with_the_other_forward(tmp_path):
   run = result["runs"]["daq/seed0"]
   assert change["n"] == 1 and change["mean"] == run["other_top1"] - run["own_top1"]
   assert {"machine", "versions", "command"} <= set(result)
+  # Asked again, the scored runs are kept as they are (not evaluated again).
+  result["runs"]["daq/seed0"]["own_top1"] = -1.0
+  out.write_text(json.dumps(result))
+  forward_swap.main([f"--root={tmp_path}", "--methods=daq", "--seeds=0", f"--out={out}"])
+  assert json.loads(out.read_text())["runs"]["daq/seed0"]["own_top1"] == -1.0
