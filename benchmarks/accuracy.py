@@ -18,8 +18,8 @@ runs, reading the losses again from the workdirs still under --root. One file ho
 machine's runs: the same seed on another CPU follows another trajectory (its float kernels
 round differently), so the harness refuses to add runs made on another CPU to a file;
 `--pool A.json,B.json` prints one table over several files, pairing a seed only within its
-file. The data split is the training set's own validation
-split (the config's `data.eval_split`), never a test set.
+file. The data split is the training set's own validation split (the config's
+`data.eval_split`), never a test set.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def train_one(args, method: str, seed: int, core: int | None) -> dict:
   }
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
+  """Mean, sample std (None for one value) and count."""
   return {
     "mean": statistics.fmean(values),
     "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -179,7 +180,7 @@ def _mean_std(values: list[float]) -> dict:
 def _paired(diffs: list[float], seeds: list[int]) -> dict:
   """Mean and sample std of paired differences, with the 95 % confidence interval of the mean
   (Student's t over n - 1 degrees of freedom) where there are two or more."""
-  stat = {**_mean_std(diffs), "seeds": seeds}
+  stat = {**mean_std(diffs), "seeds": seeds}
   if len(diffs) > 1:
     half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * stat["std"] / math.sqrt(len(diffs))
     stat["ci95"] = [stat["mean"] - half, stat["mean"] + half]
@@ -215,11 +216,11 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       continue
     key = headline(runs[run_key(method, done[0])])
     scores = [runs[run_key(method, s)][key] for s in done]
-    row = {key: _mean_std(scores), "seeds": done}
+    row = {key: mean_std(scores), "seeds": done}
     for extra in ("video_top1", "mAP50"):
       values = [runs[run_key(method, s)].get(extra) for s in done]
       if None not in values:
-        row[extra] = _mean_std(values)
+        row[extra] = mean_std(values)
     for reference in REFERENCES:
       paired = [s for s in done if key in runs.get(run_key(reference, s), {})]
       if method in REFERENCES[: REFERENCES.index(reference) + 1] or not paired:
@@ -228,7 +229,7 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       row[f"vs_{reference}"] = _paired(diffs, paired)
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
-      row["train_loss"] = _mean_std(losses)
+      row["train_loss"] = mean_std(losses)
       # The final training loss (a mean over the last logged steps) varies less from seed to
       # seed than a 5,000-image validation score, so its paired difference is shown too.
       mine = {s: runs[run_key(method, s)].get("train_loss_steps") for s in done}
@@ -245,7 +246,7 @@ def tabulate(runs: dict, methods, seeds) -> dict:
         ]
         row["train_loss_vs_fp32"] = _paired(diffs, paired)
     minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
-    row["minutes"] = _mean_std(minutes)
+    row["minutes"] = mean_std(minutes)
     if diverged:
       row["diverged"] = diverged
     table[method] = row
@@ -388,21 +389,16 @@ def main(argv=None):
     runs[run_key(done["method"], done["seed"])] = done
     # Every method with a run in the file (earlier invocations' methods stay in the table),
     # in the order of METHODS, then any other in the order given.
-    recorded = {run["method"] for run in runs.values()} | set(methods)
-    listed = [m for m in METHODS if m in recorded]
-    listed += [m for m in [*methods, *sorted(recorded)] if m not in listed]
     payload = {
       **environment("benchmarks.accuracy"),
       "config": args.config,
       "set": args.set,
       "methods": methods,
       "seeds": seeds,
-      "table": tabulate(runs, listed, seeds),
+      "table": tabulate(runs, method_order(runs, methods), seeds),
       "runs": runs,
     }
-    write_json(out, payload)
-    out.with_suffix(".md").write_text(markdown(payload))
-    print(markdown(payload), flush=True)
+    _write(out, payload)
 
   # Seed-major, so that every method gets its first seeds before any gets its last.
   todo = []
@@ -466,10 +462,8 @@ def pooled_markdown(paths: list[str]) -> str:
     for run in payload["runs"].values():
       seed = f"{stem}:{run['seed']}"
       runs[run_key(run["method"], seed)] = {**run, "seed": seed}
-  recorded = {run["method"] for run in runs.values()}
-  listed = [m for m in METHODS if m in recorded] + sorted(recorded - set(METHODS))
   seeds = sorted({run["seed"] for run in runs.values()})
-  table = tabulate(runs, listed, seeds)
+  table = tabulate(runs, method_order(runs), seeds)
   lines = [f"Pooled over {', '.join(machines)}.", ""]
   lines += [
     "| method | seeds | top-1 | vs fp32 | vs daq | final train loss vs fp32 |",
@@ -500,13 +494,24 @@ def _refresh_losses(args, runs: dict) -> None:
 def _rewrite_table(out: pathlib.Path, payload: dict) -> None:
   """The table and markdown of a results file from its runs, its machine and command kept."""
   runs = payload["runs"]
-  recorded = {run["method"] for run in runs.values()}
-  listed = [m for m in METHODS if m in recorded] + sorted(recorded - set(METHODS))
   seeds = sorted({run["seed"] for run in runs.values()})
-  payload = {**payload, "seeds": seeds, "table": tabulate(runs, listed, seeds)}
+  _write(out, {**payload, "seeds": seeds, "table": tabulate(runs, method_order(runs), seeds)})
+
+
+def method_order(runs: dict, given=()) -> list[str]:
+  """Every method with a run (earlier invocations' methods stay in the table) and every one
+  `given`, in the order of METHODS, then any other in the order given, then by name."""
+  recorded = {run["method"] for run in runs.values()} | set(given)
+  listed = [m for m in METHODS if m in recorded]
+  return listed + [m for m in dict.fromkeys([*given, *sorted(recorded)]) if m not in listed]
+
+
+def _write(out: pathlib.Path, payload: dict) -> None:
+  """The results file, the markdown table beside it, and the table on stdout."""
   write_json(out, payload)
-  out.with_suffix(".md").write_text(markdown(payload))
-  print(markdown(payload), flush=True)
+  table = markdown(payload)
+  out.with_suffix(".md").write_text(table)
+  print(table, flush=True)
 
 
 if __name__ == "__main__":

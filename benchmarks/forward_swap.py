@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 
+from benchmarks.accuracy import mean_std, run_key
 from benchmarks.common import environment, write_json
 from daq_jax.training.evaluation import evaluate_workdir
 
@@ -26,11 +26,6 @@ from daq_jax.training.evaluation import evaluate_workdir
 def swapped(method: str) -> str:
   """The forward a run of `method` is scored with besides its own."""
   return "daq" if method == "fp32" else "fp32"
-
-
-def _stat(values: list[float]) -> dict:
-  std = statistics.stdev(values) if len(values) > 1 else None
-  return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
 
 
 def main(argv=None):
@@ -49,7 +44,7 @@ def main(argv=None):
   for method in methods:
     for seed in seeds:
       workdir = pathlib.Path(args.root) / f"{method}_seed{seed}"
-      key = f"{method}/seed{seed}"
+      key = run_key(method, seed)
       if runs.get(key, {}).get("workdir") == str(workdir):
         continue
       if not (workdir / "summary.json").exists():
@@ -70,10 +65,10 @@ def main(argv=None):
         f"{swapped(method)} forward {100 * other['top1']:.2f}",
         flush=True,
       )
-    done = [runs[f"{method}/seed{s}"] for s in seeds if f"{method}/seed{s}" in runs]
+    done = [runs[run_key(method, s)] for s in seeds if run_key(method, s) in runs]
     changes = [run["other_top1"] - run["own_top1"] for run in done]
     if changes:
-      table[method] = {"other_forward": swapped(method), "change": _stat(changes)}
+      table[method] = {"other_forward": swapped(method), "change": mean_std(changes)}
   payload = {**environment("benchmarks.forward_swap"), "table": table, "runs": runs}
   write_json(out, payload)
   for method, row in table.items():
