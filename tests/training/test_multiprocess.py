@@ -3,11 +3,14 @@ a coordinator on a free loopback port (jax.distributed, gloo collectives), train
 config as one 4-device run.
 
 Strategy: the same few steps as one process on 4 devices, from the same seed; the final
-parameters, BN statistics and quantizer state agree to float32 rounding, per leaf in relative
-L2 norm (the int8 sums are exact, float reductions across processes may reorder; measured:
-params 3.2e-4, the largest absolute difference 4.8e-7, BN statistics 6e-8, quantizer state
-1e-6), and the evaluation is the same. Process 0 alone writes the run's record and metrics;
-both exit 0.
+parameters, BN statistics and quantizer state agree, per leaf in relative L2 norm, to what
+float reductions in another order give (the int8 sums are exact, but the float sums across
+processes may reorder, and a float that moves across a rounding boundary moves an int8
+step; how far that goes depends on the CPU's kernels: see RTOL). Each part is compared by
+what training changed, final minus initial: relative to the values themselves, a kernel's 4
+small steps hide under its initial values, while a zero-initialised leaf (a BN bias) is
+nothing but its steps. The evaluation is the same. Process 0 alone writes the run's record
+and metrics; both exit 0.
 
 Faults, on a longer run of two processes (the reference, uninterrupted): a second two-process
 run started on its workdir while it trains (held still with SIGSTOP) is refused by the lock on
@@ -38,16 +41,21 @@ import pytest
 from tests.training.test_trainer import _assert_trees_equal, _restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-RTOL = {"params": 1e-3, "batch_stats": 1e-5, "quant_state": 1e-5}  # relative L2, per leaf
+# Relative L2 per leaf of what 4 steps changed (final - initial). The gradient-borne parts
+# measured 1.8e-3 (params) and 1.3e-3 (quantizer clips) on the Xeon of CI, 3.2e-4 (params) on
+# an AMD EPYC; BN statistics (the forward pass only) 5.9e-6 and 6e-8. A process's gradients
+# or statistics lost or counted twice would change them by tens of percent.
+RTOL = {"params": 1e-2, "batch_stats": 1e-3, "quant_state": 1e-2}
 STEPS = ["--config.num_steps=4", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
 
 
-def _rel_l2(a, b) -> float:
-  """The largest per-leaf ||a - b|| / ||b|| over two trees."""
-  return max(
-    float(np.linalg.norm(np.asarray(x) - np.asarray(y)) / max(np.linalg.norm(np.asarray(y)), 1e-30))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
+def _rel_l2(a, b, origin) -> float:
+  """The largest per-leaf ||a - b|| / ||b - origin|| over three trees of one structure."""
+  worst = 0.0
+  for x, y, o in zip(*(jax.tree.leaves(t) for t in (a, b, origin)), strict=True):
+    x, y, o = (np.asarray(v, np.float64) for v in (x, y, o))
+    worst = max(worst, float(np.linalg.norm(x - y) / max(np.linalg.norm(y - o), 1e-30)))
+  return worst
 
 
 def _free_port() -> int:
@@ -139,8 +147,10 @@ def test_two_processes_train_as_one_run_on_four_devices(runs):
   assert json.loads((base / "two" / "config.json").read_text()) == cfg
   one, two = _restore(str(base / "one"), cfg), _restore(str(base / "two"), cfg)
   assert int(one.step) == int(two.step) == 4
+  initial = _restore(str(base / "one"), cfg, fresh=True)
   for part, rtol in RTOL.items():
-    assert _rel_l2(getattr(two, part), getattr(one, part)) <= rtol, part
+    a, b, origin = (getattr(state, part) for state in (two, one, initial))
+    assert _rel_l2(a, b, origin) <= rtol, part
   summaries = [json.loads((base / run / "summary.json").read_text()) for run in ("one", "two")]
   assert summaries[0]["eval_top1"] == pytest.approx(summaries[1]["eval_top1"], abs=1 / 360)
 

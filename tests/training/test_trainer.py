@@ -22,12 +22,16 @@ from tests.training.common import tiny
 from tests.training.events import read_run_scalars, read_scalars
 
 
-def _restore(workdir, cfg_dict, step=None):
+def _restore(workdir, cfg_dict, step=None, fresh=False):
+  """The run's checkpoint at `step` (the latest if None); `fresh`: the state the run
+  started from, as its seed initialises it."""
   cfg = from_dict(cfg_dict)
   _, _, info = data.load(cfg.data)
   model = modeling.create_model(cfg, info.num_classes, info.image_shape)
   tx, _ = optim.build_optimizer(cfg, 1, 1)
   target = steps.init_train_state(model, tx, info, cfg.seed)
+  if fresh:
+    return target
   ckpts = Checkpoints(workdir)
   try:
     return ckpts.restore(target, step)
