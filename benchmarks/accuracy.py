@@ -201,6 +201,22 @@ def headline(run: dict) -> str:
 DIVERGED = re.compile(r"error: (?:the loss is \S+|the parameters became non-finite) at step (\d+)")
 
 
+def _versus(runs: dict, method: str, reference: str, seeds, field: str, agree: str = ""):
+  """`field` of `method` minus that of `reference`, paired over the seeds where the reference
+  has it (and, if `agree` names a field, where the two runs' values of it are equal); None
+  where no seed pairs."""
+  paired = [
+    s
+    for s in seeds
+    if runs.get(run_key(reference, s), {}).get(field) is not None
+    and (not agree or runs[run_key(reference, s)].get(agree) == runs[run_key(method, s)].get(agree))
+  ]
+  if not paired:
+    return None
+  diffs = [runs[run_key(method, s)][field] - runs[run_key(reference, s)][field] for s in paired]
+  return _paired(diffs, paired)
+
+
 def tabulate(runs: dict, methods, seeds) -> dict:
   """Per method: the headline metric's (top-1's, or a detector's mAP's) mean/std over the
   finished seeds, and the paired difference to fp32."""
@@ -222,29 +238,19 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       if None not in values:
         row[extra] = mean_std(values)
     for reference in REFERENCES:
-      paired = [s for s in done if key in runs.get(run_key(reference, s), {})]
-      if method in REFERENCES[: REFERENCES.index(reference) + 1] or not paired:
+      if method in REFERENCES[: REFERENCES.index(reference) + 1]:
         continue
-      diffs = [runs[run_key(method, s)][key] - runs[run_key(reference, s)][key] for s in paired]
-      row[f"vs_{reference}"] = _paired(diffs, paired)
+      if stat := _versus(runs, method, reference, done, key):
+        row[f"vs_{reference}"] = stat
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
       row["train_loss"] = mean_std(losses)
       # The final training loss (a mean over the last logged steps) varies less from seed to
-      # seed than a 5,000-image validation score, so its paired difference is shown too.
-      mine = {s: runs[run_key(method, s)].get("train_loss_steps") for s in done}
-      paired = [
-        s
-        for s in done
-        if runs.get(run_key("fp32", s), {}).get("train_loss") is not None
-        and runs[run_key("fp32", s)].get("train_loss_steps") == mine[s]  # one definition
-      ]
-      if method != "fp32" and paired:
-        diffs = [
-          runs[run_key(method, s)]["train_loss"] - runs[run_key("fp32", s)]["train_loss"]
-          for s in paired
-        ]
-        row["train_loss_vs_fp32"] = _paired(diffs, paired)
+      # seed than a 5,000-image validation score, so its paired difference is shown too,
+      # between runs whose losses have one definition.
+      stat = _versus(runs, method, "fp32", done, "train_loss", agree="train_loss_steps")
+      if method != "fp32" and stat:
+        row["train_loss_vs_fp32"] = stat
     minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
     row["minutes"] = mean_std(minutes)
     if diverged:
