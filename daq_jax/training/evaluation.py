@@ -196,8 +196,7 @@ def evaluate_workdir(
   model, tx, state = restore_run(workdir, cfg, info, step, replicated, report)
   if quant_method is not None:
     model = modeling.create_model(eval_cfg, info.num_classes, info.image_shape)
-    fresh = steps.init_train_state(model, tx, info, cfg.seed, replicated)
-    state = state.replace(quant_state=fresh.quant_state)
+    state = state.replace(quant_state=steps.init_quant_state(model, info, cfg.seed, replicated))
     name = f"{name}-{_slug(quant_method)}"
   _, eval_fn = steps.compile_steps(model, tx, info, eval_cfg, replicated, donate=False)
   batches = data_lib.Batches(

@@ -42,6 +42,14 @@ def init_train_state(
   return jax.jit(functools.partial(_fresh_state, model, tx, info, seed), **placement)()
 
 
+def init_quant_state(model: nn.Module, info: DatasetInfo, seed: int, sharding=None) -> dict:
+  """The quantizer state alone of a fresh `TrainState` (the same values; under jit, the
+  parameters' initialisation that it does not read is compiled away)."""
+  placement = {} if sharding is None else {"out_shardings": sharding}
+  fresh = functools.partial(_fresh_state, model, optax.identity(), info, seed)
+  return jax.jit(lambda: fresh().quant_state, **placement)()
+
+
 def _fresh_state(model, tx, info, seed):
   key = jax.random.PRNGKey(seed)
   params_key, dropout_key, train_key = jax.random.split(key, 3)

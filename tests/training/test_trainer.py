@@ -136,6 +136,17 @@ def test_a_float_run_evaluates_with_the_int8_forward(tmp_path):
   assert result["loss"] != summary["eval_loss"]  # an int8 forward, not the float one again
 
 
+def test_the_fresh_quantizer_state_alone_is_a_fresh_train_states():
+  cfg = from_dict(tiny())
+  _, _, info = data.load(cfg.data)
+  model = modeling.create_model(cfg, info.num_classes, info.image_shape)
+  tx, _ = optim.build_optimizer(cfg, 1, 1)
+  whole = steps.init_train_state(model, tx, info, cfg.seed)
+  alone = steps.init_quant_state(model, info, cfg.seed)
+  assert jax.tree.leaves(alone)  # the tiny model's quantized layers have state
+  _assert_trees_equal(alone, whole.quant_state)
+
+
 def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
   workdir, _ = finished_run
   assert evaluate_main(["--workdir", str(tmp_path)]) == 1
