@@ -16,6 +16,7 @@ from daq_jax.analysis import gradients
 from daq_jax.analysis.report import analyze_workdir
 from daq_jax.analyze import main as analyze_main
 from daq_jax.compare import main as compare_main
+from daq_jax.quant.config import RECOMMENDED
 from daq_jax.training import train_and_evaluate
 from daq_jax.training.config import TrainConfig, to_dict
 
@@ -156,11 +157,11 @@ def test_compare_tables_two_runs_and_refuses_a_directory_that_is_not_one(
   train_and_evaluate(_default(quant={"method": "fp32"}), fp32)
   out = str(tmp_path / "cmp")
   assert compare_main([default_run, fp32, "--out", out]) == 0
-  assert "| daq | small_cnn |" in capsys.readouterr().out
+  assert f"| {RECOMMENDED} | small_cnn |" in capsys.readouterr().out
   assert sorted(os.listdir(out)) == ["comparison.json", "comparison.md", "curves.png"]
   with open(os.path.join(out, "comparison.json")) as f:
     rows = json.load(f)
-  assert [r["method"] for r in rows] == ["daq", "fp32"]
+  assert [r["method"] for r in rows] == [RECOMMENDED, "fp32"]
   for row in rows:
     assert row["steps"] == 2 and row["finished"] and 0 <= row["final_top1"] <= 1
     assert row["best_top1"] == row["final_top1"] and row["images_per_s"] > 0

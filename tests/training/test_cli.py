@@ -58,8 +58,8 @@ def test_train_py_runs_the_video_default_config_and_reports_clip_and_video_top1(
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "1437 train / 360 test videos" in proc.stderr
   assert re.search(
-    r"final: c3d_small daq step 2: test clip top-1 [\d.]+, top-5 [\d.]+, video top-1 [\d.]+ on "
-    r"1080 clips of 360 videos",
+    rf"final: c3d_small {RECOMMENDED} step 2: test clip top-1 [\d.]+, top-5 [\d.]+, video top-1 "
+    r"[\d.]+ on 1080 clips of 360 videos",
     proc.stderr,
   ), proc.stderr[-2000:]
   with open(os.path.join(workdir, "summary.json")) as f:
