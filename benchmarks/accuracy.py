@@ -217,6 +217,14 @@ def _versus(runs: dict, method: str, reference: str, seeds, field: str, agree: s
   return _paired(diffs, paired)
 
 
+def _references_of(method: str) -> tuple[str, ...]:
+  """The references a method is paired with: all of them, or for a reference the ones before
+  it (daq against fp32; fp32 against none)."""
+  if method in REFERENCES:
+    return REFERENCES[: REFERENCES.index(method)]
+  return REFERENCES
+
+
 def tabulate(runs: dict, methods, seeds) -> dict:
   """Per method: the headline metric's (top-1's, or a detector's mAP's) mean/std over the
   finished seeds, and the paired difference to fp32."""
@@ -237,20 +245,19 @@ def tabulate(runs: dict, methods, seeds) -> dict:
       values = [runs[run_key(method, s)].get(extra) for s in done]
       if None not in values:
         row[extra] = mean_std(values)
-    for reference in REFERENCES:
-      if method in REFERENCES[: REFERENCES.index(reference) + 1]:
-        continue
+    for reference in _references_of(method):
       if stat := _versus(runs, method, reference, done, key):
         row[f"vs_{reference}"] = stat
     losses = [runs[run_key(method, s)]["train_loss"] for s in done]
     if None not in losses:
       row["train_loss"] = mean_std(losses)
       # The final training loss (a mean over the last logged steps) varies less from seed to
-      # seed than a 5,000-image validation score, so its paired difference is shown too,
+      # seed than a 5,000-image validation score, so its paired differences are shown too,
       # between runs whose losses have one definition.
-      stat = _versus(runs, method, "fp32", done, "train_loss", agree="train_loss_steps")
-      if method != "fp32" and stat:
-        row["train_loss_vs_fp32"] = stat
+      for reference in _references_of(method):
+        stat = _versus(runs, method, reference, done, "train_loss", agree="train_loss_steps")
+        if stat:
+          row[f"train_loss_vs_{reference}"] = stat
     minutes = [runs[run_key(method, s)]["train_seconds"] / 60 for s in done]
     row["minutes"] = mean_std(minutes)
     if diverged:
@@ -331,14 +338,14 @@ def markdown(payload: dict) -> str:
     lines.append("Paired with daq by seed:")
     for method, stat in against_daq:
       lines.append(f"- {method} - daq: {_paired_cell(stat)} over seeds {stat['seeds']}")
-  against_loss = [
-    (m, r["train_loss_vs_fp32"]) for m, r in payload["table"].items() if "train_loss_vs_fp32" in r
-  ]
-  if against_loss:
-    lines.append("")
-    lines.append("Final train loss minus fp32's, paired by seed:")
-    for method, stat in against_loss:
-      lines.append(f"- {method}: {_paired_cell(stat, 1, 3)} over seeds {stat['seeds']}")
+  for reference in REFERENCES:
+    field = f"train_loss_vs_{reference}"
+    against_loss = [(m, r[field]) for m, r in payload["table"].items() if field in r]
+    if against_loss:
+      lines.append("")
+      lines.append(f"Final train loss minus {reference}'s, paired by seed:")
+      for method, stat in against_loss:
+        lines.append(f"- {method}: {_paired_cell(stat, 1, 3)} over seeds {stat['seeds']}")
   lines.append("")
   lines.append(
     "[lo, hi]: the 95 % confidence interval of the paired mean (Student's t). "
@@ -472,15 +479,15 @@ def pooled_markdown(paths: list[str]) -> str:
   table = tabulate(runs, method_order(runs), seeds)
   lines = [f"Pooled over {', '.join(machines)}.", ""]
   lines += [
-    "| method | seeds | top-1 | vs fp32 | vs daq | final train loss vs fp32 |",
-    "|---|---|---|---|---|---|",
+    "| method | seeds | top-1 | vs fp32 | vs daq | final train loss vs fp32 | vs daq |",
+    "|---|---|---|---|---|---|---|",
   ]
   for method, row in table.items():
     if not row["seeds"]:
       continue
     against = [_paired_cell(row[k]) if k in row else "-" for k in ("vs_fp32", "vs_daq")]
-    loss = row.get("train_loss_vs_fp32")
-    against.append(_paired_cell(loss, 1, 3) if loss else "-")
+    for k in ("train_loss_vs_fp32", "train_loss_vs_daq"):
+      against.append(_paired_cell(row[k], 1, 3) if k in row else "-")
     top1 = _pm(row[headline(runs[run_key(method, row["seeds"][0])])], 100)
     lines.append(f"| {method} | {len(row['seeds'])} | {top1} | {' | '.join(against)} |")
   lines += ["", "mean ± sample std; [lo, hi]: the 95 % t interval of the paired mean."]

@@ -55,6 +55,10 @@ def test_paired_differences_carry_a_t_interval_and_daq_is_a_reference():
   # Every _run has train loss 1.0: the paired loss difference is 0 with no spread.
   assert table["daq"]["train_loss_vs_fp32"]["mean"] == 0.0
   assert "- daq: 0.000 ± 0.000 [+0.000, +0.000] over seeds [0, 1, 2]" in text
+  # The loss is paired with daq too, as the score is, and only where the score is.
+  assert table["daq_sr_wgrad"]["train_loss_vs_daq"]["seeds"] == [0, 1, 2]
+  assert "train_loss_vs_daq" not in table["daq"] and "train_loss_vs_fp32" not in table["fp32"]
+  assert "Final train loss minus daq's, paired by seed:\n- daq_sr_wgrad: 0.000 ± 0.000" in text
 
 
 def test_the_table_is_rewritten_from_the_file_and_machines_are_not_mixed(tmp_path, capsys):
@@ -97,6 +101,8 @@ def test_pooled_files_pair_seeds_only_within_a_file(tmp_path):
   assert "Pooled over a: cpu a, b: cpu b." in text
   # Differences -1 and -4 points (never 0.59 - 0.70): mean -2.5, std 2.12.
   assert "| daq | 2 | 62.50 ± 4.95 | -2.50 ± 2.12 [" in text
+  # daq is no reference of its own: its train loss is paired with fp32's only.
+  assert text.splitlines()[-3].endswith(" | - | 0.000 ± 0.000 [+0.000, +0.000] | - |")
 
 
 def test_the_final_train_loss_is_the_mean_of_the_last_steps():
