@@ -32,6 +32,7 @@ VARIANTS = [
   ("daq_sr", "daq_sr", "float32"),  # stochastic rounding of g on both paths
   ("daq_sr_wgrad", "daq_sr_wgrad", "float32"),  # ... on the wgrad path only
   ("daq_sr_wgrad_rows", "daq_sr_wgrad_rows", "float32"),  # ... and per-row dgrad scales
+  ("daq_sr_rows", "daq_sr_rows", "float32"),  # stochastic on both paths, per-row dgrad scales
   ("daq_bf16", "daq", "bfloat16"),  # int8 layers, bf16 BN and elementwise work
 ]
 

@@ -17,6 +17,7 @@ COLORS = {
   "daq_sr": "tab:brown",
   "daq_sr_wgrad": "tab:pink",
   "daq_sr_wgrad_rows": "tab:olive",
+  "daq_sr_rows": "tab:cyan",
   "per_tensor": "tab:blue",
   "gvq": "tab:green",
   "mcs": "tab:orange",

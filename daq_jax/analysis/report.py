@@ -31,17 +31,19 @@ from daq_jax.training import steps
 from daq_jax.training.evaluation import read_run_record, restore_run
 from daq_jax.training.files import replace, write_json
 
+# The methods compared by default; any quantized preset can be named.
 METHODS = ("daq", "daq_sr", "daq_sr_wgrad", "daq_sr_wgrad_rows", "per_tensor", "gvq", "mcs", "ui8")
+KNOWN = tuple(m for m in quant_config.METHODS if m != "fp32")
 
 
 def check_methods(methods) -> tuple[str, ...]:
   methods = tuple(methods)
-  unknown = [m for m in methods if m not in METHODS]
+  unknown = [m for m in methods if m not in KNOWN]
   if unknown or not methods:
     raise ValueError(
       f"--methods: {', '.join(unknown) or 'none given'} "
       f"{'is' if len(unknown) == 1 else 'are'} not a quantization method; known: "
-      f"{', '.join(METHODS)}"
+      f"{', '.join(KNOWN)}"
     )
   return methods
 

@@ -31,6 +31,7 @@ METHODS = (
   "daq_sr",
   "daq_sr_wgrad",
   "daq_sr_wgrad_rows",
+  "daq_sr_rows",
   "ui8",
   "gvq",
   "mcs",
@@ -245,6 +246,19 @@ def daq_sr_wgrad_rows(**overrides) -> QuantConfig:
   return _make("daq_sr_wgrad_rows", fields, overrides)
 
 
+def daq_sr_rows(**overrides) -> QuantConfig:
+  """DAQ with stochastic rounding of g on both paths and one g scale per output position
+  (row) on the dgrad path: unbiased on both paths, where `daq_sr`'s one global dgrad scale
+  turns the small rows of g into large rounding noise."""
+  fields = dict(
+    _DAQ,
+    wgrad_rounding="stochastic",
+    dgrad_rounding="stochastic",
+    dgrad_granularity="per_row",
+  )
+  return _make("daq_sr_rows", fields, overrides)
+
+
 def gvq(**overrides) -> QuantConfig:
   """Ablation: per-channel wgrad scales (gradient vectorized quantization), no clipping."""
   return _make("gvq", dict(wgrad_granularity="per_channel", wgrad_clip="max"), overrides)
@@ -285,6 +299,7 @@ _PRESETS = {
   "daq_sr": daq_sr,
   "daq_sr_wgrad": daq_sr_wgrad,
   "daq_sr_wgrad_rows": daq_sr_wgrad_rows,
+  "daq_sr_rows": daq_sr_rows,
   "ui8": ui8,
   "gvq": gvq,
   "mcs": mcs,

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from daq_jax.analysis import gradients
+from daq_jax.analysis import gradients, report
 from daq_jax.analysis.report import analyze_workdir
 from daq_jax.analyze import main as analyze_main
 from daq_jax.compare import main as compare_main
@@ -136,8 +136,15 @@ def test_analyze_refuses_a_workdir_without_checkpoint_or_an_unknown_method(
   assert f"workdir {tmp_path} has no checkpoint to analyze" in capsys.readouterr().err
   assert analyze_main(["--workdir", default_run, "--methods", "daq,int4"]) == 1
   err = capsys.readouterr().err
-  assert "--methods: int4 is not a quantization method; known: daq, daq_sr, daq_sr_wgrad" in err
+  assert "--methods: int4 is not a quantization method; known: per_tensor, daq, daq_sr" in err
   assert err.count("\n") == 1
+
+
+def test_any_quantized_preset_can_be_analyzed_and_the_default_set_is_kept():
+  assert report.check_methods(["daq_sr_rows", "daq"]) == ("daq_sr_rows", "daq")
+  assert set(report.METHODS) <= set(report.KNOWN) and "fp32" not in report.KNOWN
+  with pytest.raises(ValueError, match="fp32 is not a quantization method"):
+    report.check_methods(["fp32"])
 
 
 @pytest.mark.slow

@@ -66,7 +66,8 @@ class TestPallasPath(CompiledOrInterpreted):
     "name, method",
     [(name, method) for method in ("daq", "per_tensor") for name in GEOMETRIES]
     # per-row dgrad scales: the GEMM + col2im dgrad on the Pallas GEMM
-    + [(name, "daq_sr_wgrad_rows") for name in ("2d", "strided", "grouped")],
+    + [(name, "daq_sr_wgrad_rows") for name in ("2d", "strided", "grouped")]
+    + [("strided", "daq_sr_rows")],  # ... with stochastic rounding on dgrad too
   )
   def test_conv_matches_xla(self, name, method):
     xs, ws, kw = GEOMETRIES[name]

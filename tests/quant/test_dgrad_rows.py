@@ -5,9 +5,11 @@ every row's and channel's max is a power of two, over the conv geometries of
 test_conv_op (strided, dilated, grouped, depthwise, 1-D, 3-D), alone and mixed with the xla
 forward and wgrad, and for dense layers on every implementation; (2) on Gaussian data its dX
 is closer to the float one than DAQ's global scale, which is the reason the option exists;
-(3) its three contractions are int8 x int8 -> int32 in the lowered program; (4) the
-implementations that cannot factor the scales out (xla's int8 convolution) are refused by
-name, and auto picks one that can; (5) bad configs are one-line errors.
+(3) with stochastic rounding (`daq_sr_rows`) the same exactness holds for one key, and dX is
+unbiased and far less noisy than with one global scale; (4) its three contractions are
+int8 x int8 -> int32 in the lowered program; (5) the implementations that cannot factor the
+scales out (xla's int8 convolution) are refused by name, and auto picks one that can; (6) bad
+configs are one-line errors.
 """
 
 import jax
@@ -85,6 +87,36 @@ def test_per_row_dx_is_closer_to_float_than_one_global_scale(name):
   assert cosine(dx_rows, dx_f) > 0.999
 
 
+@pytest.mark.parametrize("name", ["2d", "strided"])
+def test_stochastic_per_row_equals_simulate_exactly_for_one_key(name):
+  x, w, g, kw = _data(name)
+  cfg = quant.preset("daq_sr_rows", impl="im2col")
+  key = jax.random.key(3)
+  got = _vjp(cfg, x, w, g, key=key, **kw)
+  want = _vjp(cfg.replace(impl="simulate"), x, w, g, key=key, **kw)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_stochastic_per_row_dx_is_unbiased_and_less_noisy_than_one_global_scale():
+  x, _, g, kw = _data("2d", seed=1, exact=False)
+  w = pow2_tensor(jax.random.key(6), GEOMETRIES["2d"][1], -6)
+  octaves = jax.random.uniform(jax.random.key(5), g.shape[:-1] + (1,), minval=-6.0, maxval=0.0)
+  g = g * 2.0**octaves
+  _, dx_f, _ = _float_vjp(x, w, g, **kw)
+  err = lambda a: float(jnp.linalg.norm(a - dx_f) / jnp.linalg.norm(dx_f))
+  keys = jax.random.split(jax.random.key(8), 16)
+  rows = [_vjp(quant.preset("daq_sr_rows"), x, w, g, key=k, **kw)[1] for k in keys]
+  glob = [_vjp(quant.preset("daq_sr"), x, w, g, key=k, **kw)[1] for k in keys]
+  single_rows, single_glob = np.mean([err(d) for d in rows]), np.mean([err(d) for d in glob])
+  # The reason for the preset: a global scale gives the small rows rounding noise of the
+  # large rows' step; one scale per row gives each row noise of its own size.
+  assert single_rows < 0.5 * single_glob, (single_rows, single_glob)
+  # Unbiased: the error of the mean over 16 keys falls as variance does, to about
+  # 1/sqrt(16) = 0.25 of one key's (a bias would not fall: 0.4 leaves room for sampling).
+  assert err(jnp.mean(jnp.stack(rows), axis=0)) < 0.4 * single_rows
+
+
 @pytest.mark.parametrize("impl", ["xla", "im2col"])
 def test_dense_per_row_equals_simulate_exactly(impl):
   keys = jax.random.split(jax.random.key(2), 3)
@@ -134,6 +166,13 @@ def test_the_preset_and_bad_configs():
     "nearest",
     "stochastic",
   )
+  cfg = quant.preset("daq_sr_rows")
+  assert (cfg.dgrad_granularity, cfg.dgrad_rounding, cfg.wgrad_rounding) == (
+    "per_row",
+    "stochastic",
+    "stochastic",
+  )
+  assert (cfg.wgrad_granularity, cfg.wgrad_clip) == ("per_channel", "mcs")  # DAQ's wgrad
   assert quant.from_spec("daq(dgrad_granularity=per_row)").dgrad_granularity == "per_row"
   with pytest.raises(ValueError, match="dgrad_granularity='rows' is not one of"):
     quant.daq(dgrad_granularity="rows")
