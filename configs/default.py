@@ -1,6 +1,7 @@
 """The default run: INT8 training of a small CNN on the embedded 8x8 digits with the
-recommended method (`quant.config.RECOMMENDED`: daq_sr_wgrad, DAQ with stochastic rounding
-of the gradient on the wgrad path; docs/accuracy.md says why).
+recommended method (`quant.config.RECOMMENDED`: daq_sr_rows, DAQ with stochastic rounding
+of the gradient on both paths and one dgrad scale per output position; docs/accuracy.md says
+why).
 
     python train.py                          # about 30 s on 2 CPU cores (docs/speed.md)
     python train.py --config.quant.method=fp32 --workdir runs/default_fp32

@@ -39,8 +39,8 @@ def get_config():
   )
   config.optim.grad_clip_norm = 2.0
   # The method measured at this config (docs/detection.md): with the clipping, the paper's
-  # DAQ trains as well as fp32. The classification recommendation was measured here only
-  # without the clipping, where it trailed daq_sr.
+  # DAQ trains as well as fp32. The classification recommendation (daq_sr_rows) has not been
+  # measured here; its predecessor daq_sr_wgrad was, without the clipping, and trailed daq_sr.
   config.quant.method = "daq"
   config.log_every_steps = 32
   return config

@@ -165,7 +165,7 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainConfig:
   """One training run. The defaults are the default run: the recommended method
-  (`quant.config.RECOMMENDED`, daq_sr_wgrad) on the embedded 8x8 digits with a small CNN, 30 epochs
+  (`quant.config.RECOMMENDED`, daq_sr_rows) on the embedded 8x8 digits with a small CNN, 30 epochs
   of batch 64 (about half a minute on 2 CPU cores).
 
   Attributes:
