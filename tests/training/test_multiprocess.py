@@ -44,9 +44,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Relative L2 per leaf of what 4 steps changed (final - initial). Measured with daq (nearest
 # rounding, whose boundaries amplify a reordered float sum): params 1.8e-3 and quantizer clips
 # 1.3e-3 on the Xeon of CI, params 3.2e-4 on an AMD EPYC, BN statistics (the forward pass
-# only) 5.9e-6 and 6e-8; with daq_sr_wgrad, the default now, on the Xeon: 2.8e-5, 3.3e-7 and
-# 1.5e-7. A process's gradients or statistics lost or counted twice would change them by tens
-# of percent.
+# only) 5.9e-6 and 6e-8; with daq_sr_wgrad, the default then, on the Xeon: 2.8e-5, 3.3e-7 and
+# 1.5e-7. daq_sr_rows, the default since, passes on the AMD EPYC. A process's gradients or
+# statistics lost or counted twice would change them by tens of percent.
 RTOL = {"params": 1e-2, "batch_stats": 1e-3, "quant_state": 1e-2}
 STEPS = ["--config.num_steps=4", "--config.log_every_steps=2", "--config.checkpoint_every_steps=2"]
 
