@@ -9,6 +9,8 @@ lowered program's forward, dgrad and wgrad contractions are int8 x int8 -> int32
 reductions do not overflow; zeros give no NaN, NaN stays visible; bad input names the problem.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,16 +73,19 @@ def _cases(names):
 # the suite fast on a cold compilation cache.
 
 
+# The config and the geometry are static, so calls that differ only in their arrays (another
+# key, say) reuse one compilation.
+@functools.partial(jax.jit, static_argnames=("cfg", "geometry"))
+def _vjp_jit(x, w, state, g, key, *, cfg, geometry):
+  kw = dict(geometry)
+  y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
+  return (y, *vjp(g))
+
+
 def _vjp(cfg, x, w, g, state=None, key=None, **kw):
   state = gradient.init_state(cfg, w.shape[-1]) if state is None else state
   key = jax.random.key(7) if cfg.stochastic and key is None else key
-
-  @jax.jit
-  def run(x, w, state, g, key):
-    y, vjp = jax.vjp(lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw), x, w, state)
-    return (y, *vjp(g))
-
-  return run(x, w, state, g, key)
+  return _vjp_jit(x, w, state, g, key, cfg=cfg, geometry=tuple(sorted(kw.items())))
 
 
 def _float_vjp(x, w, g, **kw):
