@@ -15,6 +15,7 @@ from daq_jax import data
 from daq_jax.evaluate import evaluate_workdir
 from daq_jax.evaluate import main as evaluate_main
 from daq_jax.quant import lowering
+from daq_jax.quant.config import RECOMMENDED
 from daq_jax.training import NonFiniteLossError, modeling, optim, steps, train_and_evaluate, trainer
 from daq_jax.training.checkpoint import Checkpoints
 from daq_jax.training.config import from_dict
@@ -258,6 +259,8 @@ def test_layer_selection_and_bf16_reach_the_model():
     (False, "float32", "daq"),
     (True, "bfloat16", "daq"),
     (True, "float32", "daq_sr"),  # stochastic rounding keeps every product int8
+    # the recommendation: per-row dgrad scales, whose dgrad is a GEMM + col2im on im2col dots
+    (True, "float32", RECOMMENDED),
   ],
 )
 def test_the_training_step_of_train_py_runs_int8_contractions(quantize_ends, dtype, method):
