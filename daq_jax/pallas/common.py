@@ -1,9 +1,12 @@
-"""What every Pallas kernel module shares: Triton's compiler parameters and the check that a
-compiled kernel is traced for a CUDA GPU."""
+"""What every Pallas kernel module shares: Triton's compiler parameters, the check that a
+compiled kernel is traced for a CUDA GPU, and the quantizer kernels apply in registers."""
 
+import jax.numpy as jnp
 from jax.experimental.pallas import triton as _pltriton
 
+from daq_jax.quant import numerics
 from daq_jax.quant.backends.platform import target_platform
+from daq_jax.quant.numerics import QMAX
 
 
 def triton_params(**kwargs):
@@ -26,3 +29,24 @@ def check_compilable(interpret: bool, what: str) -> None:
       f"{platform}: pass interpret=True to run them in the Pallas interpreter (slow), or use "
       "impl='auto'"
     )
+
+
+def _round_half_even(t):
+  """jnp.round (ties to even) from floor and exact float arithmetic: Triton has no round."""
+  f = jnp.floor(t)
+  frac = t - f  # exact
+  odd = (f - 2.0 * jnp.floor(f * 0.5)) != 0
+  up = (frac > 0.5) | ((frac == 0.5) & odd)
+  return f + up.astype(t.dtype)
+
+
+def quantize_in_kernel(v, inverse, rounding: str, seed, index):
+  """`numerics.quantize_tensor` inside a kernel, given 127/s (`numerics.inverse_step`, divided
+  in XLA: Triton's division is approximate): a multiply, a clip, a rounding (nearest, or
+  stochastic with the jnp quantizer's dither of `seed` and the elements' row-major `index`).
+  Only exact float operations, so the int8 codes equal the jnp quantizer's on every platform.
+  """
+  t = jnp.clip(v.astype(jnp.float32) * inverse, -QMAX, QMAX)  # the bounds are integers
+  if rounding == "stochastic":
+    return jnp.floor(t + numerics.dither(seed, index)).astype(jnp.int8)
+  return _round_half_even(t).astype(jnp.int8)

@@ -30,10 +30,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from daq_jax.pallas.common import check_compilable, triton_params
+from daq_jax.pallas.common import check_compilable, quantize_in_kernel, triton_params
 from daq_jax.quant import gradient, numerics
 from daq_jax.quant.config import QuantConfig
-from daq_jax.quant.numerics import QMAX
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,24 +78,6 @@ def supports(cfg: QuantConfig) -> bool:
   )
 
 
-def _round_half_even(t):
-  """jnp.round (ties to even) from floor and exact float arithmetic: Triton has no round."""
-  f = jnp.floor(t)
-  frac = t - f  # exact
-  odd = (f - 2.0 * jnp.floor(f * 0.5)) != 0
-  up = (frac > 0.5) | ((frac == 0.5) & odd)
-  return f + up.astype(t.dtype)
-
-
-def _quantize(v, inverse, rounding, seed, index):
-  """`numerics.quantize_tensor` given 127/s: a multiply, a clip, a rounding (nearest, or stochastic
-  with the same dither as the jnp quantizer)."""
-  t = jnp.clip(v * inverse, -QMAX, QMAX)  # clipping before rounding: the bounds are integers
-  if rounding == "stochastic":
-    return jnp.floor(t + numerics.dither(seed, index)).astype(jnp.int8)
-  return _round_half_even(t).astype(jnp.int8)
-
-
 def _valid_rows(rows: int, shape) -> jax.Array:
   first = pl.program_id(0) * shape[0]
   return (first + lax.broadcasted_iota(jnp.int32, shape, 0)) < rows
@@ -131,8 +112,8 @@ def _quantize_kernel(
     cols = pl.program_id(1) * g.shape[1] + lax.broadcasted_iota(jnp.int32, g.shape, 1)
     index = rows.astype(jnp.uint32) * jnp.uint32(channels) + cols.astype(jnp.uint32)
   wrounding, drounding = roundings
-  wq_ref[...] = _quantize(g, winv_ref[...][None, :], wrounding, seed_ref[0], index)
-  dq_ref[...] = _quantize(g, dinv_ref[...][:, None], drounding, seed_ref[1], index)
+  wq_ref[...] = quantize_in_kernel(g, winv_ref[...][None, :], wrounding, seed_ref[0], index)
+  dq_ref[...] = quantize_in_kernel(g, dinv_ref[...][:, None], drounding, seed_ref[1], index)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block_sizes", "interpret"))

@@ -8,6 +8,7 @@ CPU-only machine can see what the GPU would run:
 
     kernels = ptx.triton_kernels(ptx.lower_for_cuda(f, *args))
     report = ptx.compile_kernel(kernels[0])      # PTX for sm_90a, then ptxas -v
+    reports = ptx.compile_program(f, *args)      # both steps, every kernel
     report.wgmma, report.local_memory, report.registers, report.spill_bytes
 
 Works with the custom call JAX 0.10 emits (IR bytes in the backend config); `missing()` says
@@ -16,6 +17,7 @@ why it cannot run here, for tests to skip with.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -31,20 +33,30 @@ _TARGET = "xla.gpu.triton"
 _DEVICE_KIND = "NVIDIA H100 80GB HBM3"
 
 
-def lower_for_cuda(fn, *args, **kwargs):
-  """`jax.jit(fn)` lowered for CUDA on any machine, a CPU-only one included.
-
-  Since JAX 0.11 a Pallas call lowered for CUDA with no GPU present raises "No supported GPU
-  devices found" unless an abstract GPU device is in scope (JAX's own Triton tests do this);
-  JAX 0.10 assumed compute capability 9.0. Lowering inside an abstract one-device mesh of an
-  H100 works on both.
-  """
+@contextlib.contextmanager
+def cuda_tracing():
+  """Traces in scope are for a CUDA GPU (an abstract one-device mesh of an H100), on any
+  machine: `backends.target_platform()` says "cuda" inside, so auto and the Pallas kernels
+  take their GPU paths (to be lowered, not run)."""
   import jax
   from jax._src.mesh import AbstractDevice
 
   device = AbstractDevice(_DEVICE_KIND, None, "cuda")
   mesh = jax.sharding.AbstractMesh((1,), ("_",), abstract_device=device)
   with jax.sharding.use_abstract_mesh(mesh):
+    yield
+
+
+def lower_for_cuda(fn, *args, **kwargs):
+  """`jax.jit(fn)` lowered for CUDA on any machine, a CPU-only one included.
+
+  Since JAX 0.11 a Pallas call lowered for CUDA with no GPU present raises "No supported GPU
+  devices found" unless an abstract GPU device is in scope (JAX's own Triton tests do this);
+  JAX 0.10 assumed compute capability 9.0. Lowering inside `cuda_tracing` works on both.
+  """
+  import jax
+
+  with cuda_tracing():
     return jax.jit(fn).trace(*args, **kwargs).lower(lowering_platforms=("cuda",))
 
 
@@ -150,6 +162,12 @@ def _kernel(op) -> TritonKernel:
     num_stages=number("num_stages"),
     grid=(number("grid_x"), number("grid_y"), number("grid_z")),
   )
+
+
+def compile_program(fn, *args, arch: str = ARCH) -> list[PtxReport]:
+  """Every Triton kernel of `jax.jit(fn)` lowered for CUDA on `args` (arrays or
+  `jax.ShapeDtypeStruct`s), compiled for `arch`, in program order."""
+  return [compile_kernel(k, arch) for k in triton_kernels(lower_for_cuda(fn, *args))]
 
 
 _PTXAS_USAGE = re.compile(r"Used (\d+) registers")

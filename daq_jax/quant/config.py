@@ -17,7 +17,7 @@ import functools
 
 # The registered implementations of the int8 products (daq_jax.quant.backends); "auto" picks
 # one of them per platform and contraction (daq_jax.quant.backends.auto).
-IMPLS = ("xla", "simulate", "im2col", "pallas")
+IMPLS = ("xla", "simulate", "im2col", "pallas", "implicit", "implicit_fused")
 AUTO = "auto"
 CONTRACTIONS = ("forward", "dgrad", "wgrad")
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -94,13 +94,16 @@ class QuantConfig:
       ("xla,xla,im2col"). `auto` (the default): the implementation the table in
       `daq_jax.quant.backends.auto` lists first for the platform the program is traced for
       and the contraction, skipping any that does not support the layer (with a logged
-      reason); on the CPU that is `xla` for all three. `xla`: int8 lax convs and NN dots in
-      the layouts XLA's CPU backend runs fast (never grouped int8 convs on a GPU, where cuDNN
-      gets them wrong); `im2col`: XLA int8 dot_general on im2col views; `pallas`: the Pallas
-      int8 GEMM on im2col views, and for DAQ/GVQ the Pallas gradient quantizer (compiled on
-      a GPU, interpreted elsewhere); `simulate`: the same numerics in float
-      (quantize-dequantize, then float products), the oracle of the tests. All give the
-      same int8 values.
+      reason); on the CPU that is `xla` for all three; on a CUDA GPU the plan its cost model
+      predicts fastest. `xla`: int8 lax convs and NN dots in the layouts XLA's CPU backend
+      runs fast (never grouped int8 convs on a GPU, where cuDNN gets them wrong); `im2col`:
+      XLA int8 dot_general on im2col views; `pallas`: the Pallas int8 GEMM on im2col views,
+      and for DAQ/GVQ the Pallas gradient quantizer; `implicit`: the Pallas implicit-GEMM
+      conv kernels (no patch tensor; ungrouped convs; dense layers on the Pallas GEMM);
+      `implicit_fused`: the same, with g quantized as the dgrad and wgrad kernels load it
+      (Pallas kernels are compiled on a GPU, interpreted elsewhere); `simulate`: the same
+      numerics in float (quantize-dequantize, then float products), the oracle of the tests.
+      All give the same int8 values.
     wgrad_granularity: `per_channel` gives every output channel of g its own scale on the
       wgrad path (DAQ's gradient vectorized quantization); `per_tensor` uses one scale.
     wgrad_clip: how the wgrad-path clip value is chosen: `max` (no clipping), `mcs`

@@ -32,19 +32,25 @@ def _conv(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state
 def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, stats, key):
   x = QTensor.of(lhs, numerics.max_abs(lhs))
   w = QTensor.of(rhs, numerics.max_abs(rhs))
-  out = plan.forward.conv_forward(x, w, spec)
-  # A dgrad with per-row g scales is a GEMM with the forward kernel, then col2im.
-  kernel = w if plan.dgrad_rows else plan.dgrad.conv_keep_kernel(rhs, w, spec)
-  inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
   out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+  out = plan.forward.conv_forward(x, w, spec, out_dtype)
+  kernel = plan.dgrad.conv_keep_kernel(rhs, w, spec, rows=plan.dgrad_rows)
+  inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, lhs, rhs)
 
 
+def _on_load(backend: backends.Backend, operand):
+  """g as `backend` takes it: deferred where it quantizes on load, int8 otherwise."""
+  return operand if backend.quantizes_on_load else numerics.quantize_now(operand)
+
+
 def _conv_bwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
-  gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
+  defer = tuple(p for p, b in (("dgrad", plan.dgrad), ("wgrad", plan.wgrad)) if b.quantizes_on_load)
+  gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key, defer)
   dgrad = plan.dgrad.conv_dgrad_rows if plan.dgrad_rows else plan.dgrad.conv_dgrad
-  dx = dgrad(gq.dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec)
-  dw = plan.wgrad.conv_wgrad(res.inputs, gq.wgrad, res.lhs_shape, res.rhs_shape, spec)
+  g_dgrad, g_wgrad = _on_load(plan.dgrad, gq.dgrad), _on_load(plan.wgrad, gq.wgrad)
+  dx = dgrad(g_dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec, res.lhs_dtype)
+  dw = plan.wgrad.conv_wgrad(res.inputs, g_wgrad, res.lhs_shape, res.rhs_shape, spec)
   new_stats = gradient.statistics(gq, cfg, res.statistics)
   return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None
 
@@ -99,4 +105,5 @@ def conv_general(
   gradient.check_state(state, cfg, rhs.shape[-1])
   stats = {} if stats is None else stats
   gradient.check_statistics(stats)
-  return _conv(backends.plan(cfg, spec), cfg, spec, lhs, rhs, state, stats, key)
+  plan = backends.plan(cfg, spec, shapes=(lhs.shape, rhs.shape), dtype=lhs.dtype)
+  return _conv(plan, cfg, spec, lhs, rhs, state, stats, key)

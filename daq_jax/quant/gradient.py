@@ -44,9 +44,10 @@ class QuantizedGradient(NamedTuple):
   """Both quantizations of g, and what the layer's state becomes.
 
   Attributes:
-    wgrad_q: int8 (M, C), the wgrad-path g as a 2-D view (channels last).
+    wgrad_q: int8 (M, C), the wgrad-path g as a 2-D view (channels last); or, where the path
+      quantizes on load (`quantize_gradient(defer=...)`), a `numerics.Deferred` of that view.
     wgrad_scale: float32 clip values, (C,) per channel or () per tensor.
-    dgrad_q: int8, g's shape.
+    dgrad_q: int8, g's shape (or a `numerics.Deferred` of g).
     dgrad_scale: float32 (), one global scale, or (*g.shape[:-1], 1), one per output
       position (`dgrad_granularity="per_row"`).
     new_state: the layer's state for the next step.
@@ -61,21 +62,23 @@ class QuantizedGradient(NamedTuple):
   wgrad_stats: ClipStats
 
   @property
-  def dgrad(self) -> numerics.QTensor:
-    """The dgrad-path g with its scale (global, or one per row)."""
-    return numerics.QTensor(self.dgrad_q, self.dgrad_scale)
+  def dgrad(self) -> numerics.QTensor | numerics.Deferred:
+    """The dgrad-path g with its scale (global, or one per row), or deferred."""
+    return _operand(self.dgrad_q, self.dgrad_scale)
 
   @property
-  def wgrad(self) -> numerics.QTensor:
-    """The wgrad-path g, (M, C), with its per-channel (or per-tensor) scale."""
-    return numerics.QTensor(self.wgrad_q, self.wgrad_scale)
+  def wgrad(self) -> numerics.QTensor | numerics.Deferred:
+    """The wgrad-path g, (M, C), with its per-channel (or per-tensor) scale, or deferred."""
+    return _operand(self.wgrad_q, self.wgrad_scale)
 
   def dequantized(self, shape) -> tuple[jax.Array, jax.Array]:
     """(dgrad-path g, wgrad-path g) back in float32, both of g's `shape` (the float twin)."""
-    return (
-      numerics.dequantize(self.dgrad_q, self.dgrad_scale),
-      numerics.dequantize(self.wgrad_q, self.wgrad_scale).reshape(shape),
-    )
+    dgrad, wgrad = (numerics.quantize_now(op) for op in (self.dgrad, self.wgrad))
+    return dgrad.dequantize(), wgrad.dequantize().reshape(shape)
+
+
+def _operand(q, scale) -> numerics.QTensor | numerics.Deferred:
+  return q if isinstance(q, numerics.Deferred) else numerics.QTensor(q, scale)
 
 
 def init_state(cfg: QuantConfig, channels: int) -> State:
@@ -211,8 +214,18 @@ def _clip(rule: str, view, stats: ClipStats, prev, cfg):
   return clip, clip
 
 
+def _quantize(v, scale, rounding: str, seed, defer: bool):
+  if defer:
+    return numerics.Deferred(v, scale, seed, rounding)
+  return numerics.quantize_tensor(v, scale, rounding=rounding, seed=seed)
+
+
 def quantize_gradient(
-  g: jax.Array, state: State, cfg: QuantConfig, key: jax.Array | None = None
+  g: jax.Array,
+  state: State,
+  cfg: QuantConfig,
+  key: jax.Array | None = None,
+  defer: tuple[str, ...] = (),
 ) -> QuantizedGradient:
   """Quantizes a layer's output gradient for wgrad (per channel) and dgrad (global).
 
@@ -221,6 +234,9 @@ def quantize_gradient(
     state: the layer's state from the previous step (see `init_state`).
     cfg: the quantization config.
     key: PRNG key, required when either path rounds stochastically (`cfg.stochastic`).
+    defer: the paths ("dgrad", "wgrad") whose int8 tensor is not computed here but handed
+      on as a `numerics.Deferred` (scales, seeds and state computed as always), for an
+      implementation that quantizes g as it loads it.
 
   Returns:
     A `QuantizedGradient`.
@@ -243,7 +259,7 @@ def quantize_gradient(
     # One max-abs scale per output position (the clip rule is `max`); the carried state stays
     # the tensor's max, so the state has one shape whatever the granularity.
     dgrad_scale = numerics.max_abs(g.astype(jnp.float32), axis=-1, keepdims=True)
-  dgrad_q = numerics.quantize_tensor(g, dgrad_scale, rounding=cfg.dgrad_rounding, seed=dseed)
+  dgrad_q = _quantize(g, dgrad_scale, cfg.dgrad_rounding, dseed, "dgrad" in defer)
   new_state = {"dgrad_clip": dstate[0]}
 
   per_channel = cfg.wgrad_granularity == "per_channel"
@@ -257,17 +273,18 @@ def quantize_gradient(
     wgrad_scale, wstate = _clip(cfg.wgrad_clip, view, wstats, prev, cfg)
     if not per_channel:
       wgrad_scale, wstate = wgrad_scale[0], wstate[0]
-    wgrad_q = numerics.quantize_tensor(g2d, wgrad_scale, rounding=cfg.wgrad_rounding, seed=wseed)
+    wgrad_q = _quantize(g2d, wgrad_scale, cfg.wgrad_rounding, wseed, "wgrad" in defer)
   new_state["wgrad_clip"] = wstate
   if "deviation" in state:
     # UI8 scales a layer's learning rate by the deviation of the gradient the layer actually
     # used (after stochastic rounding, where it rounds so), not of the clip search's nearest
     # rounding; per-channel deviations are averaged into the layer's one.
     if cfg.wgrad_clip == "dsgc":
-      used = numerics.dequantize(wgrad_q, wgrad_scale)
+      used = numerics.quantize_now(_operand(wgrad_q, wgrad_scale)).dequantize()
       deviation = cosine_distance(g2d, used, axis=0 if per_channel else None)
     else:
-      deviation = cosine_distance(g, numerics.dequantize(dgrad_q, dgrad_scale))
+      used = numerics.quantize_now(_operand(dgrad_q, dgrad_scale)).dequantize()
+      deviation = cosine_distance(g, used)
     new_state["deviation"] = jnp.mean(deviation)
   gq = QuantizedGradient(
     wgrad_q=wgrad_q,

@@ -110,13 +110,20 @@ def quantize_tensor(
     An int8 array of `v`'s shape with values in [-127, 127].
   """
   t = v.astype(jnp.float32) * inverse_step(jnp.asarray(scale, jnp.float32))
+  if rounding == "stochastic" and seed is None:
+    if key is None:
+      raise ValueError("stochastic rounding needs a PRNG key")
+    seed = seeds(key, 1)[0]
+  return round_steps(t, rounding=rounding, seed=seed)
+
+
+def round_steps(t: jax.Array, *, rounding: str = "nearest", seed: jax.Array | None = None):
+  """`t` (a value times 127/s, float32) rounded to its int8 level: what `quantize_tensor`
+  does after the multiply (stochastic rounding draws `dither(seed, ...)` on t's row-major
+  positions)."""
   if rounding == "nearest":
     t = jnp.round(t)
   elif rounding == "stochastic":
-    if seed is None:
-      if key is None:
-        raise ValueError("stochastic rounding needs a PRNG key")
-      seed = seeds(key, 1)[0]
     # Clipping first changes nothing (the bounds are integers) and is what the kernel does.
     t = jnp.floor(jnp.clip(t, -QMAX, QMAX) + dither(seed, flat_index(t.shape)))
   else:
@@ -164,3 +171,38 @@ class QTensor:
   def dequantize(self) -> jax.Array:
     """q * s / 127 in float32."""
     return dequantize(self.q, self.scale)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+  """A float tensor with its clip value and rounding, quantized where it is read: an
+  implementation that quantizes on load (`Backend.quantizes_on_load`) reads it in float and
+  rounds in registers; any other one calls `quantize` first. Either way the int8 codes are
+  `quantize_tensor(v, scale, rounding=..., seed=...)`'s.
+
+  Attributes:
+    v: the float values.
+    scale: float32 clip value(s), broadcastable to `v` (as for `quantize_tensor`).
+    seed: the uint32 seed of stochastic rounding (None for nearest).
+    rounding: "nearest" or "stochastic".
+  """
+
+  v: jax.Array
+  scale: jax.Array
+  seed: jax.Array | None
+  rounding: str = dataclasses.field(metadata=dict(static=True))
+
+  def quantize(self) -> QTensor:
+    """The int8 tensor, here and now."""
+    q = quantize_tensor(self.v, self.scale, rounding=self.rounding, seed=self.seed)
+    return QTensor(q, self.scale)
+
+  def reshape(self, *shape) -> Deferred:
+    """The same values (and positions) in another shape; the scale must not depend on it."""
+    return dataclasses.replace(self, v=self.v.reshape(*shape))
+
+
+def quantize_now(operand: QTensor | Deferred) -> QTensor:
+  """`operand` as an int8 `QTensor` (a deferred one quantized here)."""
+  return operand.quantize() if isinstance(operand, Deferred) else operand

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks import ptx_report
 from daq_jax import quant
 from daq_jax.pallas import gemm, grad_quant, ptx
 from daq_jax.quant import gradient
@@ -26,11 +27,9 @@ I8, F32 = jnp.int8, jnp.float32
 
 
 def _reports(fn, *shapes):
-  args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-  lowered = ptx.lower_for_cuda(fn, *args)
-  kernels = ptx.triton_kernels(lowered)
-  assert kernels, "the program lowered to no Triton kernel"
-  return [ptx.compile_kernel(k) for k in kernels]
+  reports = ptx.compile_program(fn, *[jax.ShapeDtypeStruct(s, dtype) for s, dtype in shapes])
+  assert reports, "the program lowered to no Triton kernel"
+  return reports
 
 
 def _assert_clean(report):
@@ -117,9 +116,30 @@ def test_a_pallas_conv_layer_step_compiles_clean():
     _assert_s8_wgmma(report)
 
 
-def test_the_ptx_report_script_writes_its_json(tmp_path):
-  from benchmarks import ptx_report
+# One layer in the fast set, the others (and the fused variant's) in the slow set.
+@pytest.mark.parametrize(
+  "impl, layer",
+  [
+    (impl, layer)
+    if (impl, layer) == ("implicit", "l1 3x3")
+    else pytest.param(impl, layer, marks=pytest.mark.slow)
+    for impl in ("implicit", "implicit_fused")
+    for layer, *_ in ptx_report.IMPLICIT_LAYERS
+  ],
+)
+def test_implicit_conv_kernels_compile_to_s8_wgmma_without_spills(impl, layer):
+  """Every kernel of a quantized ResNet-50 conv layer's step (daq_sr_rows, bf16 float parts):
+  the forward conv, the dgrad conv(s) and the wgrad, int8 wgmma only, nothing in local
+  memory, no approximate math (so the in-kernel rounding gives the jnp quantizer's codes)."""
+  reports = ptx_report.implicit_layer_reports(impl, layer)  # raises on other kernels
+  strided = layer.endswith("stride 2")
+  assert [p for p, _ in reports].count("dgrad") == (4 if strided else 1)  # one per phase
+  for _, report in reports:
+    _assert_s8_wgmma(report)
+    _assert_clean(report)
 
+
+def test_the_ptx_report_script_writes_its_json(tmp_path):
   out = tmp_path / "ptx.json"
   ptx_report.main(["--out", str(out)])
   rows = json.loads(out.read_text())["rows"]

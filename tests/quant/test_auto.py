@@ -31,10 +31,20 @@ def test_the_cpu_plan_is_todays_xla_path():
     assert backends.target_platform() == "cpu"
 
 
-def test_the_cuda_plan_is_int8_gemms_on_im2col_views_until_a_gpu_measures_it():
+def test_the_cuda_plan_is_the_cost_models_pick_until_a_gpu_measures_it():
   # Written out, not read from auto.TABLE: a changed table must change this test with it.
-  assert backends.plan(quant.daq(), PLAIN, "cuda").names == ("im2col", "im2col", "im2col")
+  # Without shapes, the table's order: the implicit-GEMM kernels first.
+  assert backends.plan(quant.daq(), PLAIN, "cuda").names == ("implicit",) * 3
   assert backends.plan(quant.daq(), PLAIN, "rocm").names == ("im2col", "im2col", "im2col")
+  assert auto.MODELLED == ("cuda",)
+  # With shapes, the plan the roofline model predicts fastest among the supported ones.
+  shapes = ((128, 56, 56, 64), (3, 3, 64, 64))
+  spec = make_spec(*shapes, padding="SAME")
+  chosen = backends.plan(quant.daq(), spec, "cuda", shapes=shapes, dtype="bfloat16")
+  options = tuple(("implicit", "im2col", "xla", "pallas", "implicit_fused") for _ in range(3))
+  predicted = auto.predicted(quant.daq(), spec, shapes, "bfloat16", options)
+  assert chosen.names == predicted
+  assert all(name.startswith("implicit") for name in chosen.names)
   assert all("simulate" not in row for table in auto.TABLE.values() for row in table.values())
 
 
@@ -87,13 +97,15 @@ def test_a_program_traced_for_cuda_uses_the_cuda_row_and_stays_int8():
   cfg = quant.daq()
   x = jax.ShapeDtypeStruct((2, 8, 8, 16), jnp.float32)
   w = jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32)
-  cuda = lowering.text_contractions(
-    ptx.lower_for_cuda(lambda x, w: _layer_grads(cfg, x, w), x, w).as_text()
-  )
-  assert len(cuda) >= 3 and all(c[1:] == (("i8", "i8"), "i32") for c in cuda), cuda
-  # The CUDA row's im2col products are dots; the CPU's xla products include convolutions.
-  if all(row[0] == "im2col" for row in auto.TABLE["cuda"].values()):
-    assert {op for op, _, _ in cuda} == {"dot_general"}
+  fn = lambda x, w: _layer_grads(cfg, x, w)
+  # Traced for CUDA, the products are the implicit-GEMM kernels: their jaxprs' dots are int8
+  # x int8 -> int32, and XLA is handed Triton calls with no float contraction beside them.
+  with ptx.cuda_tracing():
+    found = lowering.contractions(fn, x, w)
+  assert len(found) >= 3 and all(c.is_int8 for c in found), found
+  text = ptx.lower_for_cuda(fn, x, w).as_text()
+  assert "xla.gpu.triton" in text
+  assert all(c[1:] == (("i8", "i8"), "i32") for c in lowering.text_contractions(text))
   if jax.default_backend() == "cpu":
     cpu = lowering.hlo_contractions(lambda x, w: _layer_grads(cfg, x, w), x, w)
     assert "convolution" in {op for op, _, _ in cpu}
@@ -111,6 +123,6 @@ def test_the_cpu_plan_of_a_3d_conv_puts_forward_and_dgrad_on_im2col():
   # Written out; the evidence is benchmarks/results/ops3d_cpu.json (auto.py says how).
   spec = make_spec((2, 4, 8, 8, 16), (3, 3, 3, 16, 32))
   assert backends.plan(quant.daq(), spec, "cpu").names == ("im2col", "im2col", "xla")
-  assert backends.plan(quant.daq(), spec, "cuda").names == ("im2col", "im2col", "im2col")
+  assert backends.plan(quant.daq(), spec, "cuda").names == ("implicit",) * 3
   flat = make_spec((2, 8, 8, 16), (3, 3, 16, 32))
   assert backends.plan(quant.daq(), flat, "cpu").names == ("xla", "xla", "xla")

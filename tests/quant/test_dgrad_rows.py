@@ -149,13 +149,14 @@ def test_forward_dgrad_and_wgrad_are_int8_in_the_lowered_program(name):
   assert all(ops == ("i8", "i8") and out == "i32" for _, ops, out in hlo), hlo
 
 
-def test_the_int8_convolution_is_refused_and_auto_picks_a_gemm():
+def test_the_int8_convolution_is_refused_and_auto_picks_one_that_takes_row_scales():
   spec = conv_op.make_spec((2, 8, 8, 4), (3, 3, 4, 6))
   with pytest.raises(ValueError, match=r"per-row g scales .* do not factor out of an int8 conv"):
     backends.plan(quant.daq(impl="xla", **ROWS), spec, platform="cpu")
   assert backends.plan(quant.daq(**ROWS), spec, platform="cpu").names == ("xla", "im2col", "xla")
+  # On CUDA, the implicit-GEMM dgrad scales each tap's sum by its source rows' scales.
   plan = backends.plan(quant.daq(**ROWS), spec, platform="cuda")
-  assert plan.dgrad_rows and plan.names[1] == "im2col"
+  assert plan.dgrad_rows and plan.names[1] == "implicit"
   # Dense layers factor the row scales out of any implementation's dgrad.
   assert backends.plan(quant.daq(impl="xla", **ROWS)).names == ("xla", "xla", "xla")
 

@@ -17,13 +17,15 @@ Where the rows come from:
   0.16x xla's time, wgrad 4.69x. So: im2col for forward and dgrad, xla for wgrad. The sum of
   those parts (with the gradient quantizer) is 45.2 s against float32's 54.7 s, 0.83x; the
   whole plan was not timed as one program.
-- cuda: NOT measured yet: no session has had a GPU (benchmarks/gpu_check.sh measures the
-  table's inputs, and this row is to be rewritten from its JSON). Until then it is the
-  implementation most likely to compile and run fast: XLA's int8 dot_general on im2col views
-  (cuBLASLt's int8 GEMM, or XLA's Triton GEMM with an s32 output, both autotuned, with the
-  scale epilogue fused). `xla` follows (its forward and dgrad are int8 convolutions, which XLA
-  hands to cuDNN; whether they compile there is the GPU check's first question), then the
-  Pallas GEMM.
+- cuda: PREDICTED, not measured: no session has had a GPU (benchmarks/gpu_check.sh measures
+  the table's inputs, and this row is to be rewritten from its JSON). A conv whose shapes are
+  known gets the plan the roofline model (`cost`, H100 SXM peaks) predicts fastest among the
+  implementations that support it: on ResNet-50 (benchmarks/roofline.py) the implicit-GEMM
+  kernels for every ungrouped conv product, quantizing g on load only where its tiles are
+  loaded few times (the model's ALU term), never an im2col patch tensor. The row below is the
+  order without shapes, and breaks the model's ties: the implicit-GEMM kernels, then XLA's
+  int8 dot_general on im2col views (cuBLASLt's or XLA's Triton int8 GEMM), `xla` (its forward
+  and dgrad are int8 convolutions that XLA hands to cuDNN), the Pallas GEMM on im2col views.
 - any other platform: `im2col`, then `xla`.
 """
 
@@ -32,18 +34,19 @@ from __future__ import annotations
 import functools
 import logging
 
+import jax.numpy as jnp
+
+from daq_jax.quant.backends import cost
 from daq_jax.quant.config import CONTRACTIONS
 
 log = logging.getLogger("daq_jax.quant")
 
 TABLE: dict[str, dict[str, tuple[str, ...]]] = {
   "cpu": {"forward": ("xla", "im2col"), "dgrad": ("xla", "im2col"), "wgrad": ("xla", "im2col")},
-  "cuda": {
-    "forward": ("im2col", "xla", "pallas"),
-    "dgrad": ("im2col", "xla", "pallas"),
-    "wgrad": ("im2col", "xla", "pallas"),
-  },
+  "cuda": dict.fromkeys(CONTRACTIONS, ("implicit", "im2col", "xla", "pallas", "implicit_fused")),
 }
+# The platforms whose row is the cost model's prediction: `predicted` picks the plan there.
+MODELLED = ("cuda",)
 OTHER = dict.fromkeys(CONTRACTIONS, ("im2col", "xla"))
 
 
@@ -60,6 +63,19 @@ def candidates(platform: str, contraction: str, spec=None) -> tuple[str, ...]:
   if spec is not None and len(spec.window_strides) == 3 and platform in TABLE_3D:
     return TABLE_3D[platform][contraction]
   return TABLE.get(platform, OTHER)[contraction]
+
+
+@functools.cache
+def predicted(cfg, spec, shapes, dtype: str, options) -> tuple[str, str, str]:
+  """The (forward, dgrad, wgrad) implementations the cost model predicts fastest for a conv of
+  `shapes` ((lhs, rhs)) in `dtype`, each from its `options` (the supported ones, in the
+  table's order, which breaks ties)."""
+  layer = cost.Layer("conv", *shapes, spec)
+  act_bytes = jnp.dtype(dtype).itemsize
+  candidates = dict(zip(CONTRACTIONS, options, strict=True))
+  plan = cost.fastest(layer, candidates, cost.Method.of(cfg), act_bytes, cost.Hardware())
+  log.info("impl=auto (predicted by the cost model): %s for a conv %s -> %s", plan, *shapes)
+  return plan
 
 
 @functools.cache

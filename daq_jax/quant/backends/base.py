@@ -15,6 +15,7 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from daq_jax.quant import gradient
 from daq_jax.quant.config import QuantConfig
@@ -36,31 +37,45 @@ class Backend(abc.ABC):
   # Whether `conv_dgrad_rows` is implemented: a conv dgrad with one g scale per output
   # position (`dgrad_granularity="per_row"`), which factors out of a GEMM + col2im only.
   dgrad_rows: bool = False
+  # Whether the conv products take g as a `numerics.Deferred` (float, quantized as it is
+  # loaded) instead of int8; the ops hand every other implementation int8.
+  quantizes_on_load: bool = False
 
-  def unsupported(self, contraction: str, spec: ConvSpec | None, platform: str) -> str | None:
+  def unsupported(
+    self, contraction: str, spec: ConvSpec | None, platform: str, shapes=None
+  ) -> str | None:
     """Why this implementation cannot compute `contraction` ("forward", "dgrad", "wgrad") of a
-    conv with geometry `spec` (None: a dense layer) on `platform`; None when it can."""
-    del contraction, spec, platform
+    conv with geometry `spec` (None: a dense layer) on `platform`; None when it can.
+    `shapes`: the conv's (lhs, rhs) shapes where known."""
+    del contraction, spec, platform, shapes
     return None
 
   # Conv ------------------------------------------------------------------------------------
 
-  @abc.abstractmethod
-  def conv_forward(self, x: QTensor, w: QTensor, spec: ConvSpec) -> jax.Array:
-    """The convolution, float32 (N, *out, C_out)."""
+  # The conv products return float32 or, where the implementation writes it directly,
+  # `out_dtype` (the op casts what it gets to its operands' dtype).
 
-  def conv_keep_kernel(self, rhs: jax.Array, w: QTensor, spec: ConvSpec) -> Any:
-    """What `conv_dgrad` gets of the kernel (float `rhs`, quantized `w`): `w` by default."""
-    del rhs, spec
+  @abc.abstractmethod
+  def conv_forward(self, x: QTensor, w: QTensor, spec: ConvSpec, out_dtype=jnp.float32):
+    """The convolution (N, *out, C_out)."""
+
+  def conv_keep_kernel(self, rhs: jax.Array, w: QTensor, spec: ConvSpec, rows: bool = False):
+    """What `conv_dgrad` (`conv_dgrad_rows` if `rows`) gets of the kernel (float `rhs`,
+    quantized `w`): `w` by default."""
+    del rhs, spec, rows
     return w
 
   @abc.abstractmethod
-  def conv_dgrad(self, g: QTensor, kernel: Any, lhs_shape, rhs_shape, spec: ConvSpec):
-    """The input gradient, float32 (N, *spatial, C_in)."""
+  def conv_dgrad(
+    self, g: QTensor, kernel: Any, lhs_shape, rhs_shape, spec: ConvSpec, out_dtype=jnp.float32
+  ):
+    """The input gradient (N, *spatial, C_in)."""
 
-  def conv_dgrad_rows(self, g: QTensor, w: QTensor, lhs_shape, rhs_shape, spec: ConvSpec):
-    """The input gradient from g with one scale per output position, g.scale
-    (N, *out, 1), and the forward kernel `w`: float32 (N, *spatial, C_in)."""
+  def conv_dgrad_rows(
+    self, g: QTensor, kernel: Any, lhs_shape, rhs_shape, spec: ConvSpec, out_dtype=jnp.float32
+  ):
+    """The input gradient from g with one scale per output position, g.scale (N, *out, 1),
+    and the kernel `conv_keep_kernel(..., rows=True)` kept: (N, *spatial, C_in)."""
     raise NotImplementedError(f"impl {self.name!r} has no dgrad with per-row g scales")
 
   def conv_keep_input(self, lhs: jax.Array, x: QTensor, spec: ConvSpec) -> Any:
@@ -99,7 +114,13 @@ class Backend(abc.ABC):
   # The gradient quantizer ------------------------------------------------------------------
 
   def quantize_gradient(
-    self, g: jax.Array, state: gradient.State, cfg: QuantConfig, key: jax.Array | None
+    self,
+    g: jax.Array,
+    state: gradient.State,
+    cfg: QuantConfig,
+    key: jax.Array | None,
+    defer: tuple[str, ...] = (),
   ) -> gradient.QuantizedGradient:
-    """Both quantizations of g (the wgrad implementation's is used): the jnp quantizer."""
-    return gradient.quantize_gradient(g, state, cfg, key)
+    """Both quantizations of g (the wgrad implementation's is used), the paths in `defer`
+    left to be quantized on load: the jnp quantizer."""
+    return gradient.quantize_gradient(g, state, cfg, key, defer)

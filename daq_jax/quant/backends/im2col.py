@@ -38,7 +38,6 @@ from daq_jax.quant.backends.base import Backend
 from daq_jax.quant.geometry import (
   ConvSpec,
   col2im,
-  dgrad_kernel,
   dgrad_spec,
   out_spatial,
   spec_patches,
@@ -77,7 +76,7 @@ class Im2colBackend(Backend):
     cols = jnp.broadcast_to(jnp.asarray(col_scale, jnp.float32), bt.shape[:-1])
     return self.int8_gemm_nt(a, bt, rows, cols)
 
-  def conv_forward(self, x, w, spec):
+  def conv_forward(self, x, w, spec, out_dtype=jnp.float32):
     groups, taps = spec.feature_group_count, math.prod(w.q.shape[:-2])
     cols = _per_group(spec_patches(x.q, w.q.shape, spec), taps, groups)  # (G, M, T * I)
     scale = _group_scale(x.scale * w.scale / (QMAX * QMAX), groups, cols.shape[1])
@@ -86,12 +85,11 @@ class Im2colBackend(Backend):
     spatial = out_spatial(x.q.shape, w.q.shape, spec)
     return out.transpose(1, 0, 2).reshape(x.q.shape[0], *spatial, w.q.shape[-1])
 
-  def conv_keep_kernel(self, rhs, w, spec):
-    if xla.uses_subpixel_dgrad(spec):
-      return tuple(QTensor.of(k, w.scale) for k in xla.subpixel_kernels(rhs, spec))
-    return QTensor.of(dgrad_kernel(rhs, spec.feature_group_count), w.scale)
+  def conv_keep_kernel(self, rhs, w, spec, rows=False):
+    # A dgrad with per-row g scales is a GEMM with the forward kernel, then col2im.
+    return w if rows else xla.flipped_kernels(rhs, w, spec)
 
-  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
+  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec, out_dtype=jnp.float32):
     # The input gradient is the forward conv of g with the flipped kernel (`dgrad_spec`), so
     # it is a forward GEMM on int8 patches of g, giving dx directly (no float columns to
     # scatter back with col2im). A strided conv's would patch an input-dilated g, mostly
@@ -103,7 +101,7 @@ class Im2colBackend(Backend):
 
   dgrad_rows = True
 
-  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec):
+  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec, out_dtype=jnp.float32):
     # Every row of g (one output position) meets the whole kernel, so a row's scale factors
     # out of cols = g (M, O) @ w^T (O, T * I), per group; col2im then adds each tap's column
     # back onto its input position (in float32, after the int8 GEMM).

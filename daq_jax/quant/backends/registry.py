@@ -26,6 +26,8 @@ _TABLE = {
   "simulate": "daq_jax.quant.backends.simulate:SimulateBackend",
   "im2col": "daq_jax.quant.backends.im2col:XlaIm2colBackend",
   "pallas": "daq_jax.pallas.backend:PallasBackend",
+  "implicit": "daq_jax.pallas.backend:ImplicitBackend",
+  "implicit_fused": "daq_jax.pallas.backend:FusedImplicitBackend",
 }
 assert tuple(_TABLE) == IMPLS, "quant.config.IMPLS lists the registered implementations"
 
@@ -61,14 +63,20 @@ ROWS_UNSUPPORTED = (
 )
 
 
-def _unsupported(backend: Backend, contraction, spec, platform, rows: bool) -> str | None:
+def _unsupported(backend: Backend, contraction, spec, platform, rows: bool, shapes=None):
   if rows and contraction == "dgrad" and not backend.dgrad_rows:
     return ROWS_UNSUPPORTED
-  return backend.unsupported(contraction, spec, platform)
+  return backend.unsupported(contraction, spec, platform, shapes)
 
 
 def choose(
-  name: str, contraction: str, spec: ConvSpec | None, platform: str, rows: bool = False
+  name: str,
+  contraction: str,
+  spec: ConvSpec | None,
+  platform: str,
+  rows: bool = False,
+  shapes=None,
+  preferred: tuple[str, ...] = (),
 ) -> Backend:
   """The implementation of one contraction: `name`, or auto's pick when `name` is "auto".
 
@@ -78,13 +86,15 @@ def choose(
     spec: the conv's geometry, or None for a dense layer.
     platform: what the program is traced for ("cpu", "cuda", ...).
     rows: whether a conv's dgrad has per-row g scales (`Backend.dgrad_rows` needed).
+    shapes: the conv's (lhs, rhs) shapes, where known.
+    preferred: implementations auto tries before its table's (the cost model's pick).
 
   Raises:
     ValueError: when the named implementation, or every one auto may use, cannot compute it.
   """
   if name != AUTO:
     backend = get(name)
-    reason = _unsupported(backend, contraction, spec, platform, rows)
+    reason = _unsupported(backend, contraction, spec, platform, rows, shapes)
     if reason:
       raise ValueError(
         f"quant config impl={name!r} cannot compute the {contraction} product of this layer on "
@@ -92,9 +102,10 @@ def choose(
       )
     return backend
   skipped = []
-  for candidate in auto.candidates(platform, contraction, spec):
+  table = auto.candidates(platform, contraction, spec)
+  for candidate in dict.fromkeys([*preferred, *table]):
     backend = get(candidate)
-    reason = _unsupported(backend, contraction, spec, platform, rows)
+    reason = _unsupported(backend, contraction, spec, platform, rows, shapes)
     if reason is None:
       for skipped_name, why in skipped:
         auto.log_skip(platform, contraction, skipped_name, why, candidate)
@@ -106,16 +117,42 @@ def choose(
   )
 
 
-def plan(cfg: QuantConfig, spec: ConvSpec | None = None, platform: str | None = None) -> Plan:
+def plan(
+  cfg: QuantConfig,
+  spec: ConvSpec | None = None,
+  platform: str | None = None,
+  shapes=None,
+  dtype=None,
+) -> Plan:
   """The implementations of a conv (`spec`) or dense (None) layer's three contractions under
-  `cfg.impl`, for `platform` (default: the one being traced for)."""
+  `cfg.impl`, for `platform` (default: the one being traced for). `shapes`, the conv's
+  (lhs, rhs) shapes, and `dtype`, its float dtype, let auto pick by the cost model where its
+  table is a prediction (`auto.MODELLED`): the fastest supported plan it predicts."""
   platform = platform or target_platform()
   rows = spec is not None and cfg.dgrad_granularity == "per_row"
+  preferred = [()] * 3
+  if platform in auto.MODELLED and AUTO in cfg.impls and spec is not None and shapes is not None:
+    shapes = _shapes(shapes)
+    options = tuple(
+      tuple(
+        n
+        for n in auto.candidates(platform, c, spec)
+        if _unsupported(get(n), c, spec, platform, rows, shapes) is None
+      )
+      for c in CONTRACTIONS
+    )
+    if all(options):
+      picked = auto.predicted(cfg, spec, shapes, str(dtype or "float32"), options)
+      preferred = [(name,) for name in picked]
   chosen = [
-    choose(name, contraction, spec, platform, rows)
-    for name, contraction in zip(cfg.impls, CONTRACTIONS, strict=True)
+    choose(name, contraction, spec, platform, rows, shapes, first)
+    for name, contraction, first in zip(cfg.impls, CONTRACTIONS, preferred, strict=True)
   ]
   return Plan(*chosen, dgrad_rows=rows)
+
+
+def _shapes(shapes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  return tuple(tuple(int(d) for d in s) for s in shapes)
 
 
 def describe(

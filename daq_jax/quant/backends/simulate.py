@@ -29,16 +29,16 @@ def _transpose(fn, shape, cotangent):
 class SimulateBackend(Backend):
   """Dequantize, then float32 products at HIGHEST precision."""
 
-  def conv_forward(self, x, w, spec):
+  def conv_forward(self, x, w, spec, out_dtype=jnp.float32):
     return spec.float_conv(x.dequantize(), w.dequantize())
 
-  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
+  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec, out_dtype=jnp.float32):
     w_hat = kernel.dequantize()
     return _transpose(lambda a: spec.float_conv(a, w_hat), lhs_shape, g.dequantize())
 
   dgrad_rows = True
 
-  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec):
+  def conv_dgrad_rows(self, g, w, lhs_shape, rhs_shape, spec, out_dtype=jnp.float32):
     return self.conv_dgrad(g, w, lhs_shape, rhs_shape, spec)  # its kept kernel is `w` too
 
   def conv_wgrad(self, inputs, g, lhs_shape, rhs_shape, spec):

@@ -193,13 +193,22 @@ def wgrad_int8(x_t, g_q, rhs_shape, spec: ConvSpec) -> jax.Array:
   return jnp.stack(taps).reshape(*ksize, c_in_g, c_out)
 
 
+def flipped_kernels(rhs: jax.Array, w: QTensor, spec: ConvSpec) -> QTensor | tuple[QTensor, ...]:
+  """The int8 kernel(s) whose forward conv with g is the input gradient: flipped and
+  group-transposed in float, then quantized with w's scale (quantization is elementwise, so
+  this equals transposing w's codes); one per output phase where the dgrad is sub-pixel."""
+  if uses_subpixel_dgrad(spec):
+    return tuple(QTensor.of(k, w.scale) for k in subpixel_kernels(rhs, spec))
+  return QTensor.of(dgrad_kernel(rhs, spec.feature_group_count), w.scale)
+
+
 GPU_PLATFORMS = ("cuda", "rocm")
 
 
 class XlaBackend(Backend):
   """int8 lax convolutions and dots in the layouts XLA's CPU backend runs fast."""
 
-  def unsupported(self, contraction, spec, platform):
+  def unsupported(self, contraction, spec, platform, shapes=None):
     # forward and dgrad are int8 convolutions (wgrad is dots): on a GPU XLA hands them to
     # cuDNN, whose grouped int8 convolutions are reported wrong (openxla/xla#49123).
     if (
@@ -214,16 +223,14 @@ class XlaBackend(Backend):
       )
     return None
 
-  def conv_forward(self, x, w, spec):
+  def conv_forward(self, x, w, spec, out_dtype=jnp.float32):
     acc = contract.int8_conv(x.q, w.q, **spec.conv_kwargs())
     return numerics.rescale(acc, x.scale, w.scale)
 
-  def conv_keep_kernel(self, rhs, w, spec):
-    if uses_subpixel_dgrad(spec):
-      return tuple(QTensor.of(k, w.scale) for k in subpixel_kernels(rhs, spec))
-    return QTensor.of(dgrad_kernel(rhs, spec.feature_group_count), w.scale)
+  def conv_keep_kernel(self, rhs, w, spec, rows=False):
+    return flipped_kernels(rhs, w, spec)
 
-  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec):
+  def conv_dgrad(self, g, kernel, lhs_shape, rhs_shape, spec, out_dtype=jnp.float32):
     if uses_subpixel_dgrad(spec):
       acc = subpixel_dgrad(g.q, [k.q for k in kernel], lhs_shape, rhs_shape, spec)
       return numerics.rescale(acc, g.scale, kernel[0].scale)
