@@ -6,14 +6,16 @@
 
 Stages, in order of value (`python -m benchmarks.gpu_check STAGE --out DIR [--smoke]`):
   env           the machine and versions; what impl="auto" picks here for a plain, a strided,
-                a grouped conv and a dense layer; and whether each implementation (xla,
-                im2col, pallas, auto) compiles one small conv layer's forward and backward
-                passes and matches `simulate` (the float oracle).
-  contractions  at ResNet-50's conv shapes (batch 128): forward, dgrad and wgrad timed apart
-                for each implementation (int8 operands ready), against XLA's bf16 and float32
-                convs; the gradient quantizer (jnp vs Pallas, nearest rounding (daq) and
-                stochastic rounding on both paths (daq_sr)); the GEMM at the forward's
-                implicit-GEMM shape (Pallas int8 vs XLA int8 vs bf16 vs float32).
+                a grouped conv and a dense layer; and whether each implementation (implicit,
+                implicit_fused, im2col, xla, pallas, auto) compiles one small conv layer's
+                forward and backward passes and matches `simulate` (the float oracle).
+  contractions  at ResNet-50's conv shapes (batch 128), those where the roofline model
+                predicts the implicit-GEMM kernels' largest win first: forward, dgrad and
+                wgrad timed apart for each implementation (int8 operands ready, bf16 out),
+                against XLA's bf16 and float32 convs, measured beside predicted; the
+                gradient quantizer (jnp vs Pallas, nearest rounding (daq) and stochastic
+                rounding on both paths (daq_sr)); the GEMM at the forward's implicit-GEMM
+                shape (Pallas int8 vs XLA int8 vs bf16 vs float32).
   resnet50_step the ResNet-50 training step at batch 128: fp32, bf16, per_tensor, DAQ,
                 daq_sr and daq_sr_wgrad_rows on impl="auto", the int8 ones with bf16 float
                 parts.

@@ -44,6 +44,7 @@ def test_the_error_finder_finds_an_error_at_any_depth():
       ["--methods", "daq", "--batch", "2", "--rounds", "1", "--repeats", "1"],
       ["rows"],
     ),
+    ("benchmarks.roofline", ["--model", "r3d_18", "--batch", "2"], ["designs", "hardware"]),
   ],
 )
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, keys):

@@ -1,8 +1,12 @@
-"""GPU check, stage `contractions`: at ResNet-50's conv shapes (batch 128), forward, dgrad and
-wgrad timed apart for each implementation (int8 operands ready), against XLA's bf16 and
-float32 convs; the gradient quantizer (jnp vs Pallas, nearest rounding (daq) and stochastic
-rounding on both paths (daq_sr)); the GEMM at the forward's implicit-GEMM shape (Pallas int8
-vs XLA int8 vs bf16 vs float32)."""
+"""GPU check, stage `contractions`: at ResNet-50's conv shapes (batch 128), the shapes where the
+roofline model predicts the implicit-GEMM kernels' largest win over bf16 first, forward, dgrad
+and wgrad timed apart for each implementation (int8 operands ready, or float g for the
+implementations that quantize it on load; bf16 outputs), against XLA's bf16 and float32
+convs, each beside the model's prediction (`cost.contraction`, H100 SXM peaks: on an H200 the
+bandwidth-bound ones run faster than predicted); the gradient quantizer (jnp vs Pallas,
+nearest rounding (daq) and stochastic rounding on both paths (daq_sr)); the GEMM at the
+forward's implicit-GEMM shape (Pallas int8 vs XLA int8 vs bf16 vs float32). The summary
+prints measured against predicted."""
 
 from __future__ import annotations
 
@@ -13,15 +17,18 @@ import numpy as np
 from benchmarks.gpu.record import IMPLS, Recorder, error, measure
 
 # (name, batch, spatial, C_in, C_out, kernel, stride): ResNet-50's 3x3 convs at batch 128,
-# and its widest 1x1.
+# and two 1x1s; the stage runs them in the order of the implicit kernels' predicted win over
+# bf16 (`predicted_order`).
 RESNET50_CONVS = [
   ("l1 3x3 64->64 @56", 128, 56, 64, 64, 3, 1),
   ("l2 3x3 128->128 @28", 128, 28, 128, 128, 3, 1),
   ("l3 3x3 256->256 @14", 128, 14, 256, 256, 3, 1),
   ("l4 3x3 512->512 @7", 128, 7, 512, 512, 3, 1),
   ("l2 3x3 128->128 /2 @56", 128, 56, 128, 128, 3, 2),
+  ("l1 1x1 64->256 @56", 128, 56, 64, 256, 1, 1),
   ("l4 1x1 512->2048 @7", 128, 7, 512, 2048, 1, 1),
 ]
+METHOD = "daq_sr_rows"  # the recommended method: stochastic rounding, per-row dgrad scales
 SMOKE_CONVS = [("smoke 3x3 8->16 @8", 2, 8, 8, 16, 3, 1)]
 
 
@@ -31,10 +38,12 @@ def run(rec: Recorder, smoke: bool, repeats: int) -> None:
 
   from daq_jax import quant
   from daq_jax.quant import backends, gradient, numerics
+  from daq_jax.quant.backends import cost
   from daq_jax.quant.geometry import make_spec
 
   platform = backends.target_platform()
-  for name, batch, size, c_in, c_out, ksize, stride in SMOKE_CONVS if smoke else RESNET50_CONVS:
+  convs = SMOKE_CONVS if smoke else predicted_order(RESNET50_CONVS)
+  for name, batch, size, c_in, c_out, ksize, stride in convs:
     keys = jax.random.split(jax.random.key(1), 3)
     lhs_shape, rhs_shape = (batch, size, size, c_in), (ksize, ksize, c_in, c_out)
     x = jax.random.normal(keys[0], lhs_shape)
@@ -43,6 +52,8 @@ def run(rec: Recorder, smoke: bool, repeats: int) -> None:
     y_shape = jax.eval_shape(spec.float_conv, x, w).shape
     g = jax.random.laplace(keys[2], y_shape)
     base = {"shape": name}
+    layer = cost.Layer(name, lhs_shape, rhs_shape, spec)
+    predict = functools.partial(_predicted_ms, layer)
 
     for dtype, label in ((jnp.bfloat16, "xla_bf16"), (jnp.float32, "xla_f32")):
       xs, ws, gs = x.astype(dtype), w.astype(dtype), g.astype(dtype)
@@ -53,27 +64,38 @@ def run(rec: Recorder, smoke: bool, repeats: int) -> None:
           **base,
           contraction=contraction,
           impl=label,
+          **predict("bf16" if dtype == jnp.bfloat16 else None, contraction),
           **measure(jax.jit(fn), *operands[contraction], repeats=repeats),
         )
 
-    cfg = quant.daq()
-    xq = numerics.QTensor.of(x, numerics.max_abs(x))
-    wq = numerics.QTensor.of(w, numerics.max_abs(w))
-    gq = gradient.quantize_gradient(g, gradient.init_state(cfg, c_out), cfg)
+    cfg = quant.preset(METHOD)
+    xb, wb, gb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), g.astype(jnp.bfloat16)
+    xq = numerics.QTensor.of(xb, numerics.max_abs(xb))
+    wq = numerics.QTensor.of(wb, numerics.max_abs(wb))
+    state, key = gradient.init_state(cfg, c_out), jax.random.key(0)
+    quantized = {
+      False: gradient.quantize_gradient(gb, state, cfg, key),
+      True: gradient.quantize_gradient(gb, state, cfg, key, defer=("dgrad", "wgrad")),
+    }
     for impl in IMPLS:
-      row = {**base, "impl": impl}
+      row = {**base, "impl": impl, "method": METHOD}
       try:
         b = backends.get(impl)
-        fns = _int8_contractions(b, spec, x, w, xq, wq, gq)
+        fns = _int8_contractions(b, spec, xb, wb, xq, wq, quantized[b.quantizes_on_load])
       except Exception as e:
         rec.row(**row, contraction="all", error=error(e))
         continue
       for contraction, (fn, args) in fns.items():
-        reason = b.unsupported(contraction, spec, platform)
+        reason = b.unsupported(contraction, spec, platform, (lhs_shape, rhs_shape))
         if reason:
           rec.row(**row, contraction=contraction, error=f"unsupported: {reason}")
           continue
-        rec.row(**row, contraction=contraction, **measure(jax.jit(fn), *args, repeats=repeats))
+        rec.row(
+          **row,
+          contraction=contraction,
+          **predict(impl, contraction),
+          **measure(jax.jit(fn), *args, repeats=repeats),
+        )
 
     # The quantizer with nearest rounding (daq) and with stochastic rounding on both paths
     # (daq_sr: counter-based bits drawn in the kernel), jnp and Pallas.
@@ -151,30 +173,75 @@ def _float_contractions(spec, lhs_shape, rhs_shape, dtype) -> dict:
 
 
 def _int8_contractions(backend, spec, x, w, xq, wq, gq) -> dict:
-  """contraction -> (function, operands) of one implementation, its residuals made ahead."""
-  kernel = backend.conv_keep_kernel(w, wq, spec)
+  """contraction -> (function, operands) of one implementation, its residuals made ahead, g
+  per row for dgrad as the recommended method quantizes it, bf16 outputs."""
+  import jax.numpy as jnp
+
+  rows = gq.dgrad_scale.ndim > 0
+  kernel = backend.conv_keep_kernel(w, wq, spec, rows=rows)
   inputs = backend.conv_keep_input(x, xq, spec)
   shapes = (x.shape, w.shape)
+  dgrad = backend.conv_dgrad_rows if rows else backend.conv_dgrad
+  bf16 = jnp.bfloat16
   return {
-    "forward": (lambda xq, wq: backend.conv_forward(xq, wq, spec), (xq, wq)),
-    "dgrad": (lambda d, k: backend.conv_dgrad(d, k, *shapes, spec), (gq.dgrad, kernel)),
+    "forward": (lambda xq, wq: backend.conv_forward(xq, wq, spec, bf16), (xq, wq)),
+    "dgrad": (lambda d, k: dgrad(d, k, *shapes, spec, bf16), (gq.dgrad, kernel)),
     "wgrad": (lambda i, q: backend.conv_wgrad(i, q, *shapes, spec), (inputs, gq.wgrad)),
   }
 
 
+def _predicted_ms(layer, design: str | None, contraction: str) -> dict:
+  """{"predicted_ms"} of one product of `layer` on `design` by the roofline model (H100 SXM
+  defaults), or {} where it has none (float32 convs)."""
+  from daq_jax import quant
+  from daq_jax.quant.backends import cost
+
+  if design is None:
+    return {}
+  method = cost.Method.of(quant.preset(METHOD))
+  kernels = cost.contraction(layer, design, contraction, method, 2)
+  return {"predicted_ms": round(cost.seconds(kernels, cost.Hardware()) * 1e3, 6)}
+
+
+def predicted_order(convs) -> list:
+  """`convs` by the implicit kernels' predicted win over bf16, largest first."""
+  from daq_jax import quant
+  from daq_jax.quant.backends import cost
+  from daq_jax.quant.geometry import make_spec
+
+  method, hw = cost.Method.of(quant.preset(METHOD)), cost.Hardware()
+
+  def win(conv):
+    _, batch, size, c_in, c_out, k, stride = conv
+    lhs, rhs = (batch, size, size, c_in), (k, k, c_in, c_out)
+    layer = cost.Layer("", lhs, rhs, make_spec(lhs, rhs, window_strides=stride))
+    time = lambda d: sum(
+      cost.seconds(cost.contraction(layer, d, p, method, 2), hw) for p in cost.PRODUCTS
+    )
+    return time("bf16") / time("implicit")
+
+  return sorted(convs, key=win, reverse=True)
+
+
 def summarize_contractions(rows: list[dict]) -> dict:
-  """Per shape and contraction: each int8 implementation's speed-up over XLA's bf16."""
+  """Per shape and contraction: each int8 implementation's speed-up over XLA's bf16, and
+  where the model predicted it, "measured / predicted" ms."""
   out: dict = {}
   for row in rows:
     if "ms" not in row:
       continue
-    out.setdefault(row["shape"], {}).setdefault(row["contraction"], {})[row["impl"]] = row["ms"]
+    out.setdefault(row["shape"], {}).setdefault(row["contraction"], {})[row["impl"]] = row
   summary = {}
   for shape, per in out.items():
-    for contraction, times in per.items():
-      bf16 = times.get("xla_bf16")
-      if bf16:
-        summary[f"{shape} | {contraction}"] = {
-          impl: round(bf16 / ms, 3) for impl, ms in times.items() if impl != "xla_bf16"
-        }
+    for contraction, by_impl in per.items():
+      bf16 = by_impl.get("xla_bf16", {}).get("ms")
+      entry = {}
+      for impl, row in by_impl.items():
+        if bf16 and impl != "xla_bf16":
+          entry[f"{impl} vs bf16"] = round(bf16 / row["ms"], 3)
+        if "predicted_ms" in row:
+          entry[f"{impl} measured / predicted ms"] = f"{row['ms']:.3f} / {row['predicted_ms']:.3f}"
+      summary[f"{shape} | {contraction}"] = entry
+  for key, entry in summary.items():
+    print(key, entry, flush=True)
   return summary

@@ -1,7 +1,7 @@
 """GPU check, stage `env`: the machine and versions; what impl="auto" picks there for a
-plain, a strided, a grouped conv and a dense layer; and whether each implementation (xla,
-im2col, pallas, auto) compiles one small conv layer's forward and backward passes and matches
-`simulate` (the float oracle)."""
+plain, a strided, a grouped conv and a dense layer; and whether each implementation
+(`record.IMPLS` and auto) compiles one small conv layer's forward and backward passes and
+matches `simulate` (the float oracle)."""
 
 from __future__ import annotations
 
@@ -49,10 +49,12 @@ def run(rec: Recorder, smoke: bool) -> None:
   plans = {}
   for name, (lhs, rhs, kw) in cases.items():
     spec = make_spec(lhs, rhs, **kw)
-    try:
-      plans[name] = backends.plan(quant.daq(), spec).names
-    except ValueError as e:
-      plans[name] = error(e)
+    for method in ("daq", "daq_sr_rows"):  # auto's pick by the cost model, at bf16
+      try:
+        chosen = backends.plan(quant.preset(method), spec, shapes=(lhs, rhs), dtype="bfloat16")
+        plans[f"{name}, {method}"] = chosen.names
+      except ValueError as e:
+        plans[f"{name}, {method}"] = error(e)
   plans["dense"] = backends.plan(quant.daq(), None).names
   rec.set("auto_plan", plans)
   if smoke:  # the plan of each case above, the numbers of one

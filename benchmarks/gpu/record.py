@@ -10,7 +10,9 @@ import traceback
 
 from benchmarks.common import environment, median_ms, write_json
 
-IMPLS = ("xla", "im2col", "pallas")  # the int8 implementations each stage compares
+# The int8 implementations each stage compares, the implicit-GEMM kernels first (the ones the
+# cost model predicts fastest on a GPU: a stage cut short by its deadline measured them).
+IMPLS = ("implicit", "implicit_fused", "im2col", "xla", "pallas")
 
 
 class Recorder:
