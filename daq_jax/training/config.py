@@ -60,9 +60,11 @@ class QuantSettings:
       ui8, gvq, mcs; daq_jax.quant.config), optionally with any QuantConfig options, e.g.
       "daq(wgrad_rounding=stochastic)" or "gvq(grad_rounding=stochastic, mcs_a=0.5)".
     impl: which implementation computes the int8 products: auto (per platform and
-      contraction, from a table; its CPU row is measured, its GPU row not yet), xla (int8
-      lax ops in the CPU's fast layouts), im2col (XLA int8 dots on im2col views), pallas
-      (the GPU kernels) or simulate (float emulation); or three of them, comma-separated,
+      contraction; its CPU row is measured, its GPU row the roofline model's prediction),
+      xla (int8 lax ops in the CPU's fast layouts), im2col (XLA int8 dots on im2col views),
+      pallas (the Pallas GEMM on im2col views), implicit and implicit_fused (the Pallas
+      implicit-GEMM conv kernels; the second quantizes g as it loads it) or simulate (float
+      emulation); or three of them, comma-separated,
       for the forward product, dgrad and wgrad (`QuantConfig.impl`). All give the same int8
       values (results differ at most by float32 rounding), so a run may resume on another.
     quantize_first_conv: quantize the first conv the model calls (the zoo's `stem_conv`) too.
