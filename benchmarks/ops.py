@@ -82,7 +82,8 @@ def _daq_parts(cfg, spec, state, x, w, g):
     return (y, *vjp(g))
 
   plan = backends.plan(cfg, spec)
-  fwd = jax.jit(lambda x, w: conv_op._conv_fwd(plan, cfg, spec, x, w, state, {}, None))
+  site = quant.state.Site()
+  fwd = jax.jit(lambda x, w: conv_op._forward(plan, spec, site, x, w, state, {}, None))
   quantize_g = jax.jit(lambda g: gradient.quantize_gradient(g, state, cfg))
   _, res = fwd(x, w)
   gq = quantize_g(g)

@@ -91,8 +91,8 @@ def implicit_layer_reports(impl: str, layer: str, method: str = RECOMMENDED):
 
   def step(x, w, g, key_data, *values):
     key = jax.random.wrap_key_data(key_data)
-    fn = lambda a, b: quant.conv_general(a, b, dict(zip(names, values)), key, cfg=cfg, **kw)
-    y, vjp = jax.vjp(fn, x, w)
+    fn = lambda a, b, s: quant.conv_general(a, b, s, key, cfg=cfg, **kw)
+    y, vjp = jax.vjp(fn, x, w, dict(zip(names, values)))
     return y, vjp(g)
 
   key_data = jax.random.key_data(jax.random.key(0))

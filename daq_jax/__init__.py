@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def quantize(model, rules, **kwargs):
-  """A Flax model with DAQ int8 training in the convs and dense layers the rules match.
+  """A Flax model with DAQ int8 training in the contraction layers the rules match.
 
   flax.linen models go to `daq_jax.nn.quantize` (a wrapper with the model's `init`/`apply`),
   flax.nnx models to `daq_jax.nnx.quantize` (quantized in place; `rngs=` for stochastic

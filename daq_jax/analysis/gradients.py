@@ -1,7 +1,8 @@
 """The gradients a model's quantized layers see, and what each quantization method makes of them.
 
-`capture` runs a loss through a model and records, for every quantized contraction (the op
-module under a QConv/QDense, or under a layer `daq_jax.quantize` matched), its inputs x and w,
+`capture` runs a loss through a model and records, for every quantized conv, transposed conv
+and dense contraction (the op module under a QConv/QDense, or under a layer `daq_jax.quantize`
+matched; einsum layers are not analysed), its inputs x and w,
 its quantization state and the gradient g arriving at its output. `analyze_call` then, for
 every method, quantizes g (wgrad path per channel, dgrad path global), runs the layer's
 backward pass with that method's int8 op, and compares both against the float ones: the errors
@@ -32,11 +33,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from daq_jax.nn.ops import RNG_STREAM, STATE_COLLECTION, QuantConvOp, QuantOp
+from daq_jax.nn.ops import (
+  RNG_STREAM,
+  STATE_COLLECTION,
+  QuantConvOp,
+  QuantConvTransposeOp,
+  QuantDotGeneralOp,
+)
 from daq_jax.quant import gradient, numerics
 from daq_jax.quant.config import QuantConfig
 
 HISTOGRAM_BINS = 81
+# The op modules analysed, each with the float contraction of its signature (x, w, ...); an
+# einsum layer's op (equation, x, w) is not analysed.
+FLOAT_CONTRACTIONS = {
+  QuantConvOp: jax.lax.conv_general_dilated,
+  QuantConvTransposeOp: jax.lax.conv_transpose,
+  QuantDotGeneralOp: jax.lax.dot_general,
+}
+
+
+def _analysed(context) -> bool:
+  return context.method_name == "__call__" and type(context.module) in FLOAT_CONTRACTIONS
 
 
 @dataclasses.dataclass
@@ -53,7 +71,7 @@ class OpCall:
   """
 
   layer: str
-  op: QuantOp
+  op: QuantConvOp | QuantConvTransposeOp | QuantDotGeneralOp
   args: tuple
   kwargs: dict
   g: jax.Array
@@ -84,7 +102,7 @@ def capture(
 
   def record(next_fun, args_, kwargs_, context):
     out = next_fun(*args_, **kwargs_)
-    if context.method_name == "__call__" and isinstance(context.module, QuantOp):
+    if _analysed(context):
       path = tuple(context.module.path)
       calls.append((context.module.clone(parent=None), path, args_, kwargs_, out))
     return out
@@ -97,7 +115,7 @@ def capture(
 
     def add_probe(next_fun, args_, kwargs_, context):
       out = next_fun(*args_, **kwargs_)
-      if context.method_name == "__call__" and isinstance(context.module, QuantOp):
+      if _analysed(context):
         out = out + probes[next(count)]
       return out
 
@@ -133,9 +151,7 @@ def _errors(approx, exact) -> dict[str, jax.Array]:
 
 def float_backward(call: OpCall, x=None, w=None, g=None) -> tuple[jax.Array, jax.Array]:
   """(dx, dw) of the float contraction given g (or the x, w and g given instead)."""
-  contraction = (
-    jax.lax.conv_general_dilated if isinstance(call.op, QuantConvOp) else jax.lax.dot_general
-  )
+  contraction = FLOAT_CONTRACTIONS[type(call.op)]
   x0, w0, *rest = call.args
   x = x0 if x is None else x
   w = w0 if w is None else w

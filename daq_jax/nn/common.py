@@ -9,7 +9,12 @@ from daq_jax.quant.config import QuantConfig
 
 
 def install_op(
-  layer: nn.Module, quant: QuantConfig | None, hook: str, plain: str, op: type[QuantOp]
+  layer: nn.Module,
+  quant: QuantConfig | None,
+  hook: str,
+  plain: str,
+  op: type[QuantOp],
+  strict: bool = True,
 ) -> None:
   """Sets `layer.<hook>` to make `op` with `quant` (None: the float contraction). A user's own
   contraction in `hook` or `plain` is refused, since the quantized op replaces it.
@@ -28,4 +33,4 @@ def install_op(
       f"{type(layer).__name__}{where} with quant set replaces the contraction: leave {plain} "
       f"and {hook} unset"
     )
-  object.__setattr__(layer, hook, OpFactory(op, quant))
+  object.__setattr__(layer, hook, OpFactory(op, quant, strict))

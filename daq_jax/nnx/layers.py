@@ -1,34 +1,40 @@
-"""flax.nnx layers: `QConv` and `QDense`, drop-ins for `nnx.Conv` and `nnx.Linear` whose
-contraction runs DAQ's int8 forward and backward passes.
+"""flax.nnx layers with DAQ's int8 forward and backward passes: `QConv` and `QDense`, drop-ins
+for `nnx.Conv` and `nnx.Linear`, and the quantized class of any contraction layer
+(`quantized_class`: nnx.Conv, nnx.ConvTranspose, nnx.Linear, nnx.LinearGeneral, nnx.Einsum
+and their subclasses), which `daq_jax.nnx.quantize` gives a model's layers in place.
 
 A quantized layer is the nnx layer itself (its `kernel` and `bias` Params, its padding,
-masking, batch dimensions and dtype promotion) with the contraction it calls swapped, for the
-length of one call, for `daq_jax.quant.conv_general` / `daq_jax.quant.dense`. Its gradient
-state is a `QuantState` Variable per entry (`quant_wgrad_clip`, `quant_dgrad_clip`, ...): the
-forward pass reads it, and differentiating with respect to `QuantState` as well as `Param`
-(`daq_jax.nnx.value_and_grad`) gives its next value as the "gradient". What the quantizer saw
-in the step (`gradient.STATISTICS`) comes out the same way, in `QuantStats` Variables of its
-own (`quant_inverted_t`, ...), kept apart from the state. Stochastic rounding draws keys from
-the layer's own `quant_rngs` stream.
+masking, batch dimensions and dtype promotion, a subclass's own methods) with the contraction
+it calls swapped, for the length of one call, for the quantized op: its hook attribute
+(`conv_general_dilated`, `dot_general`, `einsum_op`) where it has one, else the JAX function
+it calls (`lax.conv_transpose`). Its gradient state is a `QuantState` Variable per entry
+(`quant_wgrad_clip`, `quant_dgrad_clip`, ...): the forward pass reads it, and differentiating
+with respect to `QuantState` as well as `Param` (`daq_jax.nnx.value_and_grad`) gives its next
+value as the "gradient". What the quantizer saw in the step (`gradient.STATISTICS`) comes out
+the same way, in `QuantStats` Variables of its own (`quant_inverted_t`, ...), kept apart from
+the state. Stochastic rounding draws keys from the layer's own `quant_rngs` stream. A layer
+called several times in one traced computation counts its calls (`quant.state.Site`): its new
+state and statistics are the mean over them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import weakref
 
-import jax
 from flax import nnx
+from jax import lax
 
-from daq_jax.nn.ops import check_dense_call
-from daq_jax.quant import conv_op, dense_op, gradient
+from daq_jax.quant import conv_op, dense_op, general, gradient
 from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.state import Site
 
 STATE_PREFIX = "quant_"
 
-# id(layer) -> the traced state value of its last call, to refuse a second call of one layer
-# in one traced computation (its state would become the sum of two updates).
-_TRACED: dict[int, weakref.ref] = {}
+# id(layer) -> (the traced state value of its first call in a trace, the trace's site).
+_SITES: dict[int, tuple[weakref.ref, Site]] = {}
 
 
 class QuantState(nnx.Variable):
@@ -63,30 +69,29 @@ def init_quant(layer, quant: QuantConfig | None, features: int, rngs: nnx.Rngs |
 
 
 def _inputs(layer):
-  """The layer's state, statistics input and PRNG key, read from its Variables."""
+  """The layer's state, statistics input, PRNG key and site, read from its Variables (and
+  counting this call)."""
   state, stats = (
     {name[len(STATE_PREFIX) :]: getattr(layer, name)[...] for name in _entries(layer, kind)}
     for kind in (QuantState, QuantStats)
   )
   first = next(iter(state.values()))
-  if isinstance(first, jax.core.Tracer):
-    seen = _TRACED.get(id(layer))
-    if seen is not None and seen() is first:
-      raise ValueError(
-        f"quantized {type(layer).__name__} called twice in one traced computation: its "
-        "quantization state would become the sum of two updates. Give each call site its own "
-        "quantized layer (share parameters, not quantized layers)"
-      )
-    _TRACED[id(layer)] = weakref.ref(first)
+  seen = _SITES.get(id(layer))
+  if seen is None or seen[0]() is not first:  # the first call in this computation
+    seen = (weakref.ref(first), Site(getattr(layer, "quant_path", type(layer).__name__)))
+    _SITES[id(layer)] = seen
   key = layer.quant_rngs.quant() if layer.quant.stochastic else None
-  return state, stats, key
+  return state, stats, key, seen[1].applied()
 
 
-def _conv_hook(lhs, rhs, window_strides, padding, *, state, stats, key, cfg, **kwargs):
-  kwargs.pop("precision", None)  # int8 products are exact
-  kwargs.pop("out_sharding", None)
-  if kwargs.pop("preferred_element_type", None) is not None:
-    raise ValueError("quantized nnx.Conv: preferred_element_type is not supported")
+def _kwargs(kwargs: dict) -> dict:
+  """The keyword arguments of a hook call the quantized ops take (precision and sharding
+  are not theirs to choose)."""
+  return {k: v for k, v in kwargs.items() if k not in ("precision", "out_sharding")}
+
+
+def _conv(lhs, rhs, window_strides, padding, *, inputs, cfg, **kwargs):
+  state, stats, key, site = inputs
   return conv_op.conv_general(
     lhs,
     rhs,
@@ -96,32 +101,141 @@ def _conv_hook(lhs, rhs, window_strides, padding, *, state, stats, key, cfg, **k
     window_strides=window_strides,
     padding=padding,
     stats=stats,
+    site=site,
+    **_kwargs(kwargs),
+  )
+
+
+def _conv_transpose(lhs, rhs, strides, padding, *, inputs, cfg, **kwargs):
+  state, stats, key, site = inputs
+  kwargs = _kwargs(kwargs)
+  kwargs.pop("preferred_element_type", None)  # refused before the call when set
+  return general.conv_transpose(
+    lhs,
+    rhs,
+    state,
+    key,
+    cfg=cfg,
+    strides=strides,
+    padding=padding,
+    stats=stats,
+    site=site,
     **kwargs,
   )
 
 
-def _dense_hook(lhs, rhs, dimension_numbers, *, state, stats, key, cfg, **kwargs):
-  check_dense_call("nnx.Linear", lhs, rhs, dimension_numbers, kwargs.get("preferred_element_type"))
-  return dense_op.dense(lhs, rhs, state, key, cfg=cfg, stats=stats)
+def _dot_general(lhs, rhs, dimension_numbers, *, inputs, cfg, **kwargs):
+  state, stats, key, site = inputs
+  return general.dot_general(
+    lhs, rhs, dimension_numbers, state, key, cfg=cfg, stats=stats, site=site
+  )
 
 
-def _call_with(layer, attr: str, hook, base_call, *args, **kwargs):
-  """`base_call(layer, ...)` with `layer.<attr>` swapped for `hook` during the call only, so
-  that nnx's graph never sees the traced state the hook closes over."""
-  state, stats, key = _inputs(layer)
-  original = vars(layer)[attr]
-  vars(layer)[attr] = functools.partial(hook, state=state, stats=stats, key=key, cfg=layer.quant)
+def _dense(lhs, rhs, dimension_numbers, *, inputs, cfg, **kwargs):
+  state, stats, key, site = inputs
+  (lc, rc), _ = dimension_numbers
+  if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,):
+    return dense_op.dense(lhs, rhs, state, key, cfg=cfg, stats=stats, site=site)
+  return _dot_general(lhs, rhs, dimension_numbers, inputs=inputs, cfg=cfg)
+
+
+def _einsum(equation, lhs, rhs, *, inputs, cfg, **kwargs):
+  state, stats, key, site = inputs
+  return general.einsum(equation, lhs, rhs, state, key, cfg=cfg, stats=stats, site=site)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """How one nnx contraction layer type is quantized.
+
+  Attributes:
+    cls: the nnx class (its subclasses are matched too).
+    hook: the attribute holding the function it calls, or None.
+    function: (module, name) of the JAX function it calls where it has no hook.
+    op: the quantized function that takes the call's place.
+  """
+
+  cls: type
+  hook: str | None
+  function: tuple[object, str] | None
+  op: object
+
+
+LAYERS = (
+  Layer(nnx.Conv, "conv_general_dilated", None, _conv),
+  Layer(nnx.ConvTranspose, None, (lax, "conv_transpose"), _conv_transpose),
+  Layer(nnx.Linear, "dot_general", None, _dense),
+  Layer(nnx.LinearGeneral, "dot_general", None, _dot_general),
+  Layer(nnx.Einsum, "einsum_op", None, _einsum),
+)
+
+
+def kind_of(layer) -> Layer | None:
+  """The `Layer` entry of an nnx layer (its first base that `LAYERS` lists), or None."""
+  return next((entry for entry in LAYERS if isinstance(layer, entry.cls)), None)
+
+
+def features(layer) -> int:
+  """The width of a layer's per-output-channel state: its kernel's non-contracted elements."""
+  kernel_shape = layer.kernel.shape
+  if isinstance(layer, nnx.Einsum):
+    return general.einsum_kernel_features(layer.einsum_str, kernel_shape)
+  if isinstance(layer, nnx.LinearGeneral):
+    return math.prod(layer.out_features)
+  return layer.out_features
+
+
+def unsupported(layer) -> str | None:
+  """Why an nnx layer cannot be quantized (None when it can)."""
+  if getattr(layer, "preferred_element_type", None) is not None:
+    return "it sets preferred_element_type"
+  if isinstance(layer, nnx.LinearGeneral):
+    if layer.batch_axis:
+      return (
+        f"its kernel has batch axes {dict(layer.batch_axis)}: a batched GEMM, which the "
+        "quantized dense op does not implement"
+      )
+    if layer.dot_general_cls is not None:
+      return "it sets its own dot_general_cls"
+  if isinstance(layer, nnx.Einsum):
+    return general.unsupported_einsum_kernel(layer.einsum_str, layer.kernel.shape)
+  return None
+
+
+def _call_quantized(layer, base_call, *args, **kwargs):
+  """`base_call(layer, ...)` with the layer's contraction swapped for the quantized op while it
+  runs, so that nnx's graph never sees the traced state the op closes over."""
+  entry = kind_of(layer)
+  op = functools.partial(entry.op, inputs=_inputs(layer), cfg=layer.quant)
+  if entry.hook:
+    original = vars(layer)[entry.hook]
+    vars(layer)[entry.hook] = op
+    try:
+      return base_call(layer, *args, **kwargs)
+    finally:
+      vars(layer)[entry.hook] = original
+  module, name = entry.function
+  original = getattr(module, name)
+  setattr(module, name, op)
   try:
     return base_call(layer, *args, **kwargs)
   finally:
-    vars(layer)[attr] = original
+    setattr(module, name, original)
 
 
-def _quantized_call(layer, base: type, attr: str, hook, inputs, out_sharding):
-  """`base.__call__`, or with `quant` set, the same with the contraction swapped for `hook`."""
-  if layer.quant is None:
-    return base.__call__(layer, inputs, out_sharding=out_sharding)
-  return _call_with(layer, attr, hook, base.__call__, inputs, out_sharding)
+@functools.cache
+def quantized_class(cls: type) -> type:
+  """The quantized subclass of an nnx contraction layer class: `cls` itself, its `__call__`
+  running the quantized op where `quant` is set."""
+  base_call = cls.__call__
+
+  def __call__(self, *args, **kwargs):
+    if getattr(self, "quant", None) is None:
+      return base_call(self, *args, **kwargs)
+    return _call_quantized(self, base_call, *args, **kwargs)
+
+  __call__.__doc__ = base_call.__doc__
+  return type(f"Quantized{cls.__name__}", (cls,), {"__call__": __call__, "__module__": __name__})
 
 
 class QConv(nnx.Conv):
@@ -137,7 +251,9 @@ class QConv(nnx.Conv):
     init_quant(self, quant, self.out_features, rngs)
 
   def __call__(self, inputs, out_sharding=None):
-    return _quantized_call(self, nnx.Conv, "conv_general_dilated", _conv_hook, inputs, out_sharding)
+    if self.quant is None:
+      return nnx.Conv.__call__(self, inputs, out_sharding=out_sharding)
+    return _call_quantized(self, nnx.Conv.__call__, inputs, out_sharding=out_sharding)
 
 
 class QDense(nnx.Linear):
@@ -153,4 +269,6 @@ class QDense(nnx.Linear):
     init_quant(self, quant, self.out_features, rngs)
 
   def __call__(self, inputs, out_sharding=None):
-    return _quantized_call(self, nnx.Linear, "dot_general", _dense_hook, inputs, out_sharding)
+    if self.quant is None:
+      return nnx.Linear.__call__(self, inputs, out_sharding=out_sharding)
+    return _call_quantized(self, nnx.Linear.__call__, inputs, out_sharding=out_sharding)

@@ -15,7 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from daq_jax.quant import backends, gradient, numerics
+from daq_jax.quant import backends, gradient, lowering, numerics
+from daq_jax.quant import state as quant_state
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.geometry import ConvSpec, check_layout, make_spec
 from daq_jax.quant.numerics import QTensor
@@ -23,20 +24,34 @@ from daq_jax.quant.residuals import Residuals
 
 
 # The plan (which implementation computes each product) is chosen once per layer call and
-# trace, in `conv_general`, and reaches both passes as a static argument.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _conv(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, stats, key):
-  return _conv_fwd(plan, cfg, spec, lhs, rhs, state, stats, key)[0]
+# trace, in `conv_general`, and reaches both passes as a static argument, with the site (the
+# layer's path and its applications in the trace).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _conv(plan, cfg: QuantConfig, spec: ConvSpec, site, lhs, rhs, state, stats, key):
+  return _forward(plan, spec, site, lhs, rhs, state, stats, key)[0]
 
 
-def _conv_fwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, lhs, rhs, state, stats, key):
-  x = QTensor.of(lhs, numerics.max_abs(lhs))
-  w = QTensor.of(rhs, numerics.max_abs(rhs))
-  out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
-  out = plan.forward.conv_forward(x, w, spec, out_dtype)
-  kernel = plan.dgrad.conv_keep_kernel(rhs, w, spec, rows=plan.dgrad_rows)
-  inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
+def _forward(plan, spec: ConvSpec, site, lhs, rhs, state, stats, key):
+  with jax.named_scope(lowering.scope(site, "forward", plan.forward)):
+    x = QTensor.of(lhs, numerics.max_abs(lhs))
+    w = QTensor.of(rhs, numerics.max_abs(rhs))
+    out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+    out = plan.forward.conv_forward(x, w, spec, out_dtype)
+    kernel = plan.dgrad.conv_keep_kernel(rhs, w, spec, rows=plan.dgrad_rows)
+    inputs = plan.wgrad.conv_keep_input(lhs, x, spec)
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, lhs, rhs)
+
+
+def _conv_fwd(plan, cfg: QuantConfig, spec: ConvSpec, site, lhs, rhs, state, stats, key):
+  # symbolic zeros: each differentiable input says whether the gradient is taken through it
+  state_moves = any(jax.tree.leaves(jax.tree.map(lambda p: p.perturbed, state)))
+  quant_state.check_differentiated(site, rhs.perturbed, state_moves)
+  values = [v.value for v in (lhs, rhs)] + [
+    jax.tree.map(lambda p: p.value, tree) for tree in (state, stats, key)
+  ]
+  if state_moves:
+    quant_state.watch(site, values[2], values[1])
+  return _forward(plan, spec, site, *values)
 
 
 def _on_load(backend: backends.Backend, operand):
@@ -44,18 +59,23 @@ def _on_load(backend: backends.Backend, operand):
   return operand if backend.quantizes_on_load else numerics.quantize_now(operand)
 
 
-def _conv_bwd(plan: backends.Plan, cfg: QuantConfig, spec: ConvSpec, res: Residuals, g):
+def _conv_bwd(plan, cfg: QuantConfig, spec: ConvSpec, site, res: Residuals, g):
+  g = quant_state.zeros_if_symbolic(g)
   defer = tuple(p for p, b in (("dgrad", plan.dgrad), ("wgrad", plan.wgrad)) if b.quantizes_on_load)
-  gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key, defer)
+  with jax.named_scope(lowering.scope(site, "wgrad", plan.wgrad, "quantize g")):
+    gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key, defer)
   dgrad = plan.dgrad.conv_dgrad_rows if plan.dgrad_rows else plan.dgrad.conv_dgrad
   g_dgrad, g_wgrad = _on_load(plan.dgrad, gq.dgrad), _on_load(plan.wgrad, gq.wgrad)
-  dx = dgrad(g_dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec, res.lhs_dtype)
-  dw = plan.wgrad.conv_wgrad(res.inputs, g_wgrad, res.lhs_shape, res.rhs_shape, spec)
-  new_stats = gradient.statistics(gq, cfg, res.statistics)
-  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None
+  with jax.named_scope(lowering.scope(site, "dgrad", plan.dgrad)):
+    dx = dgrad(g_dgrad, res.kernel, res.lhs_shape, res.rhs_shape, spec, res.lhs_dtype)
+  with jax.named_scope(lowering.scope(site, "wgrad", plan.wgrad)):
+    dw = plan.wgrad.conv_wgrad(res.inputs, g_wgrad, res.lhs_shape, res.rhs_shape, spec)
+  stats = gradient.statistics(gq, cfg, res.statistics)
+  new_state, new_stats = quant_state.shared(site, gq.new_state, stats)
+  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), new_state, new_stats, None
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd, symbolic_zeros=True)
 
 
 def conv_general(
@@ -72,6 +92,7 @@ def conv_general(
   feature_group_count: int = 1,
   dimension_numbers=None,
   stats: gradient.State | None = None,
+  site: quant_state.Site | None = None,
 ) -> jax.Array:
   """A channels-last convolution with DAQ int8 forward and backward passes.
 
@@ -88,10 +109,18 @@ def conv_general(
       "NHWC") and its 1-D/3-D forms); other layouts are refused with a clear error.
     stats: zeros (`gradient.init_statistics()`, or some of its keys) whose cotangent under
       `jax.grad` is what the gradient quantizer saw in this step; None computes none.
+    site: the layer this op computes (`state.Site`: its path, for errors and the int8
+      report, and its applications in the trace); None for a bare op.
 
   Returns:
     The convolution output (N, *out_spatial, C_out) in the operands' float dtype.
+
+  Raises:
+    ValueError: at trace time, when a gradient is taken with respect to `rhs` but not
+      `state` (the state would never move); at run time, when `state` has no history while
+      `rhs` changes between calls of one compiled step (the new state is being dropped).
   """
+  numerics.check_auto_sharding("quantized conv", lhs=lhs, rhs=rhs)
   check_layout(dimension_numbers, lhs.ndim, lhs.shape, rhs.shape)
   spec = make_spec(
     lhs.shape,
@@ -106,4 +135,5 @@ def conv_general(
   stats = {} if stats is None else stats
   gradient.check_statistics(stats)
   plan = backends.plan(cfg, spec, shapes=(lhs.shape, rhs.shape), dtype=lhs.dtype)
-  return _conv(plan, cfg, spec, lhs, rhs, state, stats, key)
+  site = quant_state.Site().applied() if site is None else site
+  return _conv(plan, cfg, spec, site, lhs, rhs, state, stats, key)

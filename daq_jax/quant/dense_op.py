@@ -12,7 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from daq_jax.quant import backends, gradient, numerics
+from daq_jax.quant import backends, gradient, lowering, numerics
+from daq_jax.quant import state as quant_state
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.numerics import QTensor
 from daq_jax.quant.residuals import Residuals
@@ -21,33 +22,50 @@ __all__ = ["dense"]
 
 
 # The plan is chosen once per layer call and trace, in `dense`, as in conv_op.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _dense(plan: backends.Plan, cfg: QuantConfig, x, w, state, stats, key):
-  return _dense_fwd(plan, cfg, x, w, state, stats, key)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _dense(plan, cfg: QuantConfig, site, x, w, state, stats, key):
+  return _forward(plan, site, x, w, state, stats, key)[0]
 
 
-def _dense_fwd(plan: backends.Plan, cfg: QuantConfig, x, w, state, stats, key):
-  x2d = x.reshape(-1, x.shape[-1])
-  xq = QTensor.of(x2d, numerics.max_abs(x))
-  wq = QTensor.of(w, numerics.max_abs(w))
-  out = plan.forward.dense_forward(xq, wq).reshape(*x.shape[:-1], w.shape[-1])
-  kernel = plan.dgrad.dense_keep_kernel(w, wq)
-  inputs = plan.wgrad.dense_keep_input(x2d, xq)
+def _forward(plan, site, x, w, state, stats, key):
+  with jax.named_scope(lowering.scope(site, "forward", plan.forward)):
+    x2d = x.reshape(-1, x.shape[-1])
+    xq = QTensor.of(x2d, numerics.max_abs(x))
+    wq = QTensor.of(w, numerics.max_abs(w))
+    out = plan.forward.dense_forward(xq, wq).reshape(*x.shape[:-1], w.shape[-1])
+    kernel = plan.dgrad.dense_keep_kernel(w, wq)
+    inputs = plan.wgrad.dense_keep_input(x2d, xq)
   out_dtype = jnp.result_type(x.dtype, w.dtype)
   return out.astype(out_dtype), Residuals.of(kernel, inputs, state, stats, key, x, w)
 
 
-def _dense_bwd(plan: backends.Plan, cfg: QuantConfig, res: Residuals, g):
-  gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
+def _dense_fwd(plan, cfg: QuantConfig, site, x, w, state, stats, key):
+  state_moves = any(jax.tree.leaves(jax.tree.map(lambda p: p.perturbed, state)))
+  quant_state.check_differentiated(site, w.perturbed, state_moves)
+  values = [v.value for v in (x, w)] + [
+    jax.tree.map(lambda p: p.value, tree) for tree in (state, stats, key)
+  ]
+  if state_moves:
+    quant_state.watch(site, values[2], values[1])
+  return _forward(plan, site, *values)
+
+
+def _dense_bwd(plan, cfg: QuantConfig, site, res: Residuals, g):
+  g = quant_state.zeros_if_symbolic(g)
+  with jax.named_scope(lowering.scope(site, "wgrad", plan.wgrad, "quantize g")):
+    gq = plan.wgrad.quantize_gradient(g, res.state, cfg, res.key)
   scale = gq.dgrad_scale
   g2d = QTensor(gq.dgrad_q.reshape(-1, g.shape[-1]), scale.reshape(-1, 1) if scale.ndim else scale)
-  dx = plan.dgrad.dense_dgrad(g2d, res.kernel).reshape(res.lhs_shape)
-  dw = plan.wgrad.dense_wgrad(res.inputs, gq.wgrad)
-  new_stats = gradient.statistics(gq, cfg, res.statistics)
-  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), gq.new_state, new_stats, None
+  with jax.named_scope(lowering.scope(site, "dgrad", plan.dgrad)):
+    dx = plan.dgrad.dense_dgrad(g2d, res.kernel).reshape(res.lhs_shape)
+  with jax.named_scope(lowering.scope(site, "wgrad", plan.wgrad)):
+    dw = plan.wgrad.dense_wgrad(res.inputs, gq.wgrad)
+  stats = gradient.statistics(gq, cfg, res.statistics)
+  new_state, new_stats = quant_state.shared(site, gq.new_state, stats)
+  return dx.astype(res.lhs_dtype), dw.astype(res.rhs_dtype), new_state, new_stats, None
 
 
-_dense.defvjp(_dense_fwd, _dense_bwd)
+_dense.defvjp(_dense_fwd, _dense_bwd, symbolic_zeros=True)
 
 
 def dense(
@@ -58,6 +76,7 @@ def dense(
   *,
   cfg: QuantConfig,
   stats: gradient.State | None = None,
+  site: quant_state.Site | None = None,
 ) -> jax.Array:
   """x @ w with DAQ int8 forward and backward passes.
 
@@ -70,15 +89,21 @@ def dense(
     cfg: the quantization config.
     stats: zeros (`gradient.init_statistics()`, or some of its keys) whose cotangent under
       `jax.grad` is what the gradient quantizer saw in this step; None computes none.
+    site: the layer (`state.Site`), as for `conv_general`.
 
   Returns:
     (..., N) in the operands' float dtype.
+
+  Raises:
+    ValueError: as `conv_general`, when the state would never move.
   """
   if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
     raise ValueError(
       f"dense: x {tuple(x.shape)} and w {tuple(w.shape)} do not fit: need x (..., K) and w (K, N)"
     )
+  numerics.check_auto_sharding("quantized dense", x=x, w=w)
   gradient.check_state(state, cfg, w.shape[-1])
   stats = {} if stats is None else stats
   gradient.check_statistics(stats)
-  return _dense(backends.plan(cfg), cfg, x, w, state, stats, key)
+  site = quant_state.Site().applied() if site is None else site
+  return _dense(backends.plan(cfg), cfg, site, x, w, state, stats, key)

@@ -206,3 +206,25 @@ class Deferred:
 def quantize_now(operand: QTensor | Deferred) -> QTensor:
   """`operand` as an int8 `QTensor` (a deferred one quantized here)."""
   return operand.quantize() if isinstance(operand, Deferred) else operand
+
+
+def check_auto_sharding(where: str, **operands) -> None:
+  """A clear error for an operand whose type carries an explicit sharding (JAX's
+  "sharding in types", the default axis type of `jax.make_mesh`): the quantized ops reshape
+  and reduce their operands and leave their layout to XLA, as on a mesh of Auto axes."""
+  for name, value in operands.items():
+    sharding = getattr(jax.typeof(value), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty:
+      continue
+    explicit = [
+      axis
+      for axis, kind in zip(mesh.axis_names, mesh.axis_types)
+      if kind == jax.sharding.AxisType.Explicit
+    ]
+    if explicit and any(part is not None for part in sharding.spec):
+      raise ValueError(
+        f"{where}: {name} is sharded over explicit mesh axes {explicit} ({jax.typeof(value)}); "
+        "the quantized ops take arrays on a mesh of Auto axes: jax.sharding.Mesh(devices, "
+        "names), or jax.make_mesh(..., axis_types=(jax.sharding.AxisType.Auto, ...))"
+      )

@@ -36,8 +36,9 @@ class Rules:
   pairs: tuple[tuple[re.Pattern, QuantConfig | None], ...]
 
   @classmethod
-  def of(cls, rules: Rules | Sequence[Rule] | Mapping[str, QuantConfig | None]) -> Rules:
-    """`rules` checked and compiled: a `Rules`, (regex, config or None) pairs, or a dict.
+  def of(cls, rules: Rules | Sequence[Rule] | Mapping[str, QuantConfig | None] | str) -> Rules:
+    """`rules` checked and compiled: a `Rules`, (regex, config or None) pairs, a dict, or a
+    string "regex:method;regex:method(options)" (`parse`).
 
     Raises:
       ValueError: naming a rule that is not a (regex, QuantConfig or None) pair, or whose
@@ -45,11 +46,19 @@ class Rules:
     """
     if isinstance(rules, Rules):
       return rules
+    if isinstance(rules, str):
+      try:
+        return parse(rules)
+      except ValueError as e:
+        raise ValueError(f"quantize: rules {rules!r}: {e}") from None
     pairs = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
     compiled = []
     for pair in pairs:
       if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-        raise ValueError(f"quantize: rule {pair!r} is not a (regex, QuantConfig or None) pair")
+        raise ValueError(
+          f"quantize: rule {pair!r} is not a (regex, QuantConfig or None) pair (or give the "
+          "rules as one string, 'regex:method;regex:method')"
+        )
       pattern, cfg = pair
       if cfg is not None and not isinstance(cfg, QuantConfig):
         raise ValueError(f"quantize: rule {pattern!r} maps to {cfg!r}, not a QuantConfig or None")

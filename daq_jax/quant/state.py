@@ -1,22 +1,32 @@
-"""Getting the quantization state out of the backward pass.
+"""Getting the quantization state out of the backward pass, and making sure it moves.
 
 Each quantized layer takes its state (the `quant_state` collection) as an input that the
 forward pass does not read; its backward pass returns the state for the next step as that
 input's cotangent. So one `jax.grad` with respect to both the parameters and the state yields
-the parameter gradients and the new state together. Two consequences worth knowing:
-- a layer applied twice in one step gets the sum of its two new states (do not share
-  quantized layers; share their parameters instead);
+the parameter gradients and the new state together. Consequences worth knowing:
+- a layer applied several times in one step (a shared head) gets, as its new state and its
+  statistics, the mean over its applications of what each application's backward pass
+  computed (each divides its contribution by the count; the sum JAX makes of them is then the
+  mean); where every application sees the same per-channel gradient maxima, that is the state
+  of one application to the concatenated inputs;
 - the new state is a statistic of the whole batch seen by `jax.grad`: under `jit` with a
   batch sharded across devices the reductions are global, so every device carries the same
   state.
+Two mistakes would leave the state at its "no history" start for the whole run, and both are
+errors (`check_differentiated`, `watch`): differentiating with respect to the parameters but
+not the state (a plain `jax.value_and_grad(loss)(params)` with the state closed over, or a
+plain `nnx.value_and_grad`), and dropping the new state instead of passing it to the next
+step.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # The Flax collections of the quantized layers (`daq_jax.nn.ops`): the state the quantizer
 # learns from, and what it saw in the last step.
@@ -25,13 +35,16 @@ STATS_COLLECTION = "quant_stats"
 
 
 def value_and_grad(
-  fun: Callable[..., Any], *, has_aux: bool = False
+  fun: Callable[..., Any], *, has_aux: bool = False, check_state: bool = True
 ) -> Callable[..., tuple[Any, Any, Any]]:
   """Like `jax.value_and_grad(fun, argnums=(0, 1))`, for `fun(params, quant_state, *args)`.
 
   Args:
     fun: the loss, taking the parameters, then the `quant_state` collection, then anything.
     has_aux: as for `jax.value_and_grad`.
+    check_state: watch, in the compiled step, that the state does not stay at its start while
+      the parameters move (`watch`: the new state dropped instead of passed on); False for a
+      step meant to start from one state with several parameter values.
 
   Returns:
     A function with `fun`'s arguments returning `(value, param_grads, new_quant_state)`, where
@@ -47,7 +60,11 @@ def value_and_grad(
   inner = jax.value_and_grad(fun, argnums=(0, 1), has_aux=has_aux)
 
   def wrapped(params, quant_state, *args, **kwargs):
-    value, (param_grads, new_state) = inner(params, quant_state, *args, **kwargs)
+    token = _WATCHING.set(check_state)
+    try:
+      value, (param_grads, new_state) = inner(params, quant_state, *args, **kwargs)
+    finally:
+      _WATCHING.reset(token)
     return value, param_grads, new_state
 
   return wrapped
@@ -63,3 +80,131 @@ def split_grads(variable_grads: dict) -> tuple[dict, Any, Any]:
   quant = (STATE_COLLECTION, STATS_COLLECTION)
   rest = {k: v for k, v in variable_grads.items() if k not in quant}
   return rest, *(variable_grads.get(name, {}) for name in quant)
+
+
+class Site:
+  """Where a quantized op runs: its layer's path (for errors and the int8 report) and how
+  many times that layer is applied in one traced call of its model, counted as the model is
+  traced (the backward passes run after the whole forward pass has been traced, so they read
+  the final count).
+
+  Attributes:
+    name: the layer's path, "" for a bare op.
+    count: its applications so far in this trace.
+  """
+
+  def __init__(self, name: str = ""):
+    self.name = name
+    self.count = 0
+
+  def applied(self) -> Site:
+    """Counts one more application and returns the site."""
+    self.count += 1
+    return self
+
+  def share(self) -> float:
+    """The factor of one application's state and statistics: 1 / applications."""
+    return 1.0 / max(self.count, 1)
+
+  def __repr__(self):
+    return f"Site({self.name!r}, applications={self.count})"
+
+
+FIX = (
+  "differentiate with respect to it too: daq_jax.quant.value_and_grad(loss)(params, "
+  "quant_state, ...) for flax.linen, daq_jax.nnx.value_and_grad(loss)(model, ...) for nnx"
+)
+
+
+def check_differentiated(site: Site, kernel_perturbed: bool, state_perturbed: bool) -> None:
+  """A gradient taken with respect to a quantized layer's kernel but not its state: the new
+  state, the state's cotangent, would be dropped and the state never move. An error that
+  names the layer and the fix."""
+  if kernel_perturbed and not state_perturbed:
+    raise ValueError(
+      f"quantized layer {site.name or '(unnamed)'}: the gradient is taken with respect to its "
+      "kernel but not its quantization state (quant_state), so the state would never leave "
+      f"its start: {FIX}"
+    )
+
+
+class _Watch:
+  """The kernels' fingerprints one compiled step saw while a layer's state had no history."""
+
+  def __init__(self, site: Site):
+    self.site = site
+    self.seen: set[tuple[float, ...]] = set()
+
+  def __call__(self, fingerprint) -> None:
+    self.seen.add(tuple(float(v) for v in fingerprint))
+    if len(self.seen) > 1:
+      raise ValueError(
+        f"quantized layer {self.site.name or '(unnamed)'}: its kernel moved but its "
+        "quantization state still has no history: the new state of the last step was not "
+        "passed to this one. Carry it: the third output of daq_jax.quant.value_and_grad "
+        "(linen) into the next step's quant_state; daq_jax.nnx.value_and_grad writes it back "
+        "itself"
+      )
+
+
+# Whether the ops traced now are a training step's (`value_and_grad`, `daq_jax.nnx.
+# value_and_grad`): only there is a state that stays at its start while the kernel moves a
+# mistake (a test or an analysis may well start from one state with several kernels).
+_WATCHING = contextvars.ContextVar("daq_jax_watch_state", default=False)
+
+
+def watching():
+  """A context in which the ops traced watch their state (`watch`)."""
+  return _Watching()
+
+
+class _Watching:
+  def __enter__(self):
+    self.token = _WATCHING.set(True)
+
+  def __exit__(self, *exc):
+    _WATCHING.reset(self.token)
+
+
+def _runs_here() -> bool:
+  """Whether the program traced now runs on this process's backend (a host callback cannot be
+  lowered for another platform: a program lowered for CUDA on a CPU machine has no watch)."""
+  from daq_jax.quant.backends.platform import target_platform
+
+  here = jax.default_backend()
+  return target_platform() == {"gpu": target_platform()}.get(here, here)
+
+
+def watch(site: Site, state: dict, kernel: jax.Array) -> None:
+  """The runtime half, in a training step's trace (`value_and_grad`): while the state has no
+  history (its dgrad scale is 0, as only the first step's is), the compiled step reports its
+  kernel's fingerprint; two different ones mean the parameters moved and the state did not,
+  an error at the next synchronisation. One compiled step run again on the same parameters
+  (a benchmark) passes; after the first real update nothing is reported."""
+  if not _WATCHING.get() or not _runs_here():
+    return
+  fresh = jnp.all(state["dgrad_clip"] == 0)
+  seen = _Watch(site)
+
+  def report():
+    k = kernel.astype(jnp.float32)
+    jax.debug.callback(seen, jnp.stack([jnp.sum(k), jnp.sum(k * k)]))
+
+  jax.lax.cond(fresh, report, lambda: None)
+
+
+def zeros_if_symbolic(g):
+  """A cotangent a backward rule can compute with: JAX's symbolic zero (an output the loss
+  does not read) as zeros of its shape."""
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(g.aval.shape, g.aval.dtype)
+  return g
+
+
+def shared(site: Site, new_state: dict, new_stats: dict) -> tuple[dict, dict]:
+  """One application's new state and statistics, scaled by 1 / applications: JAX sums the
+  applications' cotangents, so the layer gets their mean."""
+  if site.count <= 1:
+    return new_state, new_stats
+  share = jnp.float32(site.share())
+  return jax.tree.map(lambda v: v * share, (new_state, new_stats))

@@ -4,8 +4,8 @@ Strategy: one small CNN written three ways (a plain linen model with nn.Conv/nn.
 zoo's way with QConv/QDense fields, and flax.nnx) with the same weights: the rule-quantized
 linen and nnx models give the zoo model's loss, gradients and new state; their lowered step
 is int8 x int8 -> int32 exactly for the matched layers (the float stem's two contractions
-stay float); a float checkpoint loads; a rule that matches nothing and a layer applied twice
-are clear errors.
+stay float); a float checkpoint loads; a rule that matches nothing is a clear error. (Every
+other layer type, shared layers and the state's checks: test_clients.py.)
 """
 
 import flax.linen as nn
@@ -107,23 +107,12 @@ def test_linen_rules_quantize_exactly_the_matched_layers(zoo):
 
 
 def test_a_rule_matching_nothing_is_named():
-  with pytest.raises(ValueError, match=r"rule\(s\) \['blocks/.\*'\] match no nn.Conv"):
+  with pytest.raises(ValueError, match=r"rule\(s\) \['blocks/.\*'\] match no contraction"):
     daq_jax.quantize(Plain(), [("blocks/.*", CFG), (".*", CFG)]).init(jax.random.key(1), X)
-  with pytest.raises(ValueError, match=r"rule\(s\) \['blocks/.\*'\] match no nnx.Conv"):
+  with pytest.raises(ValueError, match=r"rule\(s\) \['blocks/.\*'\] match no contraction"):
     dnnx.quantize(NnxNet(nnx.Rngs(0)), [("blocks/.*", CFG)])
   with pytest.raises(ValueError, match="not a regex"):
     daq_jax.quantize(Plain(), [("(", CFG)])
-
-
-def test_a_linen_layer_shared_between_call_sites_is_refused():
-  class Shared(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      conv = nn.Conv(3, (3, 3), name="shared")
-      return conv(conv(x))
-
-  with pytest.raises(ValueError, match="shared was applied twice in one call"):
-    daq_jax.quantize(Shared(), [(".*", CFG)]).init(jax.random.key(1), X)
 
 
 def _nnx_from_linen(params) -> NnxNet:
@@ -137,7 +126,8 @@ def _nnx_from_linen(params) -> NnxNet:
 def test_nnx_model_quantized_by_rules_is_the_zoo_model(zoo):
   variables, (want_loss, want_grads, want_state) = zoo
   model = daq_jax.quantize(_nnx_from_linen(variables["params"]), RULES)  # nnx: in place
-  assert type(model.stem) is nnx.Conv and type(model.conv) is dnnx.QConv
+  assert type(model.stem) is nnx.Conv  # float by rule
+  assert isinstance(model.conv, nnx.Conv) and type(model.conv).__name__ == "QuantizedConv"
   loss, grads, new_state = nnx.jit(dnnx.value_and_grad(lambda m: _loss(m(X))))(model)
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   for name in ("stem", "conv", "head"):
@@ -199,20 +189,6 @@ def test_nnx_training_step_with_optax_carries_the_state():
   losses = [float(step(model, optimizer)) for _ in range(3)]
   assert losses[-1] < losses[0]
   assert float(jnp.min(model.conv.quant_wgrad_clip[...])) > 0  # set by the backward passes
-
-
-def test_nnx_layer_called_twice_is_refused():
-  class Twice(nnx.Module):
-    def __init__(self, rngs):
-      self.conv = dnnx.QConv(3, 3, (3, 3), quant=CFG, rngs=rngs)
-
-    def __call__(self, x):
-      return self.conv(self.conv(x))
-
-  model = Twice(nnx.Rngs(0))
-  model(X)  # eager calls carry no state update: fine
-  with pytest.raises(ValueError, match="called twice in one traced computation"):
-    dnnx.value_and_grad(lambda m: jnp.sum(m(X)))(model)
 
 
 def test_nnx_drop_ins_without_quant_are_the_nnx_layers():

@@ -79,7 +79,7 @@ def _layer_grads(cfg, x, w):
   def loss(x, w, s):
     return jnp.sum(quant.conv_general(x, w, s, cfg=cfg, padding="SAME") ** 2)
 
-  return jax.grad(loss, argnums=(0, 1))(x, w, state)
+  return jax.grad(loss, argnums=(0, 1, 2))(x, w, state)[:2]
 
 
 def test_auto_gives_the_numbers_of_the_implementation_it_picks():
@@ -126,3 +126,13 @@ def test_the_cpu_plan_of_a_3d_conv_puts_forward_and_dgrad_on_im2col():
   assert backends.plan(quant.daq(), spec, "cuda").names == ("implicit",) * 3
   flat = make_spec((2, 8, 8, 16), (3, 3, 16, 32))
   assert backends.plan(quant.daq(), flat, "cpu").names == ("xla", "xla", "xla")
+
+
+def test_the_recommended_methods_own_plan_is_logged_at_info_not_warning(caplog):
+  # Per-row dgrad scales always skip xla's int8 conv on the CPU: the config's own plan, no
+  # surprise to warn of (a grouped conv on a GPU stays a warning, above).
+  auto.log_skip.cache_clear()
+  with caplog.at_level(logging.INFO, "daq_jax.quant"):
+    backends.plan(quant.preset(quant.config.RECOMMENDED), PLAIN, "cpu")
+  skips = [r for r in caplog.records if "dgrad skips xla (per-row g scales" in r.getMessage()]
+  assert skips and all(r.levelno == logging.INFO for r in skips)

@@ -171,7 +171,8 @@ def test_residuals_are_int8():
   x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
   spec = conv_op.make_spec(x.shape, w.shape)
   plan = backends.plan(cfg, spec)
-  _, res = conv_op._conv_fwd(plan, cfg, spec, x, w, gradient.init_state(cfg, 8), {}, None)
+  state = gradient.init_state(cfg, 8)
+  _, res = conv_op._forward(plan, spec, quant.state.Site(), x, w, state, {}, None)
   x_t, w_d = res.inputs, res.kernel  # the xla implementation keeps x channels first
   assert x_t.q.dtype == w_d.q.dtype == jnp.int8 and x_t.q.shape == (4, 2, 8, 8)
   assert x_t.scale.dtype == w_d.scale.dtype == jnp.float32

@@ -61,9 +61,8 @@ def test_the_int8_residual_is_the_input_once_in_bytes():
   cfg = quant.daq(impl="implicit")
   state = gradient.init_state(cfg, rhs[-1])
   # the residuals are the leaves of the function jax.vjp returns
-  _, vjp = jax.vjp(
-    lambda x, w: quant.conv_general(x, w, state, cfg=cfg), jnp.ones(lhs), jnp.ones(rhs)
-  )
+  conv = lambda x, w, s: quant.conv_general(x, w, s, cfg=cfg)
+  _, vjp = jax.vjp(conv, jnp.ones(lhs), jnp.ones(rhs), state)
   int8 = [a for a in jax.tree.leaves(vjp) if a.dtype == jnp.int8 and a.shape == lhs]
   assert [a.size for a in int8] == [layer.x_elements]
   # the model's forward writes exactly that much int8 for x: the quantize pass's output

@@ -79,8 +79,19 @@ def predicted(cfg, spec, shapes, dtype: str, options) -> tuple[str, str, str]:
 
 
 @functools.cache
-def log_skip(platform: str, contraction: str, name: str, reason: str, chosen: str) -> None:
-  """Logs (once) that auto passed over `name` for `chosen`, and why."""
-  log.warning(
-    "impl=auto on %s: %s skips %s (%s) and uses %s", platform, contraction, name, reason, chosen
+def log_skip(
+  platform: str, contraction: str, name: str, reason: str, chosen: str, expected: bool = False
+) -> None:
+  """Logs (once) that auto passed over `name` for `chosen`, and why: a warning, or at info
+  level where the skip is `expected` (the plan a config always gets, such as the per-row
+  dgrad of the recommended method on the CPU: no surprise to warn of)."""
+  level = logging.INFO if expected else logging.WARNING
+  log.log(
+    level,
+    "impl=auto on %s: %s skips %s (%s) and uses %s",
+    platform,
+    contraction,
+    name,
+    reason,
+    chosen,
   )

@@ -108,7 +108,9 @@ def choose(
     reason = _unsupported(backend, contraction, spec, platform, rows, shapes)
     if reason is None:
       for skipped_name, why in skipped:
-        auto.log_skip(platform, contraction, skipped_name, why, candidate)
+        # per-row scales skip every int8 conv: the config's own plan, said at info level
+        expected = why == ROWS_UNSUPPORTED
+        auto.log_skip(platform, contraction, skipped_name, why, candidate, expected)
       return backend
     skipped.append((candidate, reason))
   raise ValueError(
