@@ -224,6 +224,51 @@ class TrainConfig:
         self.detection.check_image_size(self.data.image_size)
     else:
       modeling.check_task(self.model.name, self.data.name, detection=False)
+    for key, value, reader in unread_settings(self):
+      raise ValueError(
+        f"config {key}={value!r} is not read by this run: it is read {reader}; leave it unset "
+        "(or choose what reads it)"
+      )
+
+
+# Data read from a directory; the others are embedded (generated or shipped with a package).
+DIRECTORY_DATASETS = ("cifar10", "cifar100", "image_folder", "video_folder", "coco", "voc")
+
+
+def unread_settings(cfg: TrainConfig) -> list[tuple[str, object, str]]:
+  """(key, value, what reads it) of every key set away from its default that nothing of this
+  run reads: a setting that would otherwise be ignored without a word."""
+  data, optim = cfg.data, cfg.optim
+  default = DataConfig()
+  unread = []
+  if data.dir and data.name not in DIRECTORY_DATASETS:
+    unread.append(
+      ("data.dir", data.dir, f"by data.name {DIRECTORY_DATASETS}, and {data.name!r} is embedded")
+    )
+  if not data.is_video:
+    for key in ("clip_frames", "frame_stride", "eval_clips"):
+      if getattr(data, key) != getattr(default, key):
+        unread.append((f"data.{key}", getattr(data, key), "by video datasets only"))
+  if not data.is_detection:
+    if data.max_boxes != default.max_boxes:
+      unread.append(("data.max_boxes", data.max_boxes, "by detection datasets only"))
+    for f in dataclasses.fields(DetectionConfig):
+      value = getattr(cfg.detection, f.name)
+      if value != f.default:
+        unread.append((f"detection.{f.name}", value, "by detection datasets only"))
+  if optim.schedule != "step":
+    for key in ("decay_epochs", "decay_factor"):
+      if getattr(optim, key) != getattr(OptimConfig(), key):
+        unread.append((f"optim.{key}", getattr(optim, key), "with optim.schedule='step' only"))
+  if not any(c.wgrad_clip == "dsgc" for c in cfg.quant.configs()):
+    for key in ("lr_scale_alpha", "lr_scale_beta"):
+      if getattr(optim, key) != getattr(OptimConfig(), key):
+        unread.append((f"optim.{key}", getattr(optim, key), "with UI8's clipping (ui8) only"))
+  if cfg.quant.rules:
+    for key in ("quantize_first_conv", "quantize_last_dense"):
+      if not getattr(cfg.quant, key):
+        unread.append((f"quant.{key}", False, "only when quant.rules is empty"))
+  return unread
 
 
 def _positive(key: str, value) -> None:

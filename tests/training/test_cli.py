@@ -162,6 +162,11 @@ def test_bad_detection_config_values_are_clear_errors(tmp_path, flag, message):
       "--config.model.name=c3d_small",
       "config model.name='c3d_small' takes clips, but data.name='digits' gives images (8, 8, 1)",
     ),
+    # a setting the run would not read: an error, not a run on something else
+    (
+      "--config.data.dir=/data/coco",
+      "config data.dir='/data/coco' is not read by this run: it is read by data.name ('cifar10'",
+    ),
   ],
 )
 def test_bad_config_values_are_clear_errors(tmp_path, flag, message):

@@ -7,6 +7,7 @@ import ast
 import glob
 import importlib
 import os
+import re
 
 import pytest
 
@@ -97,3 +98,50 @@ def test_configs_derive_from_default_or_a_dataset_base(path):
   allowed = set() if name == "default" else {"default"} if name in BASES else BASES
   assert parents <= allowed, f"{name} derives from {parents - allowed}"
   assert name == "default" or len(parents) == 1
+
+
+@pytest.mark.parametrize(
+  "values, message",
+  [
+    (
+      {"data": {"dir": "/data/coco"}},
+      "data.dir='/data/coco' is not read by this run: it is read "
+      "by data.name ('cifar10', 'cifar100', 'image_folder', 'video_folder', 'coco', 'voc'), and "
+      "'digits' is embedded",
+    ),
+    (
+      {"detection": {"fpn_channels": 64}},
+      "detection.fpn_channels=64 is not read by this run: it is read by detection datasets only",
+    ),
+    (
+      {"data": {"clip_frames": 16}},
+      "data.clip_frames=16 is not read by this run: it is read by video datasets only",
+    ),
+    (
+      {"optim": {"decay_epochs": [10.0]}},
+      "optim.decay_epochs=(10.0,) is not read by this run: "
+      "it is read with optim.schedule='step' only",
+    ),
+    (
+      {"optim": {"lr_scale_alpha": 5.0}},
+      "optim.lr_scale_alpha=5.0 is not read by this run: it is read with UI8's clipping (ui8) only",
+    ),
+    (
+      {"quant": {"rules": ".*:daq", "quantize_first_conv": False}},
+      "quant.quantize_first_conv="
+      "False is not read by this run: it is read only when quant.rules is empty",
+    ),
+  ],
+)
+def test_a_setting_the_run_would_not_read_is_an_error_naming_it(values, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    from_dict(values)
+  # ... where something reads it, it is taken
+  from_dict(
+    {
+      "data": {"name": "shapes"},
+      "model": {"name": "retinanet_small"},
+      "detection": {"fpn_channels": 64},
+    }
+  )
+  from_dict({"quant": {"method": "ui8"}, "optim": {"lr_scale_alpha": 5.0}})
