@@ -30,6 +30,9 @@ class DetectionConfig:
     nms_iou: boxes of one class overlapping a better one by more than this are dropped.
     pre_nms_top_k: the best candidates per image that go into NMS.
     max_detections: detections kept per image (COCO's metric counts 100).
+    head_canvas: the heads' layers run once on the levels packed on one canvas (True: one
+      weight gradient and one quantizer state over all levels), or once per level (False: a
+      shared layer applied per level, its state the mean over the levels).
   """
 
   min_level: int = 3
@@ -51,6 +54,7 @@ class DetectionConfig:
   nms_iou: float = 0.5
   pre_nms_top_k: int = 1000
   max_detections: int = 100
+  head_canvas: bool = True
 
   def __post_init__(self):
     if not 2 <= self.min_level <= self.max_level <= 8:

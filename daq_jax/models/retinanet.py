@@ -104,9 +104,9 @@ def pack(levels: list[jax.Array]) -> tuple[jax.Array, jax.Array, list[tuple[int,
 
   A 3x3 conv of the canvas equals the 3x3 convs of each level with zero padding, as long as
   the space between the levels is zero again before the next conv (`mask`). A head shared by
-  the levels is then one call of each of its layers, which a quantized layer needs: one
-  weight gradient over all levels, one per-channel state (a quantized layer is applied once
-  per step, `daq_jax.nn`).
+  the levels is then one call of each of its layers: one weight gradient over all levels and
+  one per-channel state whose statistics are those of all levels together (called once per
+  level instead, a quantized layer's state is the mean of the levels', `daq_jax.nn`).
 
   Returns:
     (canvas, mask (1, H, W, 1) of the levels' cells, the slot (y, x, h, w) of each level).
@@ -129,8 +129,9 @@ def pack(levels: list[jax.Array]) -> tuple[jax.Array, jax.Array, list[tuple[int,
 
 class Head(nn.Module):
   """A subnet shared by every level: `convs` 3x3 convs with ReLU, then a 3x3 conv to
-  `outputs` per anchor, each conv called once on the levels packed together (`pack`); the
-  levels' outputs are flattened and joined: (B, N, outputs)."""
+  `outputs` per anchor, each conv called once on the levels packed together (`pack`), or
+  (`canvas=False`) once per level; the levels' outputs are flattened and joined:
+  (B, N, outputs)."""
 
   outputs: int
   anchors: int
@@ -139,6 +140,7 @@ class Head(nn.Module):
   bias_init: Any = nn.initializers.zeros_init()
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
+  canvas: bool = True
 
   @nn.compact
   def __call__(self, pyramid: dict[int, jax.Array]) -> jax.Array:
@@ -155,11 +157,19 @@ class Head(nn.Module):
       bias_init=self.bias_init,
       name="output",
     )
-    x, mask, slots = pack([pyramid[level] for level in sorted(pyramid)])
-    for layer in layers:
-      x = nn.relu(layer(x)) * mask.astype(x.dtype)
-    x = final(x)
-    out = [x[:, y : y + h, left : left + w] for y, left, h, w in slots]
+    if self.canvas:
+      x, mask, slots = pack([pyramid[level] for level in sorted(pyramid)])
+      for layer in layers:
+        x = nn.relu(layer(x)) * mask.astype(x.dtype)
+      x = final(x)
+      out = [x[:, y : y + h, left : left + w] for y, left, h, w in slots]
+    else:
+      out = []
+      for level in sorted(pyramid):
+        x = pyramid[level]
+        for layer in layers:
+          x = nn.relu(layer(x))
+        out.append(final(x))
     out = [o.reshape(o.shape[0], -1, self.outputs) for o in out]
     return jnp.concatenate(out, axis=1).astype(jnp.float32)
 
@@ -170,8 +180,8 @@ class RetinaNet(nn.Module):
   Attributes:
     num_classes: object classes (no background class: sigmoid outputs).
     backbone: a key of `BACKBONES`.
-    min_level, max_level, fpn_channels, head_convs, anchors_per_cell, prior: as the
-      `daq_jax.detection.DetectionConfig` keys of the same names.
+    min_level, max_level, fpn_channels, head_convs, anchors_per_cell, prior, head_canvas: as
+      the `daq_jax.detection.DetectionConfig` keys of the same names.
     dtype: compute dtype of the float parts.
     conv: the conv layer (nn.Conv or a QConv partial), for every conv of the network.
   """
@@ -184,6 +194,7 @@ class RetinaNet(nn.Module):
   head_convs: int = 4
   anchors_per_cell: int = 9
   prior: float = 0.01
+  head_canvas: bool = True
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
 
@@ -202,6 +213,7 @@ class RetinaNet(nn.Module):
       convs=self.head_convs,
       dtype=self.dtype,
       conv=self.conv,
+      canvas=self.head_canvas,
     )
     bias = -math.log((1 - self.prior) / self.prior)
     logits = Head(

@@ -128,6 +128,7 @@ def _detector(cfg, num_classes: int, input_shape, dtype) -> nn.Module:
     head_convs=det.head_convs,
     anchors_per_cell=det.anchors_per_cell,
     prior=det.prior,
+    head_canvas=det.head_canvas,
   )
   if is_import_path(cfg.model.name):
     cls = import_model_class(cfg.model.name)

@@ -43,6 +43,21 @@ def test_a_packed_head_equals_the_head_applied_to_each_level():
   np.testing.assert_allclose(packed, jnp.concatenate(want, 1), rtol=1e-5, atol=1e-5)
 
 
+def test_the_heads_per_level_equal_the_canvas_in_float():
+  keys = jax.random.split(jax.random.key(0), 3)
+  levels = [jax.random.normal(k, (2, s, s, 8)) for k, s in zip(keys, (8, 4, 2), strict=True)]
+  pyramid = dict(zip((3, 4, 5), levels, strict=True))
+  canvas = retinanet.Head(outputs=5, anchors=3, channels=8, convs=2)
+  per_level = canvas.clone(canvas=False)
+  variables = jax.jit(canvas.init)(jax.random.key(1), pyramid)
+  np.testing.assert_allclose(
+    jax.jit(per_level.apply)(variables, pyramid),
+    jax.jit(canvas.apply)(variables, pyramid),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+
+
 def test_outputs_line_up_with_the_anchors():
   fields = {k: v for k, v in SMALL.items() if k != "backbone"}
   model = models.create("retinanet_small", num_classes=3, **fields)
