@@ -45,17 +45,19 @@ def build_step(
   image_size: int = 32,
   num_classes: int = 10,
   devices: int = 1,
+  memory: str = "keep",
 ):
   """(step, state, batch): the training step of `train.py` for the model, method and dtype
   (jitted, not donating its state, returning the metrics), a fresh state and a random batch
   of uint8 images on the device; over `devices` devices (0: all of the run's, every process
-  holding its slice of the batch, as in training)."""
+  holding its slice of the batch, as in training); `memory`: the step's memory mode."""
   cfg = from_dict(
     {
       "model": {"name": model, "dtype": dtype},
       "quant": {"method": method},
       "batch_size": batch,
       "optim": {"base_batch_size": 128, "weight_decay": 1e-4},
+      "memory": memory,
     }
   )
   shape = (image_size, image_size, 3)

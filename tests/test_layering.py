@@ -49,6 +49,7 @@ LAYERS = {
   "daq_jax.quant.contract": 1,
   "daq_jax.quant.residuals": 1,
   "daq_jax.quant.lowering": 1,
+  "daq_jax.quant.memory": 1,
   "daq_jax.quant.rules": 1,
   "daq_jax.quant.backends": 2,
   "daq_jax.pallas": 2,

@@ -2,6 +2,7 @@
 decide which layer gets which config, the implementations of the int8 products (`backends`),
 and the quantized conv and dense ops with their custom VJPs."""
 
+from daq_jax.quant import memory
 from daq_jax.quant.config import (
   METHODS,
   QuantConfig,
@@ -45,6 +46,7 @@ __all__ = [
   "gvq",
   "init_state",
   "mcs",
+  "memory",
   "per_tensor",
   "preset",
   "quantize_gradient",

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from daq_jax.quant import backends, gradient, lowering, numerics
+from daq_jax.quant import backends, gradient, lowering, memory, numerics
 from daq_jax.quant import state as quant_state
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.geometry import ConvSpec, check_layout, make_spec
@@ -33,7 +33,8 @@ def _conv(plan, cfg: QuantConfig, spec: ConvSpec, site, lhs, rhs, state, stats, 
 
 def _forward(plan, spec: ConvSpec, site, lhs, rhs, state, stats, key):
   with jax.named_scope(lowering.scope(site, "forward", plan.forward)):
-    x = QTensor.of(lhs, numerics.max_abs(lhs))
+    # the int8 input and its scale: what memory="int8" keeps for the backward pass
+    x = memory.name_residual(QTensor.of(lhs, numerics.max_abs(lhs)))
     w = QTensor.of(rhs, numerics.max_abs(rhs))
     out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
     out = plan.forward.conv_forward(x, w, spec, out_dtype)

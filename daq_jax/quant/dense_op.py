@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from daq_jax.quant import backends, gradient, lowering, numerics
+from daq_jax.quant import backends, gradient, lowering, memory, numerics
 from daq_jax.quant import state as quant_state
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.numerics import QTensor
@@ -30,7 +30,7 @@ def _dense(plan, cfg: QuantConfig, site, x, w, state, stats, key):
 def _forward(plan, site, x, w, state, stats, key):
   with jax.named_scope(lowering.scope(site, "forward", plan.forward)):
     x2d = x.reshape(-1, x.shape[-1])
-    xq = QTensor.of(x2d, numerics.max_abs(x))
+    xq = memory.name_residual(QTensor.of(x2d, numerics.max_abs(x)))  # memory="int8" keeps it
     wq = QTensor.of(w, numerics.max_abs(w))
     out = plan.forward.dense_forward(xq, wq).reshape(*x.shape[:-1], w.shape[-1])
     kernel = plan.dgrad.dense_keep_kernel(w, wq)

@@ -19,6 +19,7 @@ from daq_jax.data.config import DataConfig
 from daq_jax.detection.config import DetectionConfig
 from daq_jax.models import MODELS
 from daq_jax.quant import config as quant_config
+from daq_jax.quant import memory as quant_memory
 from daq_jax.quant import rules as quant_rules
 from daq_jax.training import modeling
 
@@ -184,6 +185,10 @@ class TrainConfig:
       written at the end.
     keep_checkpoints: how many of the latest checkpoints stay on disk.
     num_devices: devices the batch is sharded over (0: all of them).
+    memory: what the step keeps between its forward and backward passes: `keep` (what JAX
+      keeps) or `int8` (the quantized layers' int8 inputs and scales only; the rest
+      recomputed in the backward pass, the same numbers: `daq_jax.quant.memory`). Not part
+      of a run's numerics: a run may resume in another mode.
   """
 
   seed: int = 0
@@ -201,6 +206,7 @@ class TrainConfig:
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
   num_devices: int = 0
+  memory: str = "keep"
 
   def __post_init__(self):
     for key in ("batch_size", "log_every_steps", "keep_checkpoints"):
@@ -218,6 +224,14 @@ class TrainConfig:
       raise ValueError("config num_epochs or num_steps must be > 0")
     if not 0 <= self.label_smoothing < 1:
       raise ValueError(f"config label_smoothing={self.label_smoothing} must be in [0, 1)")
+    if self.memory not in quant_memory.MODES:
+      raise ValueError(f"config memory={self.memory!r} is not one of {quant_memory.MODES}")
+    if self.memory == "int8" and not self.quant.configs():
+      raise ValueError(
+        f"config memory='int8' keeps the int8 inputs of quantized layers, and "
+        f"quant.method={self.quant.method!r} quantizes none: the step would keep nothing and "
+        "recompute everything; use memory='keep'"
+      )
     if self.data.is_detection:
       modeling.check_task(self.model.name, self.data.name, detection=True)
       if self.data.image_size:

@@ -89,12 +89,19 @@ def statistics_input(quant_state: dict) -> dict:
   )
 
 
-def train_step(
-  state: TrainState, batch, *, model, tx, info, label_smoothing, input_dtype, detection=None
+def step_loss(
+  state: TrainState,
+  batch,
+  *,
+  model,
+  info,
+  label_smoothing,
+  input_dtype,
+  detection=None,
+  memory: str = "keep",
 ):
-  """One SGD step; the new quantization state comes out of the backward pass, and with it the
-  quantizer's statistics (`metrics["quant"]`). `detection` (a `daq_jax.detection.Detection`):
-  the detector's loss on the batch's boxes instead of the cross-entropy of its labels."""
+  """(loss_fn(params, quant_variables) -> (loss, (metrics, batch_stats)), quant_variables):
+  what `train_step` differentiates, under its memory mode (`daq_jax.quant.memory`)."""
   images = normalize(batch["image"], info, input_dtype)
   labels = batch.get("label")
   dropout_key, quant_key = jax.random.split(jax.random.fold_in(state.key, state.step))
@@ -124,6 +131,35 @@ def train_step(
     qnn.STATE_COLLECTION: state.quant_state,
     qnn.STATS_COLLECTION: statistics_input(state.quant_state),
   }
+  return quant.memory.with_mode(loss_fn, memory), quant_variables
+
+
+def train_step(
+  state: TrainState,
+  batch,
+  *,
+  model,
+  tx,
+  info,
+  label_smoothing,
+  input_dtype,
+  detection=None,
+  memory: str = "keep",
+):
+  """One SGD step; the new quantization state comes out of the backward pass, and with it the
+  quantizer's statistics (`metrics["quant"]`). `detection` (a `daq_jax.detection.Detection`):
+  the detector's loss on the batch's boxes instead of the cross-entropy of its labels.
+  `memory`: what the step keeps between its passes (`daq_jax.quant.memory.MODES`)."""
+  loss_fn, quant_variables = step_loss(
+    state,
+    batch,
+    model=model,
+    info=info,
+    label_smoothing=label_smoothing,
+    input_dtype=input_dtype,
+    detection=detection,
+    memory=memory,
+  )
   (loss, (parts, batch_stats)), grads, new = quant.value_and_grad(loss_fn, has_aux=True)(
     state.params, quant_variables
   )
@@ -210,6 +246,7 @@ def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = 
       label_smoothing=cfg.label_smoothing,
       input_dtype=input_dtype,
       detection=detection,
+      memory=cfg.memory,
     ),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,) if donate else (),

@@ -23,7 +23,8 @@ from daq_jax.training import files
 LOCK_FILE = "run.lock"
 
 # Config keys that define what a checkpoint holds and which batches a step sees: a resumed run
-# must agree on them with the run that wrote the checkpoints.
+# must agree on them with the run that wrote the checkpoints (`memory` is not one: both modes
+# compute the same numbers).
 RESUME_KEYS = (
   "seed",
   "model",

@@ -1,5 +1,6 @@
 """Run as a script under XLA_FLAGS=--xla_force_host_platform_device_count=4 (test_cli.py does):
-the tiny DAQ run on 1 device and with the batch sharded over 4, from the same seed; prints
+the tiny DAQ run on 1 device and with the batch sharded over 4 (in memory="int8" mode: the
+mode changes no number), from the same seed; prints
 the largest relative differences of parameters, BN statistics and quantization state, the
 two eval scores and the error for a batch that does not split over the devices, as JSON."""
 
@@ -28,7 +29,7 @@ def main():
   states, summaries = [], []
   for devices in (1, 4):
     workdir = tempfile.mkdtemp()
-    cfg = tiny(num_devices=devices, num_steps=4)
+    cfg = tiny(num_devices=devices, num_steps=4, **({"memory": "int8"} if devices == 4 else {}))
     summaries.append(train_and_evaluate(cfg, workdir))
     states.append(_restore(workdir, cfg))
   try:

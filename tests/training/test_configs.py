@@ -145,3 +145,12 @@ def test_a_setting_the_run_would_not_read_is_an_error_naming_it(values, message)
     }
   )
   from_dict({"quant": {"method": "ui8"}, "optim": {"lr_scale_alpha": 5.0}})
+
+
+def test_the_memory_mode_is_checked():
+  with pytest.raises(ValueError, match=r"config memory='half' is not one of \('keep', 'int8'\)"):
+    from_dict({"memory": "half"})
+  message = r"memory='int8' keeps the int8 inputs .* quant.method='fp32' quantizes none"
+  with pytest.raises(ValueError, match=message):
+    from_dict({"memory": "int8", "quant": {"method": "fp32"}})
+  assert from_dict({"memory": "int8"}).memory == "int8"

@@ -160,8 +160,10 @@ def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
   assert "classes ['dogs'] are not among the model's" in capsys.readouterr().err
 
 
+# Resumed as it was, or in the other memory mode (not part of a run's numerics).
+@pytest.mark.parametrize("resume", [{}, {"memory": "int8"}])
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
-  finished_run, tmp_path, monkeypatch
+  finished_run, tmp_path, monkeypatch, resume
 ):
   workdir, summary = finished_run
   compile_steps = steps.compile_steps
@@ -184,7 +186,7 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(
     train_and_evaluate(tiny(), interrupted)
   monkeypatch.undo()
   assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["3", "4"]
-  resumed = train_and_evaluate(tiny(), interrupted)
+  resumed = train_and_evaluate(tiny(**resume), interrupted)
   assert resumed == summary
   _assert_trees_equal(_restore(interrupted, tiny()), _restore(workdir, tiny()))
   # One timeline: every logged step once, in both records (test_workdir resumes from a step
