@@ -50,8 +50,6 @@ def _conv_fwd(plan, cfg: QuantConfig, spec: ConvSpec, site, lhs, rhs, state, sta
   values = [v.value for v in (lhs, rhs)] + [
     jax.tree.map(lambda p: p.value, tree) for tree in (state, stats, key)
   ]
-  if state_moves:
-    quant_state.watch(site, values[2], values[1])
   return _forward(plan, spec, site, *values)
 
 

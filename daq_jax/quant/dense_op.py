@@ -45,8 +45,6 @@ def _dense_fwd(plan, cfg: QuantConfig, site, x, w, state, stats, key):
   values = [v.value for v in (x, w)] + [
     jax.tree.map(lambda p: p.value, tree) for tree in (state, stats, key)
   ]
-  if state_moves:
-    quant_state.watch(site, values[2], values[1])
   return _forward(plan, site, *values)
 
 

@@ -21,7 +21,7 @@ step.
 
 from __future__ import annotations
 
-import contextvars
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -60,11 +60,9 @@ def value_and_grad(
   inner = jax.value_and_grad(fun, argnums=(0, 1), has_aux=has_aux)
 
   def wrapped(params, quant_state, *args, **kwargs):
-    token = _WATCHING.set(check_state)
-    try:
-      value, (param_grads, new_state) = inner(params, quant_state, *args, **kwargs)
-    finally:
-      _WATCHING.reset(token)
+    value, (param_grads, new_state) = inner(params, quant_state, *args, **kwargs)
+    if check_state:
+      watch(params, quant_state)
     return value, param_grads, new_state
 
   return wrapped
@@ -128,42 +126,31 @@ def check_differentiated(site: Site, kernel_perturbed: bool, state_perturbed: bo
     )
 
 
-class _Watch:
-  """The kernels' fingerprints one compiled step saw while a layer's state had no history."""
+# The steps a dropped state must be seen in before it is an error: the parameters of three
+# calls differ while every layer's state has no history. Two would do for a step whose every
+# quantized layer has a gradient in its first step; a model whose quantized layers all get
+# none in the first step (a zero-initialised float head, zero-initialised residual scales
+# with the stem float) takes its first history in the second.
+DROPPED_AFTER = 3
 
-  def __init__(self, site: Site):
-    self.site = site
+
+class _Watch:
+  """The parameters' fingerprints one compiled step saw while no layer's state had a
+  history."""
+
+  def __init__(self, layers: list[str]):
+    self.layers = layers
     self.seen: set[tuple[float, ...]] = set()
 
   def __call__(self, fingerprint) -> None:
     self.seen.add(tuple(float(v) for v in fingerprint))
-    if len(self.seen) > 1:
+    if len(self.seen) >= DROPPED_AFTER:
       raise ValueError(
-        f"quantized layer {self.site.name or '(unnamed)'}: its kernel moved but its "
-        "quantization state still has no history: the new state of the last step was not "
-        "passed to this one. Carry it: the third output of daq_jax.quant.value_and_grad "
-        "(linen) into the next step's quant_state; daq_jax.nnx.value_and_grad writes it back "
-        "itself"
+        f"the quantization state of all {len(self.layers)} quantized layers (the first: "
+        f"{self.layers[0]}) has no history after {DROPPED_AFTER} steps with different "
+        "parameters: the new state of a step was not passed to the next. Carry it: the third "
+        "output of daq_jax.quant.value_and_grad into the next step's quant_state"
       )
-
-
-# Whether the ops traced now are a training step's (`value_and_grad`, `daq_jax.nnx.
-# value_and_grad`): only there is a state that stays at its start while the kernel moves a
-# mistake (a test or an analysis may well start from one state with several kernels).
-_WATCHING = contextvars.ContextVar("daq_jax_watch_state", default=False)
-
-
-def watching():
-  """A context in which the ops traced watch their state (`watch`)."""
-  return _Watching()
-
-
-class _Watching:
-  def __enter__(self):
-    self.token = _WATCHING.set(True)
-
-  def __exit__(self, *exc):
-    _WATCHING.reset(self.token)
 
 
 def _runs_here() -> bool:
@@ -175,22 +162,38 @@ def _runs_here() -> bool:
   return target_platform() == {"gpu": target_platform()}.get(here, here)
 
 
-def watch(site: Site, state: dict, kernel: jax.Array) -> None:
-  """The runtime half, in a training step's trace (`value_and_grad`): while the state has no
-  history (its dgrad scale is 0, as only the first step's is), the compiled step reports its
-  kernel's fingerprint; two different ones mean the parameters moved and the state did not,
-  an error at the next synchronisation. One compiled step run again on the same parameters
-  (a benchmark) passes; after the first real update nothing is reported."""
-  if not _WATCHING.get() or not _runs_here():
+def watch(params, quant_state) -> None:
+  """The runtime half, in `value_and_grad`'s trace: while no quantized layer's state has a
+  history (every dgrad scale is 0, as before the first step), the compiled step reports a
+  fingerprint of the parameters; `DROPPED_AFTER` different ones mean the parameters moved
+  and the state did not, an error at the next synchronisation. A layer whose gradient was
+  zero (a zero-initialised residual scale) keeps no history for a step, legitimately; the
+  other layers' does. One compiled step run again on the same parameters (a benchmark)
+  passes; after the first real update nothing is reported."""
+  clips = [
+    (jax.tree_util.keystr(path), leaf)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(quant_state)[0]
+    if path and getattr(path[-1], "key", None) == "dgrad_clip"
+  ]
+  floats = [p for p in jax.tree.leaves(params) if jnp.issubdtype(p.dtype, jnp.floating)]
+  if not clips or not floats or not _runs_here():
     return
-  fresh = jnp.all(state["dgrad_clip"] == 0)
-  seen = _Watch(site)
+  fresh = jnp.all(jnp.stack([jnp.all(leaf == 0) for _, leaf in clips]))
+  seen = _Watch([_layer_name(path) for path, _ in clips])
 
   def report():
-    k = kernel.astype(jnp.float32)
-    jax.debug.callback(seen, jnp.stack([jnp.sum(k), jnp.sum(k * k)]))
+    sums = [jnp.sum(p.astype(jnp.float32)) for p in floats]
+    squares = [jnp.sum(jnp.square(p.astype(jnp.float32))) for p in floats]
+    jax.debug.callback(seen, jnp.stack([sum(sums), sum(squares)]))
 
   jax.lax.cond(fresh, report, lambda: None)
+
+
+def _layer_name(keystr: str) -> str:
+  """backbone/conv1 of "['quant_state']['backbone']['conv1']['quant']['dgrad_clip']"."""
+  keys = re.findall(r"\['([^']*)'\]", keystr)
+  drop = {STATE_COLLECTION, "quant", "dgrad_clip"}
+  return "/".join(k for k in keys if k not in drop) or keystr
 
 
 def zeros_if_symbolic(g):

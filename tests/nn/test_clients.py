@@ -29,6 +29,7 @@ import daq_jax
 import daq_jax.nnx as dnnx
 from daq_jax import quant
 from daq_jax.quant import general, gradient, lowering
+from daq_jax.quant import state as quant_state
 from tests.helpers import pow2_tensor
 
 CFG = quant.daq()
@@ -239,32 +240,64 @@ def test_a_plain_nnx_value_and_grad_fails_naming_the_fix():
     nnx.value_and_grad(lambda m: jnp.mean(m(X)))(model)
 
 
-def test_dropping_the_new_state_fails_at_the_next_step():
+def _compiled_train_step(step, decay=0.0):  # one per scenario: each watches its own calls
+  @jax.jit
+  def train_step(params, state):
+    _, grads, new_state = step(params, state)
+    params = jax.tree.map(lambda p, g: p - 0.1 * g - decay * p, params, grads)
+    return params, new_state
+
+  return train_step
+
+
+def test_dropping_the_new_state_fails_naming_the_fix():
   model = daq_jax.quantize(_Small(), [(".*", CFG)])
   v = model.init(jax.random.key(0), X)
   step, _ = _linen_step(model, v)
-
-  def compiled_train_step():  # one compiled step per scenario: each watches its own calls
-    @jax.jit
-    def train_step(params, state):
-      _, grads, new_state = step(params, state)
-      params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-      return params, new_state
-
-    return train_step
-
-  train_step = compiled_train_step()
-  params, _ = train_step(v["params"], v["quant_state"])  # the new state dropped...
-  with pytest.raises(Exception, match=r"layer (conv|head): its kernel moved but its .* no hist"):
+  train_step = _compiled_train_step(step)
+  params = v["params"]
+  for _ in range(quant_state.DROPPED_AFTER - 1):  # the new state dropped...
+    params, _ = train_step(params, v["quant_state"])
+  with pytest.raises(Exception, match=r"all 2 quantized layers .* no history .* Carry it"):
     jax.block_until_ready(train_step(params, v["quant_state"]))  # ... the start passed again
   # Carried, it trains on; and one step run again on one state and parameters (a benchmark)
   # is no mistake.
-  train_step = compiled_train_step()
-  params, state = train_step(v["params"], v["quant_state"])
-  jax.block_until_ready(train_step(params, state))
+  train_step = _compiled_train_step(step)
+  params, state = v["params"], v["quant_state"]
+  for _ in range(quant_state.DROPPED_AFTER + 1):
+    params, state = train_step(params, state)
+  jax.block_until_ready(params)
   step_again = jax.jit(step)
-  jax.block_until_ready(step_again(v["params"], v["quant_state"]))
-  jax.block_until_ready(step_again(v["params"], v["quant_state"]))
+  for _ in range(quant_state.DROPPED_AFTER + 1):
+    jax.block_until_ready(step_again(v["params"], v["quant_state"]))
+
+
+class _ZeroScaled(nn.Module):
+  """A residual branch whose scale starts at zero (as ResNets' last BatchNorm of a block
+  often does): its layers get no gradient in the first step."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(8, (3, 3), name="stem")(x)
+    branch = nn.Conv(8, (3, 3), name="branch")(nn.relu(x))
+    scale = self.param("scale", nn.initializers.zeros, (8,))
+    return nn.Dense(4, name="head")((x + scale * branch).mean((1, 2)))
+
+
+def test_a_layer_without_gradient_in_its_first_step_is_no_dropped_state():
+  # Its state stays at 'no history' while its kernel moves (by weight decay); the other
+  # layers' state moves, so the state was carried.
+  model = daq_jax.quantize(_ZeroScaled(), [(".*", CFG)])
+  v = model.init(jax.random.key(0), X)
+  step, _ = _linen_step(model, v)
+  train_step = _compiled_train_step(step, decay=1e-3)
+  params, state = v["params"], v["quant_state"]
+  params, state = train_step(params, state)
+  assert float(state["branch"]["quant"]["dgrad_clip"]) == 0.0  # no gradient reached it
+  assert float(state["head"]["quant"]["dgrad_clip"]) > 0.0
+  for _ in range(quant_state.DROPPED_AFTER + 1):
+    params, state = train_step(params, state)
+  assert float(jax.block_until_ready(state)["branch"]["quant"]["dgrad_clip"]) > 0.0
 
 
 def test_nnx_value_and_grad_writes_the_state_back():
