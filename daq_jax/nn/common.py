@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 from daq_jax.nn.ops import OpFactory, QuantOp
-from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.config import QuantConfig, as_config
 
 
 def install_op(
@@ -16,12 +16,16 @@ def install_op(
   op: type[QuantOp],
   strict: bool = True,
 ) -> None:
-  """Sets `layer.<hook>` to make `op` with `quant` (None: the float contraction). A user's own
+  """Sets `layer.<hook>` to make `op` with `quant` (None: the float contraction; a method spec:
+  its config). A user's own
   contraction in `hook` or `plain` is refused, since the quantized op replaces it.
 
   QConv/QDense call it before Flax's own `__post_init__`; `daq_jax.nn.quantize` on the bound
   `nn.Conv`/`nn.Dense` of one model application, before its `__call__` runs.
   """
+  quant = as_config(quant, type(layer).__name__)
+  if isinstance(getattr(layer, "quant", None), str):  # QConv, QDense: the spec's config from now
+    object.__setattr__(layer, "quant", quant)
   current = getattr(layer, hook)
   if quant is None:
     if isinstance(current, OpFactory):  # a clone(quant=None) of a quantized layer

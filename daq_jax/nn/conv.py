@@ -16,11 +16,13 @@ class QConv(nn.Conv):
   parameter names `kernel`, `bias`), with its `conv_general_dilated_cls` hook set to
   `daq_jax.nn.ops.QuantConvOp`, which runs `daq_jax.quant.conv_general` and owns the
   layer's per-channel gradient state (the `quant_state` collection). With `quant=None` it is
-  `nn.Conv`, bit for bit. `precision` is not used (int8 products are exact). Applying one
-  QConv twice in one call of the model is an error.
+  `nn.Conv`, bit for bit. `precision` is not used (int8 products are exact). Applied more
+  than once in one call of the model (shared weights), its new state and statistics are the
+  mean over its applications (docs/models.md).
 
   Attributes:
-    quant: the quantization config, or None for the float layer.
+    quant: the quantization config, a method spec (`"daq_sr_rows"`, `"daq(impl=xla)"`), or
+      None for the float layer (as is the spec `"fp32"`).
   """
 
   quant: QuantConfig | None = None

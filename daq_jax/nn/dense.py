@@ -15,11 +15,13 @@ class QDense(nn.Dense):
   It is `nn.Dense` itself (fields, defaults, parameter names `kernel` (in, out), `bias`), with
   its `dot_general_cls` hook set to `daq_jax.nn.ops.QuantDotGeneralOp`, which runs
   `daq_jax.quant.dense` and owns the layer's per-feature gradient state (the `quant_state`
-  collection). With `quant=None` it is `nn.Dense`, bit for bit. Applying one QDense twice in
-  one call of the model is an error.
+  collection). With `quant=None` it is `nn.Dense`, bit for bit. Applied more than once in one
+  call of the model (shared weights), its new state and statistics are the mean over its
+  applications (docs/models.md).
 
   Attributes:
-    quant: the quantization config, or None for the float layer.
+    quant: the quantization config, a method spec (`"daq_sr_rows"`, `"daq(impl=xla)"`), or
+      None for the float layer (as is the spec `"fp32"`).
   """
 
   quant: QuantConfig | None = None

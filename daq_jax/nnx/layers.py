@@ -28,7 +28,7 @@ from flax import nnx
 from jax import lax
 
 from daq_jax.quant import conv_op, dense_op, general, gradient
-from daq_jax.quant.config import QuantConfig
+from daq_jax.quant.config import QuantConfig, as_config
 from daq_jax.quant.state import Site
 
 STATE_PREFIX = "quant_"
@@ -51,9 +51,12 @@ def _entries(layer, kind: type) -> list[str]:
   return sorted(k for k, v in vars(layer).items() if isinstance(v, kind))
 
 
-def init_quant(layer, quant: QuantConfig | None, features: int, rngs: nnx.Rngs | None) -> None:
-  """Gives `layer` its config, its state Variables and, for stochastic rounding, its keys."""
-  layer.quant = quant
+def init_quant(
+  layer, quant: QuantConfig | str | None, features: int, rngs: nnx.Rngs | None
+) -> None:
+  """Gives `layer` its config (`quant`, or the method spec it names), its state Variables and,
+  for stochastic rounding, its keys."""
+  layer.quant = quant = as_config(quant, type(layer).__name__)
   if quant is None:
     return
   for name, value in gradient.init_state(quant, features).items():
@@ -242,11 +245,12 @@ class QConv(nnx.Conv):
   """`nnx.Conv` with DAQ int8 training; `quant=None` is `nnx.Conv` itself.
 
   Args:
-    quant: the quantization config, or None for the float layer.
+    quant: the quantization config, a method spec (`"daq_sr_rows"`), or None for the float
+      layer.
     (the rest as `nnx.Conv`)
   """
 
-  def __init__(self, *args, quant: QuantConfig | None = None, rngs: nnx.Rngs, **kwargs):
+  def __init__(self, *args, quant: QuantConfig | str | None = None, rngs: nnx.Rngs, **kwargs):
     super().__init__(*args, rngs=rngs, **kwargs)
     init_quant(self, quant, self.out_features, rngs)
 
@@ -260,11 +264,12 @@ class QDense(nnx.Linear):
   """`nnx.Linear` with DAQ int8 training; `quant=None` is `nnx.Linear` itself.
 
   Args:
-    quant: the quantization config, or None for the float layer.
+    quant: the quantization config, a method spec (`"daq_sr_rows"`), or None for the float
+      layer.
     (the rest as `nnx.Linear`)
   """
 
-  def __init__(self, *args, quant: QuantConfig | None = None, rngs: nnx.Rngs, **kwargs):
+  def __init__(self, *args, quant: QuantConfig | str | None = None, rngs: nnx.Rngs, **kwargs):
     super().__init__(*args, rngs=rngs, **kwargs)
     init_quant(self, quant, self.out_features, rngs)
 

@@ -332,6 +332,24 @@ def preset(method: str, **overrides) -> QuantConfig | None:
   return _PRESETS[method](**overrides)
 
 
+def as_config(quant, layer: str) -> QuantConfig | None:
+  """A layer's `quant` argument as its config: a QuantConfig or None as given, a method spec
+  (`"daq_sr_rows"`, `"daq(impl=xla)"`, `"fp32"`: None) parsed by `from_spec`.
+
+  Raises:
+    ValueError: for a spec naming an unknown method or option.
+    TypeError: for anything else, naming `layer`.
+  """
+  if isinstance(quant, str):
+    return from_spec(quant)
+  if quant is not None and not isinstance(quant, QuantConfig):
+    raise TypeError(
+      f"{layer} quant={quant!r}: expected a QuantConfig, a method spec such as "
+      f"{RECOMMENDED!r}, or None"
+    )
+  return quant
+
+
 def parse_spec(spec: str) -> tuple[str, dict]:
   """A method spec, `name` or `name(option=value, ...)`, as (name, options).
 

@@ -200,6 +200,16 @@ def test_nnx_drop_ins_without_quant_are_the_nnx_layers():
   np.testing.assert_array_equal(a(X), b(X))
 
 
+def test_nnx_drop_ins_take_a_method_spec():
+  a = dnnx.QConv(3, 4, (3, 3), quant="daq(impl=xla)", rngs=nnx.Rngs(0))
+  b = dnnx.QConv(3, 4, (3, 3), quant=quant.daq(impl="xla"), rngs=nnx.Rngs(0))
+  assert a.quant == b.quant
+  np.testing.assert_array_equal(a(X), b(X))
+  assert dnnx.QDense(3, 4, quant="fp32", rngs=nnx.Rngs(0)).quant is None
+  with pytest.raises(TypeError, match=r"QDense quant=1\.0: expected a QuantConfig"):
+    dnnx.QDense(3, 4, quant=1.0, rngs=nnx.Rngs(0))
+
+
 def test_nnx_stochastic_rounding_needs_rngs_and_then_trains():
   with pytest.raises(ValueError, match="rounds stochastically: the layer needs rngs"):
     dnnx.quantize(NnxNet(nnx.Rngs(0)), [(".*", quant.ui8())])

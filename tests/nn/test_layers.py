@@ -194,6 +194,22 @@ def test_quantized_layers_are_flax_layers_with_the_hook_set():
     qnn.QDense(4, quant=quant.daq(), dot_general=jax.lax.dot_general)
 
 
+def test_a_method_spec_names_the_layers_config():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  by_name = qnn.QConv(4, (3, 3), quant="daq(wgrad_rounding=stochastic)")
+  assert by_name.quant == quant.daq(wgrad_rounding="stochastic")
+  assert by_name.quant == by_name.clone().quant  # the parsed config, not the text
+  by_config = qnn.QConv(4, (3, 3), quant=quant.daq(wgrad_rounding="stochastic"))
+  rngs = {"params": jax.random.key(1), qnn.RNG_STREAM: jax.random.key(2)}
+  v = by_name.init(rngs, x)
+  np.testing.assert_array_equal(by_name.apply(v, x), by_config.apply(v, x))
+  assert qnn.QDense(4, quant="fp32").dot_general_cls is None  # fp32: the float layer
+  with pytest.raises(ValueError, match=r"method spec 'dqa'.*unknown quantization method"):
+    qnn.QDense(4, quant="dqa")
+  with pytest.raises(TypeError, match=r"QConv quant=8: expected a QuantConfig, a method spec"):
+    qnn.QConv(4, (3, 3), quant=8)
+
+
 def test_a_float_checkpoint_loads_into_the_quantized_model():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
 
