@@ -17,8 +17,9 @@ Stages, in order of value (`python -m benchmarks.gpu_check STAGE --out DIR [--sm
                 rounding on both paths (daq_sr)); the GEMM at the forward's implicit-GEMM
                 shape (Pallas int8 vs XLA int8 vs bf16 vs float32).
   resnet50_step the ResNet-50 training step at batch 128: fp32, bf16, per_tensor, DAQ,
-                daq_sr and daq_sr_wgrad_rows on impl="auto", the int8 ones with bf16 float
-                parts.
+                daq_sr, daq_sr_wgrad_rows and the recommended method (memory "keep" and
+                "int8") on impl="auto", the int8 ones with bf16 float parts; then XLA's
+                compiled memory of bf16's step and of the recommended method's in both modes.
   cifar         CIFAR-10 ResNet-20, fp32 against the recommended method
                 (quant.config.RECOMMENDED), daq and daq_sr, alternating epochs until the deadline,
                 validation top-1 after each, with train.py's own model, step, validation split,

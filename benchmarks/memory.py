@@ -1,9 +1,10 @@
 """What a training step keeps between its forward and backward passes, per model, method and
 memory mode (`daq_jax.quant.memory`), at each model's config sizes.
 
-    python -m benchmarks.memory                                  # every model, about 25 min
-    python -m benchmarks.memory --models resnet20 --no-compile   # residuals only, seconds
+    python -m benchmarks.memory               # every model: 90 min or more on a 2-core Xeon
+    python -m benchmarks.memory --models resnet20 --no-compile   # residuals only: seconds
     python -m benchmarks.memory --budget-gib 16
+    python -m benchmarks.memory --resume     # after an interruption: measures what is missing
 
 Per (model, variant) it reports:
 - the residuals `train.py`'s step saves for its backward pass (JAX's saved residuals of the
@@ -16,10 +17,13 @@ Per (model, variant) it reports:
   of the rest of XLA's temp memory: a PREDICTION from the per-example residuals, which every
   mode's step keeps alive at once across the passes; the backward pass's own temporaries,
   one layer at a time, are the share of the temp memory that is not residuals.
-Measured on the CPU, XLA's compiled temp memory does not shrink in memory="int8": XLA:CPU
-expands JAX's optimization barriers before its common-subexpression pass, which then merges the
-recomputed forward pass into the original one (the `recomputed` column counts the
-convolutions lowered and compiled), so there the mode keeps what "keep" keeps, at no cost.
+Measured on the CPU, XLA's compiled temp memory does not shrink in memory="int8", and not
+because of this library: the control (`remat_control`, a plain MLP's gradient with and
+without `jax.checkpoint`) shows XLA:CPU keeping the same temp memory for both. (Its common-
+subexpression pass also merges most of the recomputed forward pass back into the original:
+the convolutions lowered and compiled are counted.) So the compiled rows are the CPU's, and
+what the mode saves on an accelerator is the prediction, until `benchmarks/gpu_check.sh`
+measures it.
 Results: JSON under benchmarks/results/, the table in docs/memory.md.
 """
 
@@ -29,6 +33,7 @@ import argparse
 import dataclasses
 import functools
 import importlib
+import json
 import math
 import time
 
@@ -181,6 +186,31 @@ def compiled(model_name: str, variant: Variant) -> dict:
   }
 
 
+def remat_control(layers: int = 20, rows: int = 4096, width: int = 512) -> dict:
+  """Whether this platform's XLA keeps a rematerialisation at all: the compiled temp memory
+  of a plain tanh MLP's gradient (`layers` activations of rows x width float32 kept for the
+  backward pass), as written and under `jax.checkpoint` with nothing saveable (which needs
+  none of them kept)."""
+  weights = [jnp.zeros((width, width), jnp.float32)] * layers
+  x = jnp.zeros((rows, width), jnp.float32)
+
+  def mlp(weights, x):
+    for w in weights:
+      x = jnp.tanh(x @ w)
+    return jnp.sum(x)
+
+  def temp(f) -> int:
+    executable = jax.jit(jax.grad(f)).lower(weights, x).compile()
+    return executable.memory_analysis().temp_size_in_bytes
+
+  remat = jax.checkpoint(mlp, policy=jax.checkpoint_policies.nothing_saveable)
+  return {
+    "activation_bytes": layers * rows * width * 4,
+    "plain_temp_bytes": temp(mlp),
+    "remat_temp_bytes": temp(remat),
+  }
+
+
 def largest_batch(row: dict, batch: int, budget: float) -> int | None:
   """The PREDICTED largest batch: the training state (arguments, outputs) fixed, per example
   its residuals plus its share of the compiled temp memory that is not residuals."""
@@ -220,6 +250,15 @@ def table(results: dict, budget_gib: float) -> str:
   return "\n".join(lines)
 
 
+def _stored(path: str) -> dict:
+  """The models' rows an earlier (interrupted) run wrote to `path`, none if it has none."""
+  try:
+    with open(path) as f:
+      return json.load(f)["models"]
+  except FileNotFoundError:
+    return {}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
@@ -227,16 +266,30 @@ def main(argv=None):
   parser.add_argument("--budget-gib", type=float, default=16.0)
   parser.add_argument("--no-compile", action="store_true", help="residuals only")
   parser.add_argument("--out", default="benchmarks/results/memory_cpu.json")
+  parser.add_argument(
+    "--resume", action="store_true", help="keep the rows already in --out, measure the rest"
+  )
   args = parser.parse_args(argv)
   wanted = {name.strip() for name in args.variants.split(",")}
   variants = [v for v in VARIANTS if v.name in wanted | {"fp32", "bf16"}]
   budget = args.budget_gib * 2**30
-  results = {}
+  results = _stored(args.out) if args.resume else {}
   payload = {**environment("benchmarks.memory"), "budget_gib": args.budget_gib, "models": results}
+  if not args.no_compile:
+    payload["remat_control"] = control = remat_control()
+    print(
+      "control, a 20-layer MLP's gradient: activations {} MiB; XLA temp {} MiB as written, "
+      "{} MiB under jax.checkpoint".format(
+        *(_mib(control[k]) for k in ("activation_bytes", "plain_temp_bytes", "remat_temp_bytes"))
+      ),
+      flush=True,
+    )
   for model in args.models.split(","):
     batch = config(model, VARIANTS[0]).batch_size
-    results[model] = {"batch": batch, "variants": {}}
+    results.setdefault(model, {"batch": batch, "variants": {}})
     for variant in variants:
+      if variant.name in results[model]["variants"]:
+        continue
       row = {**dataclasses.asdict(variant), "residual_bytes": residuals(model, variant)}
       if not args.no_compile:
         row |= compiled(model, variant)

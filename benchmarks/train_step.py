@@ -1,7 +1,8 @@
 """One whole training step of ResNet-20 on CIFAR-10-shaped data (batch 128), with the real
 training code (daq_jax.training: model, SGD with momentum, BN, label handling): float32,
 bfloat16 (float layers, bf16 compute), per-tensor INT8, DAQ INT8, and DAQ INT8 with the float
-parts (BN, ReLU, pooling) in bf16, side by side in one run.
+parts (BN, ReLU, pooling) in bf16, side by side in one run; the recommended method also with
+memory="int8" (its forward pass recomputed in the backward pass: docs/memory.md).
 
     python -m benchmarks.train_step                  # about 3 minutes on 2 CPU cores
     python -m benchmarks.train_step --batch 16 --repeats 2 --out /tmp/step.json   # quick
@@ -23,7 +24,7 @@ from daq_jax.data.info import DatasetInfo
 from daq_jax.training import modeling, optim, parallel, steps
 from daq_jax.training.config import from_dict
 
-# name, quant.method, model.dtype
+# name, quant.method, model.dtype[, memory]
 VARIANTS = [
   ("fp32", "fp32", "float32"),
   ("bf16", "fp32", "bfloat16"),
@@ -33,6 +34,7 @@ VARIANTS = [
   ("daq_sr_wgrad", "daq_sr_wgrad", "float32"),  # ... on the wgrad path only
   ("daq_sr_wgrad_rows", "daq_sr_wgrad_rows", "float32"),  # ... and per-row dgrad scales
   ("daq_sr_rows", "daq_sr_rows", "float32"),  # stochastic on both paths, per-row dgrad scales
+  ("daq_sr_rows_int8", "daq_sr_rows", "float32", "int8"),  # ... keeping only int8 residuals
   ("daq_bf16", "daq", "bfloat16"),  # int8 layers, bf16 BN and elementwise work
 ]
 
@@ -84,9 +86,11 @@ def build_step(
   return (lambda s, b: train_fn(s, b)[1]), state, batch_data
 
 
-def time_step(method: str, dtype: str, model: str, batch: int, repeats: int) -> float:
+def time_step(
+  method: str, dtype: str, model: str, batch: int, repeats: int, memory: str = "keep"
+) -> float:
   """The median time (ms) of the step of `build_step` on 32x32 images, 10 classes."""
-  step, state, batch_data = build_step(method, dtype, model, batch)
+  step, state, batch_data = build_step(method, dtype, model, batch, memory=memory)
   return median_ms(step, state, batch_data, repeats=repeats)
 
 
@@ -107,9 +111,10 @@ def main(argv=None):
   if unknown:
     parser.error(f"--variants: unknown {unknown}; known: {[v[0] for v in VARIANTS]}")
   rows = {}
-  for name, method, dtype in [v for v in VARIANTS if v[0] in names]:
+  for name, method, dtype, *memory in [v for v in VARIANTS if v[0] in names]:
     try:
-      rows[name] = {"ms": time_step(method, dtype, args.model, args.batch, args.repeats)}
+      ms = time_step(method, dtype, args.model, args.batch, args.repeats, *memory)
+      rows[name] = {"ms": ms}
     except Exception as e:  # one failing variant must not hide the others
       rows[name] = {"error": f"{type(e).__name__}: {e}"}
     print(name, rows[name], flush=True)

@@ -105,6 +105,9 @@ def test_gpu_check_smoke_runs_every_stage(tmp_path):
   timed = [r for r in stages["contractions"]["rows"] if "ms" in r]
   assert {r["impl"] for r in timed} >= {"xla", "im2col", "pallas", "xla_bf16", "xla_f32"}
   assert {r["method"] for r in stages["cifar"]["rows"]} == {"fp32", RECOMMENDED, "daq", "daq_sr"}
+  step = stages["resnet50_step"]
+  assert set(step["compiled_memory"]) >= {"recommended_auto_bf16", "recommended_auto_bf16_int8"}
+  assert step["remat_control"]["plain_temp_bytes"] >= step["remat_control"]["activation_bytes"]
   quantizer = [r for r in timed if r["contraction"] == "gradient quantizer"]
   assert {(r["impl"], r["method"]) for r in quantizer} == {
     (impl, method) for impl in ("jnp", "pallas") for method in ("daq", "daq_sr")

@@ -4,7 +4,9 @@ ResNet-50 at batch 128 on 224x224 images: fp32, bf16, and per_tensor, DAQ, daq_s
 daq_sr_wgrad_rows and the recommended method (keeping everything, and memory="int8") on
 impl="auto" with bf16 float parts; then XLA's compiled memory of the recommended method's step
 in both memory modes and of bf16's (`memory_analysis`: on the GPU, whether XLA keeps the
-int8 mode's recomputation, which XLA:CPU merges away). Smoke: the small CNN at 32x32, batch 2."""
+int8 mode's recomputation, which XLA:CPU does not: `benchmarks.memory.remat_control`, a plain
+MLP's gradient with and without jax.checkpoint, is read beside them). Smoke: the small CNN at
+32x32, batch 2."""
 
 from __future__ import annotations
 
@@ -68,3 +70,9 @@ def run(rec: Recorder, smoke: bool, repeats: int) -> None:
     except Exception as e:
       memory_rows[name] = {"error": error(e)}
     rec.set("compiled_memory", memory_rows)
+  try:
+    from benchmarks.memory import remat_control
+
+    rec.set("remat_control", remat_control())
+  except Exception as e:
+    rec.set("remat_control", {"error": error(e)})

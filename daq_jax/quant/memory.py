@@ -11,8 +11,11 @@
 The recomputation is the forward pass that was run: the same int8 operands and scales, the
 same deterministic float operations, the same keys (the forward pass rounds to nearest; the
 backward pass's stochastic rounding draws its bits from the step's key, whichever mode), so
-the gradients and the new state are the same numbers as with "keep" (a test compares them
-bit for bit). The mode is not part of a run's numerics: a run may resume in another one.
+the gradients and the new state are the numbers of "keep" to float32 rounding: the two
+programs differ (jax.checkpoint marks what it saves with a no-op reduce_precision), and XLA
+fuses, reassociates and contracts float operations around the marks differently, so they are
+bit-identical only where it compiled both alike (docs/memory.md). The mode is
+not part of a run's numerics: a run may resume in another one.
 
 It is JAX's own `jax.checkpoint` with the policy `save_only_these_names(INT8_RESIDUAL)`: the
 quantized ops name their int8 input and its scale (`checkpoint_name`); `keep_int8` wraps a loss

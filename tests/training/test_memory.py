@@ -1,10 +1,11 @@
 """memory="int8": the step keeps the quantized layers' int8 inputs and scales and recomputes the
-rest, with the same numbers.
+rest, with the same numbers to float32 rounding.
 
 Strategy: (1) train.py's step (a BatchNorm ResNet-20 at a small batch, the recommended method
 with stochastic rounding on both paths; a small detector and a video model in the slow set)
-gives bit for bit the loss, the gradients (so the new parameters and optimizer state) and the
-quantizer's new state of memory="keep", and BatchNorm's running means to float32 rounding;
+gives the loss, the gradients (so the new parameters and optimizer state), the quantizer's
+new state and BatchNorm's running means of memory="keep" to float32 rounding (XLA compiles
+the two programs' float arithmetic differently; bit for bit on the development Xeon);
 (2) the residuals it saves for the backward pass (JAX's listing, the arguments not counted),
 at the CIFAR config's batch of 128, are int8, at most 0.35x fp32's and 0.5x bf16's (the
 targets; measured 0.06x and 0.08x); (3) unknown modes are refused.
@@ -50,27 +51,24 @@ def _step(model: str, variant, batch: int):
   return jax.jit(built.step)(state, _batch(built.batch))
 
 
-# BatchNorm's running means are an average of the forward pass's batch means, whose reduction
-# XLA fuses as the surrounding program lets it: the two modes' programs differ, so a running
-# mean can differ in its last bit (a float32 rounding; measured 1 ulp) where no gradient does.
-RUNNING_MEAN_RTOL = 1e-6
+# The two modes are different programs, whose float arithmetic XLA fuses, reassociates and
+# contracts differently (jax.checkpoint marks the saved values), so last bits can differ
+# (measured: 1 ulp of a running mean; 1.5e-8 in the digits CNN's head gradient). A
+# recomputation that is not the forward pass (another key, another rounding) is off by
+# quantization steps, orders of magnitude more.
+ROUNDING = {"rtol": 1e-5, "atol": 1e-7}
 
 
 def _assert_same(model: str, batch: int):
   (keep, keep_metrics), (int8, int8_metrics) = _step(model, KEEP, batch), _step(model, INT8, batch)
-  exact = (
-    (keep.replace(batch_stats=None), keep_metrics),
-    (int8.replace(batch_stats=None), int8_metrics),
-  )
-  for a, b in zip(*(jax.tree.leaves(tree) for tree in exact), strict=True):
-    np.testing.assert_array_equal(a, b)  # gradients, parameters, quantizer state, loss
   for a, b in zip(
-    jax.tree.leaves(keep.batch_stats), jax.tree.leaves(int8.batch_stats), strict=True
+    *(jax.tree.leaves(t) for t in ((keep, keep_metrics), (int8, int8_metrics))), strict=True
   ):
-    np.testing.assert_allclose(a, b, rtol=RUNNING_MEAN_RTOL)
+    # gradients, parameters, optimizer and quantizer state, running statistics, loss
+    np.testing.assert_allclose(a, b, **ROUNDING)
 
 
-def test_the_int8_mode_step_is_the_keep_mode_step_bit_for_bit():
+def test_the_int8_mode_step_is_the_keep_mode_step():
   _assert_same("resnet20", 8)
 
 
@@ -88,6 +86,14 @@ def test_the_int8_mode_keeps_a_fraction_of_what_float_training_keeps():
   assert max(kept["int8"], key=kept["int8"].get) == "int8"  # int8 is what it keeps
   # what remains float: per-channel statistics and scales, under 1 % of it
   assert kept["int8"].get("float32", 0) < 0.01 * total["int8"]
+
+
+def test_the_remat_control_compiles_both_gradients():
+  control = memory_bench.remat_control(layers=4, rows=256, width=128)
+  # as written, the gradient keeps its activations (XLA's temp holds at least them); what the
+  # checkpointed one keeps is the platform's (the CPU's: the same)
+  assert control["plain_temp_bytes"] >= control["activation_bytes"] > 0
+  assert control["remat_temp_bytes"] > 0
 
 
 def test_unknown_modes_are_refused():
