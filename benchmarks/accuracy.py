@@ -39,6 +39,7 @@ import time
 import scipy.stats
 
 from benchmarks.common import cpu_name, environment, write_json
+from daq_jax.quant.config import RECOMMENDED
 
 METHODS = ("fp32", "daq", "daq_sr", "daq_sr_wgrad", "daq_sr_wgrad_rows", "ui8")
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -382,6 +383,12 @@ def main(argv=None):
     action="store_true",
     help="rewrite the table and markdown of --out from its runs; train nothing",
   )
+  parser.add_argument(
+    "--readme-table",
+    action="store_true",
+    help="rewrite README.md's results table from the stored results files (README_ROWS); "
+    "train nothing",
+  )
   args = parser.parse_args(argv)
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -390,6 +397,9 @@ def main(argv=None):
   runs = before.get("runs", {})
   if args.pool:
     print(pooled_markdown(args.pool.split(",")), flush=True)
+    return
+  if args.readme_table:
+    print(write_readme_table(REPO / "README.md"), flush=True)
     return
   if args.table_only:
     if not runs:
@@ -492,6 +502,82 @@ def pooled_markdown(paths: list[str]) -> str:
     lines.append(f"| {method} | {len(row['seeds'])} | {top1} | {' | '.join(against)} |")
   lines += ["", "mean ± sample std; [lo, hi]: the 95 % t interval of the paired mean."]
   return "\n".join(lines) + "\n"
+
+
+# The README's results table: its rows (task, metric, results file) and columns (methods).
+README_ROWS = (
+  (
+    "CIFAR-10 ResNet-20, 2 epochs",
+    "validation top-1 %",
+    "benchmarks/results/accuracy_cifar10_resnet20_xeon.json",
+  ),
+  (
+    "CIFAR-10 ResNet-20, 4 epochs",
+    "validation top-1 %",
+    "benchmarks/results/accuracy_cifar10_resnet20_4ep.json",
+  ),
+  (
+    "video: small 3-D CNN, 6 epochs",
+    "test clip top-1 %",
+    "benchmarks/results/accuracy_video_default_xeon.json",
+  ),
+  (
+    "detection: small RetinaNet, 12 epochs",
+    "test COCO mAP %",
+    "benchmarks/results/accuracy_detection_default_clip2_xeon.json",
+  ),
+)
+README_METHODS = ("fp32", "daq", RECOMMENDED, "daq_sr_wgrad", "per_tensor")
+README_BEGIN = "<!-- results table: python -m benchmarks.accuracy --readme-table -->"
+README_END = "<!-- end of the results table -->"
+
+
+def readme_table(root: pathlib.Path = REPO) -> str:
+  """The results table: per task (row) and method (column), mean ± std over seeds and the
+  difference to fp32 paired by seed with its 95 % interval, from the stored results."""
+  head = "| task | " + " | ".join(
+    f"**{m}** (recommended)" if m == RECOMMENDED else m for m in README_METHODS
+  )
+  lines = [head + " |", "|---|" + "---|" * len(README_METHODS)]
+  for task, metric, path in README_ROWS:
+    payload = json.loads((root / path).read_text())
+    runs = payload["runs"]
+    seeds = sorted({run["seed"] for run in runs.values()})
+    table = tabulate(runs, method_order(runs), seeds)
+    cells = []
+    for method in README_METHODS:
+      row = table.get(method)
+      if not row or not row["seeds"]:
+        cells.append("-")
+        continue
+      key = headline(runs[run_key(method, row["seeds"][0])])
+      cell = f"{_pm(row[key], 100)} (n={len(row['seeds'])})"
+      paired = row.get("vs_fp32")
+      if paired and "ci95" in paired:
+        lo, hi = (100 * x for x in paired["ci95"])
+        cell += f"<br>{100 * paired['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+      cells.append(cell)
+    machine = payload["machine"]["cpu"].replace("(R)", "")
+    date = payload["date"][:10]
+    lines.append(f"| {task}<br>{metric}; {machine}, {date} | " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(
+    "Mean ± std over seeds (n), and below it the mean difference to fp32 paired by seed "
+    "[its 95 % t interval]. Files: " + ", ".join(f"`{p}`" for *_, p in README_ROWS) + "."
+  )
+  return "\n".join(lines)
+
+
+def write_readme_table(readme: pathlib.Path) -> str:
+  """README.md with the table between its markers replaced by `readme_table()`."""
+  text = readme.read_text()
+  if README_BEGIN not in text or README_END not in text:
+    raise SystemExit(f"{readme} has no results-table markers ({README_BEGIN!r}, {README_END!r})")
+  before, rest = text.split(README_BEGIN, 1)
+  _, after = rest.split(README_END, 1)
+  table = readme_table(readme.parent)
+  readme.write_text(f"{before}{README_BEGIN}\n{table}\n{README_END}{after}")
+  return table
 
 
 def _refresh_losses(args, runs: dict) -> None:

@@ -215,3 +215,34 @@ def test_a_diverged_run_is_recorded_and_left_out_of_the_mean(tmp_path):
   text = accuracy.markdown(_payload("c", table, runs))
   assert "| per_tensor | 1 (+ diverged: seeds [0]) | 50.00 |" in text
   assert "| ui8 | 0 (diverged: seeds [0]) | - | - | - | - |" in text
+
+
+def test_the_readmes_results_table_is_the_stored_results():
+  readme = (accuracy.REPO / "README.md").read_text()
+  stored = readme.split(accuracy.README_BEGIN, 1)[1].split(accuracy.README_END, 1)[0]
+  assert stored.strip() == accuracy.readme_table().strip(), (
+    "README's results table is stale: python -m benchmarks.accuracy --readme-table"
+  )
+  # every row names its recommended-method cell, with seeds and a paired interval
+  rows = [line for line in stored.splitlines() if line.startswith("| ") and "<br>" in line]
+  assert len(rows) == len(accuracy.README_ROWS)
+  column = 1 + accuracy.README_METHODS.index(accuracy.RECOMMENDED)
+  for row in rows:
+    cell = row.split(" | ")[column]
+    assert "(n=" in cell and "[" in cell, row
+
+
+def test_the_readme_table_is_written_between_its_markers_only(tmp_path):
+  readme = tmp_path / "README.md"
+  readme.write_text("# x\n")
+  with pytest.raises(SystemExit, match="has no results-table markers"):
+    accuracy.write_readme_table(readme)
+  # the rows' files, copied under the tmp root
+  for *_, path in accuracy.README_ROWS:
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text((accuracy.REPO / path).read_text())
+  readme.write_text(f"before\n{accuracy.README_BEGIN}\nold\n{accuracy.README_END}\nafter\n")
+  table = accuracy.write_readme_table(readme)
+  assert readme.read_text() == (
+    f"before\n{accuracy.README_BEGIN}\n{table}\n{accuracy.README_END}\nafter\n"
+  )

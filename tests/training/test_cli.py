@@ -84,7 +84,8 @@ def test_train_py_runs_the_detection_default_config_resumes_and_evaluates_map(tm
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed from" in proc.stderr and "checkpoints/2" in proc.stderr, proc.stderr[-2000:]
   assert re.search(
-    r"final: retinanet_small daq step 4: test mAP [\d.]+, mAP@.5 [\d.]+ \(COCO, pycocotools\) "
+    r"final: retinanet_small daq_sr_rows step 4: test mAP [\d.]+, mAP@.5 [\d.]+ "
+    r"\(COCO, pycocotools\) "
     r"on 512 images",
     proc.stderr,
   ), proc.stderr[-2000:]

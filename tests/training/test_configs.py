@@ -49,16 +49,12 @@ def test_every_promised_config_exists():
   assert {os.path.basename(p)[:-3] for p in CONFIGS} == EXPECTED
 
 
-MEASURED = {"detection_default.py": "daq"}
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_builds_and_documents_its_command(path):
   config = _load(path)
   cfg = from_dict(config.to_dict())
-  # Every config trains the recommended method but the default detection run, which names
-  # the method measured there.
-  assert cfg.quant.method == MEASURED.get(os.path.basename(path), RECOMMENDED)
+  # Every config trains the recommended method.
+  assert cfg.quant.method == RECOMMENDED
   with open(path) as f:
     source = f.read()
   assert "python train.py" in source.split('"""')[1]
