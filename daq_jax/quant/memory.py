@@ -14,12 +14,13 @@ backward pass's stochastic rounding draws its bits from the step's key, whicheve
 the gradients and the new state are the numbers of "keep" to float32 rounding: the two
 programs differ (jax.checkpoint marks what it saves with a no-op reduce_precision), and XLA
 fuses, reassociates and contracts float operations around the marks differently, so they are
-bit-identical only where it compiled both alike (docs/memory.md). The mode is
-not part of a run's numerics: a run may resume in another one.
+bit-identical only where it compiled both alike (docs/memory.md). The mode is not part of a
+run's numerics: a run may resume in another one.
 
-It is JAX's own `jax.checkpoint` with the policy `save_only_these_names(INT8_RESIDUAL)`: the
-quantized ops name their int8 input and its scale (`checkpoint_name`); `keep_int8` wraps a loss
-function so.
+It is JAX's own `jax.checkpoint` with a policy on named residuals (`_int8_and_statistics`): the
+quantized ops name their int8 input and its scale (`checkpoint_name`, `INT8_RESIDUAL`), and the
+policy saves those, reductions (the per-channel statistics) and values computed from small
+operands only; `keep_int8` wraps a loss function so.
 """
 
 from __future__ import annotations
