@@ -8,8 +8,11 @@ new state and BatchNorm's running means of memory="keep" to float32 rounding (XL
 the two programs' float arithmetic differently; bit for bit on the development Xeon);
 (2) the residuals it saves for the backward pass (JAX's listing, the arguments not counted),
 at the CIFAR config's batch of 128, are int8, at most 0.35x fp32's and 0.5x bf16's (the
-targets; measured 0.06x and 0.08x); (3) unknown modes are refused.
+targets; measured 0.06x and 0.08x); (3) unknown modes are refused; (4) benchmarks.memory
+--resume keeps the rows an interrupted run wrote.
 """
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +102,16 @@ def test_the_remat_control_compiles_both_gradients():
 def test_unknown_modes_are_refused():
   with pytest.raises(ValueError, match=r"memory mode 'bits' is not one of \('keep', 'int8'\)"):
     memory.with_mode(lambda x: x, "bits")
+
+
+def test_the_benchmark_resumes_keeping_the_rows_it_has(tmp_path, capsys):
+  out = tmp_path / "memory.json"
+  stored = {"method": "fp32", "dtype": "float32", "memory": "keep", "residual_bytes": {"x": 1}}
+  out.write_text(json.dumps({"models": {"resnet20": {"batch": 128, "variants": {"fp32": stored}}}}))
+  memory_bench.main(
+    ["--models", "resnet20", "--variants", "bf16", "--no-compile", "--resume", "--out", str(out)]
+  )
+  rows = json.loads(out.read_text())["models"]["resnet20"]["variants"]
+  assert rows["fp32"] == stored  # kept, not measured again
+  assert rows["bf16"]["residual_bytes"]["bfloat16"] > 0  # the missing row, measured
+  assert "| resnet20 | 128 | bf16 |" in capsys.readouterr().out
