@@ -96,7 +96,9 @@ def test_gpu_check_smoke_runs_every_stage(tmp_path):
     assert result["rows"], name
     assert {"machine", "versions", "command", "date"} <= set(result)
   env = stages["env"]
-  assert env["auto_plan"]["plain 3x3"] == ["xla", "xla", "xla"]
+  # auto's CPU plan: xla, but for the recommended method's per-row dgrad (a GEMM + col2im)
+  assert env["auto_plan"]["plain 3x3, daq"] == ["xla", "xla", "xla"]
+  assert env["auto_plan"][f"plain 3x3, {RECOMMENDED}"] == ["xla", "im2col", "xla"]
   for row in env["rows"]:
     assert "error" not in row, row
     # int8 implementations against the float oracle: the same int8 values and integer sums,
