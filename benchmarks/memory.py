@@ -145,9 +145,8 @@ def abstract_step(model_name: str, variant: Variant, batch: int | None = None) -
   return Built(cfg, step, tx, state, batch_spec, common)
 
 
-def residuals(model_name: str, variant: Variant) -> dict:
+def residuals(built: Built) -> dict:
   """{dtype: bytes} of the step's saved residuals (the arguments not counted)."""
-  built = abstract_step(model_name, variant)
   state = built.state
 
   def loss(params, quant_variables, state, batch):
@@ -168,10 +167,9 @@ def residuals(model_name: str, variant: Variant) -> dict:
   return dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]))
 
 
-def compiled(model_name: str, variant: Variant) -> dict:
+def compiled(built: Built) -> dict:
   """XLA's compiled memory of the step on this machine, and its convolutions lowered and
   compiled (a recomputed forward pass that XLA merged back shows as fewer compiled ones)."""
-  built = abstract_step(model_name, variant)
   start = time.perf_counter()
   lowered = jax.jit(built.step).lower(built.state, built.batch)
   executable = lowered.compile()
@@ -290,9 +288,10 @@ def main(argv=None):
     for variant in variants:
       if variant.name in results[model]["variants"]:
         continue
-      row = {**dataclasses.asdict(variant), "residual_bytes": residuals(model, variant)}
+      built = abstract_step(model, variant)  # one build for both measurements
+      row = {**dataclasses.asdict(variant), "residual_bytes": residuals(built)}
       if not args.no_compile:
-        row |= compiled(model, variant)
+        row |= compiled(built)
         row["largest_batch"] = largest_batch(row, batch, budget)
       results[model]["variants"][variant.name] = row
       print(model, variant.name, {k: v for k, v in row.items() if k != "name"}, flush=True)
