@@ -21,7 +21,6 @@ step.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -171,7 +170,7 @@ def watch(params, quant_state) -> None:
   other layers' does. One compiled step run again on the same parameters (a benchmark)
   passes; after the first real update nothing is reported."""
   clips = [
-    (jax.tree_util.keystr(path), leaf)
+    (path, leaf)
     for path, leaf in jax.tree_util.tree_flatten_with_path(quant_state)[0]
     if path and getattr(path[-1], "key", None) == "dgrad_clip"
   ]
@@ -189,11 +188,11 @@ def watch(params, quant_state) -> None:
   jax.lax.cond(fresh, report, lambda: None)
 
 
-def _layer_name(keystr: str) -> str:
-  """backbone/conv1 of "['quant_state']['backbone']['conv1']['quant']['dgrad_clip']"."""
-  keys = re.findall(r"\['([^']*)'\]", keystr)
+def _layer_name(path) -> str:
+  """backbone/conv1 of the path ['quant_state']['backbone']['conv1']['quant']['dgrad_clip']."""
+  keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)]
   drop = {STATE_COLLECTION, "quant", "dgrad_clip"}
-  return "/".join(k for k in keys if k not in drop) or keystr
+  return "/".join(k for k in keys if k not in drop) or jax.tree_util.keystr(path)
 
 
 def zeros_if_symbolic(g):
