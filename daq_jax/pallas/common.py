@@ -1,7 +1,9 @@
 """What every Pallas kernel module shares: Triton's compiler parameters, the check that a
-compiled kernel is traced for a CUDA GPU, and the quantizer kernels apply in registers."""
+compiled kernel is traced for a CUDA GPU, whole-array operands, and the quantizer kernels
+apply in registers."""
 
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as _pltriton
 
 from daq_jax.quant import numerics
@@ -17,6 +19,16 @@ def triton_params(**kwargs):
   which Mosaic GPU does not have (a Mosaic GPU kernel issues wgmma itself), so the warning is
   expected: the test suite ignores it by its text, and nothing else hides it."""
   return _pltriton.CompilerParams(**kwargs)
+
+
+def vector(v, dtype):
+  """An optional operand as a kernel input: `v` flattened, or one zero of `dtype` for None."""
+  return jnp.zeros((1,), dtype) if v is None else jnp.reshape(v, (-1,))
+
+
+def whole(v) -> pl.BlockSpec:
+  """The BlockSpec that gives every grid step the whole of `v`."""
+  return pl.BlockSpec(v.shape, lambda *_: (0,) * v.ndim)
 
 
 def check_compilable(interpret: bool, what: str) -> None:

@@ -41,7 +41,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from daq_jax.pallas.common import check_compilable, quantize_in_kernel, triton_params
+from daq_jax.pallas.common import (
+  check_compilable,
+  quantize_in_kernel,
+  triton_params,
+  vector,
+  whole,
+)
 from daq_jax.quant import numerics
 from daq_jax.quant.geometry import ConvSpec, out_spatial
 from daq_jax.quant.numerics import MAX_INT32_REDUCTION
@@ -290,10 +296,8 @@ def int8_conv(
   x2d = lhs.reshape(-1, c_in)
   pads = ((0, 0), (0, out_p - c_out), (0, in_p - c_in))
   w = jnp.pad(rhs_t, pads) if (out_p, in_p) != (c_out, c_in) else rhs_t
-  vector = lambda v, dtype: jnp.zeros((1,), dtype) if v is None else jnp.reshape(v, (-1,))
   factor = vector(row_factor, jnp.float32)
   inv = vector(inverse, jnp.float32)
-  whole = lambda v: pl.BlockSpec(v.shape, lambda i, j: (0,) * v.ndim)
   kernel = functools.partial(
     _conv_kernel,
     geometry=geometry,

@@ -29,7 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from daq_jax.pallas.common import quantize_in_kernel, triton_params
+from daq_jax.pallas.common import quantize_in_kernel, triton_params, vector, whole
 from daq_jax.pallas.implicit_conv import ConvBlockSizes, Geometry, check_call
 from daq_jax.quant import numerics
 from daq_jax.quant.geometry import ConvSpec
@@ -178,8 +178,6 @@ def int8_conv_wgrad(
   splits = -(-total_steps // steps)  # rounding up may leave fewer ranges
   in_p, out_p = -(-c_in // bm) * bm, -(-c_out // bn) * bn
   x2d = x.reshape(-1, c_in)
-  vector = lambda v, dtype: jnp.zeros((1,), dtype) if v is None else jnp.reshape(v, (-1,))
-  whole = lambda v: pl.BlockSpec(v.shape, lambda *_: (0,) * v.ndim)
   operands = (
     x2d,
     g,
