@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 from jax import lax
 
-from daq_jax.quant import conv_op, dense_op, general, gradient
+from daq_jax.quant import conv_op, general, gradient
 from daq_jax.quant.config import QuantConfig
 from daq_jax.quant.state import STATE_COLLECTION, STATS_COLLECTION, Site
 
@@ -238,16 +238,9 @@ class QuantDotGeneralOp(QuantOp):
     (_, contracted), _ = dimension_numbers
     features = general.kernel_features(rhs.shape, contracted)
     state, stats, key, site = quant_inputs(self, self.quant, features)
-    if _is_dense(lhs, rhs, dimension_numbers):
-      return dense_op.dense(lhs, rhs, state, key, cfg=self.quant, stats=stats, site=site)
     return general.dot_general(
       lhs, rhs, dimension_numbers, state, key, cfg=self.quant, stats=stats, site=site
     )
-
-
-def _is_dense(lhs, rhs, dimension_numbers) -> bool:
-  (lc, rc), (lb, rb) = dimension_numbers
-  return tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and rhs.ndim == 2 and not (lb or rb)
 
 
 class QuantEinsumOp(QuantOp):

@@ -27,7 +27,7 @@ import weakref
 from flax import nnx
 from jax import lax
 
-from daq_jax.quant import conv_op, dense_op, general, gradient
+from daq_jax.quant import conv_op, general, gradient
 from daq_jax.quant.config import QuantConfig, as_config
 from daq_jax.quant.state import Site
 
@@ -134,14 +134,6 @@ def _dot_general(lhs, rhs, dimension_numbers, *, inputs, cfg, **kwargs):
   )
 
 
-def _dense(lhs, rhs, dimension_numbers, *, inputs, cfg, **kwargs):
-  state, stats, key, site = inputs
-  (lc, rc), _ = dimension_numbers
-  if tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,):
-    return dense_op.dense(lhs, rhs, state, key, cfg=cfg, stats=stats, site=site)
-  return _dot_general(lhs, rhs, dimension_numbers, inputs=inputs, cfg=cfg)
-
-
 def _einsum(equation, lhs, rhs, *, inputs, cfg, **kwargs):
   state, stats, key, site = inputs
   return general.einsum(equation, lhs, rhs, state, key, cfg=cfg, stats=stats, site=site)
@@ -167,7 +159,7 @@ class Layer:
 LAYERS = (
   Layer(nnx.Conv, "conv_general_dilated", None, _conv),
   Layer(nnx.ConvTranspose, None, (lax, "conv_transpose"), _conv_transpose),
-  Layer(nnx.Linear, "dot_general", None, _dense),
+  Layer(nnx.Linear, "dot_general", None, _dot_general),
   Layer(nnx.LinearGeneral, "dot_general", None, _dot_general),
   Layer(nnx.Einsum, "einsum_op", None, _einsum),
 )

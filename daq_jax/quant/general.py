@@ -123,7 +123,8 @@ def dot_general(
 ):
   """`lax.dot_general(lhs, rhs, dimension_numbers)` of an input with a kernel, with DAQ int8
   passes: the input's contracted axes moved last and flattened, the kernel's first, the
-  dense product, the result reshaped to lax's order (input's free axes, then kernel's).
+  dense product, the result reshaped to lax's order (input's free axes, then kernel's); x
+  (..., K) @ w (K, N), the dense layout itself, goes to the dense product as it is.
 
   Raises:
     ValueError: naming the reason when it is not a dense product (`unsupported_dot_general`).
@@ -133,6 +134,8 @@ def dot_general(
     raise ValueError(f"quantized dot_general{_of(site)}: {reason}")
   (lc, rc), _ = dimension_numbers
   lc, rc = tuple(lc), tuple(rc)
+  if lc == (lhs.ndim - 1,) and rc == (0,) and rhs.ndim == 2:
+    return dense(lhs, rhs, state, key, cfg=cfg, stats=stats, site=site)
   lhs_free = [i for i in range(lhs.ndim) if i not in lc]
   rhs_free = [i for i in range(rhs.ndim) if i not in rc]
   k = math.prod(lhs.shape[i] for i in lc)
