@@ -18,12 +18,13 @@ Per (model, variant) it reports:
   mode's step keeps alive at once across the passes; the backward pass's own temporaries,
   one layer at a time, are the share of the temp memory that is not residuals.
 Measured on the CPU, XLA's compiled temp memory does not shrink in memory="int8", and not
-because of this library: the control (`remat_control`, a plain MLP's gradient with and
-without `jax.checkpoint`) shows XLA:CPU keeping the same temp memory for both. (Its common-
-subexpression pass also merges most of the recomputed forward pass back into the original:
-the convolutions lowered and compiled are counted.) So the compiled rows are the CPU's, and
-what the mode saves on an accelerator is the prediction, until `benchmarks/gpu_check.sh`
-measures it.
+because of this library: in the control (`remat_control`, an MLP's gradient that keeps each
+layer's bfloat16 input and recomputes its float32 activation from it) XLA:CPU compiles the
+same temp memory as without `jax.checkpoint`, having merged every recomputed product back
+into the forward pass (its common-subexpression pass sees through the barrier JAX puts on
+the saved values): the dots lowered and compiled are counted, and the convolutions of the
+steps. So the compiled rows are the CPU's, and what the mode saves on an accelerator is the
+prediction, until `benchmarks/gpu_check.sh` measures it.
 Results: JSON under benchmarks/results/, the table in docs/memory.md.
 """
 
@@ -40,6 +41,7 @@ import time
 import jax
 import jax.numpy as jnp
 from jax._src.ad_checkpoint import saved_residuals  # JAX's own listing (print_saved_residuals)
+from jax.ad_checkpoint import checkpoint_name
 
 from benchmarks.common import environment, write_json
 from daq_jax.data.info import DatasetInfo
@@ -185,27 +187,39 @@ def compiled(built: Built) -> dict:
 
 
 def remat_control(layers: int = 20, rows: int = 4096, width: int = 512) -> dict:
-  """Whether this platform's XLA keeps a rematerialisation at all: the compiled temp memory
-  of a plain tanh MLP's gradient (`layers` activations of rows x width float32 kept for the
-  backward pass), as written and under `jax.checkpoint` with nothing saveable (which needs
-  none of them kept)."""
+  """Whether this platform's XLA keeps a rematerialisation: a tanh MLP's gradient whose layers
+  each take a bfloat16 copy of their input (named), compiled as written (keeping the float32
+  activations too) and under `jax.checkpoint` saving only the named copies, each layer's
+  activation recomputed from its own copy (so a recomputation needs nothing else: what
+  memory="int8" does). Reports the compiled temp memory and the dots lowered and compiled (a
+  recomputation that XLA merged back into the forward pass is a dot fewer)."""
   weights = [jnp.zeros((width, width), jnp.float32)] * layers
   x = jnp.zeros((rows, width), jnp.float32)
 
   def mlp(weights, x):
     for w in weights:
-      x = jnp.tanh(x @ w)
+      h = checkpoint_name(x.astype(jnp.bfloat16), "h")
+      x = jnp.tanh(jnp.dot(h, w.astype(jnp.bfloat16), preferred_element_type=jnp.float32))
     return jnp.sum(x)
 
-  def temp(f) -> int:
-    executable = jax.jit(jax.grad(f)).lower(weights, x).compile()
-    return executable.memory_analysis().temp_size_in_bytes
+  def measured(f) -> dict:
+    lowered = jax.jit(jax.grad(f)).lower(weights, x)
+    executable = lowered.compile()
+    return {
+      "temp_bytes": executable.memory_analysis().temp_size_in_bytes,
+      "dots_lowered": lowered.as_text().count("stablehlo.dot_general"),
+      "dots_compiled": executable.as_text().count(" dot("),
+    }
 
-  remat = jax.checkpoint(mlp, policy=jax.checkpoint_policies.nothing_saveable)
+  remat = jax.checkpoint(mlp, policy=jax.checkpoint_policies.save_only_these_names("h"))
+  plain, kept = measured(mlp), measured(remat)
   return {
     "activation_bytes": layers * rows * width * 4,
-    "plain_temp_bytes": temp(mlp),
-    "remat_temp_bytes": temp(remat),
+    "named_bytes": layers * rows * width * 2,
+    "plain_temp_bytes": plain["temp_bytes"],
+    "remat_temp_bytes": kept["temp_bytes"],
+    "plain_dots": [plain["dots_lowered"], plain["dots_compiled"]],
+    "remat_dots": [kept["dots_lowered"], kept["dots_compiled"]],
   }
 
 
@@ -276,9 +290,15 @@ def main(argv=None):
   if not args.no_compile:
     payload["remat_control"] = control = remat_control()
     print(
-      "control, a 20-layer MLP's gradient: activations {} MiB; XLA temp {} MiB as written, "
-      "{} MiB under jax.checkpoint".format(
-        *(_mib(control[k]) for k in ("activation_bytes", "plain_temp_bytes", "remat_temp_bytes"))
+      "control, a 20-layer MLP's gradient: float32 activations {} MiB, their bf16 copies {} MiB;"
+      " XLA temp {} MiB as written, {} MiB keeping the copies only; dots lowered, compiled: {}"
+      " as written, {} keeping the copies only".format(
+        *(
+          _mib(control[k])
+          for k in ("activation_bytes", "named_bytes", "plain_temp_bytes", "remat_temp_bytes")
+        ),
+        control["plain_dots"],
+        control["remat_dots"],
       ),
       flush=True,
     )

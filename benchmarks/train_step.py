@@ -2,7 +2,9 @@
 training code (daq_jax.training: model, SGD with momentum, BN, label handling): float32,
 bfloat16 (float layers, bf16 compute), per-tensor INT8, DAQ INT8, and DAQ INT8 with the float
 parts (BN, ReLU, pooling) in bf16, side by side in one run; the recommended method also with
-memory="int8" (its forward pass recomputed in the backward pass: docs/memory.md).
+memory="int8" (its forward pass recomputed in the backward pass: docs/memory.md), and without
+`quant.exact` (the float products rounded as XLA fuses them, not one by one: what the
+rounding that makes the memory modes bit-identical costs).
 
     python -m benchmarks.train_step                  # about 3 minutes on 2 CPU cores
     python -m benchmarks.train_step --batch 16 --repeats 2 --out /tmp/step.json   # quick
@@ -24,7 +26,7 @@ from daq_jax.data.info import DatasetInfo
 from daq_jax.training import modeling, optim, parallel, steps
 from daq_jax.training.config import from_dict
 
-# name, quant.method, model.dtype[, memory]
+# name, quant.method, model.dtype[, memory[, exact arithmetic]]
 VARIANTS = [
   ("fp32", "fp32", "float32"),
   ("bf16", "fp32", "bfloat16"),
@@ -35,6 +37,7 @@ VARIANTS = [
   ("daq_sr_wgrad_rows", "daq_sr_wgrad_rows", "float32"),  # ... and per-row dgrad scales
   ("daq_sr_rows", "daq_sr_rows", "float32"),  # stochastic on both paths, per-row dgrad scales
   ("daq_sr_rows_int8", "daq_sr_rows", "float32", "int8"),  # ... keeping only int8 residuals
+  ("daq_sr_rows_fused", "daq_sr_rows", "float32", "keep", False),  # ... products as XLA fuses
   ("daq_bf16", "daq", "bfloat16"),  # int8 layers, bf16 BN and elementwise work
 ]
 
@@ -48,11 +51,13 @@ def build_step(
   num_classes: int = 10,
   devices: int = 1,
   memory: str = "keep",
+  exact_arithmetic: bool = True,
 ):
   """(step, state, batch): the training step of `train.py` for the model, method and dtype
   (jitted, not donating its state, returning the metrics), a fresh state and a random batch
   of uint8 images on the device; over `devices` devices (0: all of the run's, every process
-  holding its slice of the batch, as in training); `memory`: the step's memory mode."""
+  holding its slice of the batch, as in training); `memory`: the step's memory mode;
+  `exact_arithmetic`: steps.train_step's."""
   cfg = from_dict(
     {
       "model": {"name": model, "dtype": dtype},
@@ -70,7 +75,9 @@ def build_step(
   tx, _ = optim.build_optimizer(cfg, 390, 64_000)
   replicated = parallel.replicated(mesh)
   state = steps.init_train_state(model_def, tx, info, 0, replicated)
-  train_fn, _ = steps.compile_steps(model_def, tx, info, cfg, replicated, donate=False)
+  train_fn, _ = steps.compile_steps(
+    model_def, tx, info, cfg, replicated, donate=False, exact_arithmetic=exact_arithmetic
+  )
   rng = np.random.default_rng(0)
   rows = slice(
     jax.process_index() * batch // jax.process_count(),
@@ -87,10 +94,18 @@ def build_step(
 
 
 def time_step(
-  method: str, dtype: str, model: str, batch: int, repeats: int, memory: str = "keep"
+  method: str,
+  dtype: str,
+  model: str,
+  batch: int,
+  repeats: int,
+  memory: str = "keep",
+  exact_arithmetic: bool = True,
 ) -> float:
   """The median time (ms) of the step of `build_step` on 32x32 images, 10 classes."""
-  step, state, batch_data = build_step(method, dtype, model, batch, memory=memory)
+  step, state, batch_data = build_step(
+    method, dtype, model, batch, memory=memory, exact_arithmetic=exact_arithmetic
+  )
   return median_ms(step, state, batch_data, repeats=repeats)
 
 
@@ -111,9 +126,9 @@ def main(argv=None):
   if unknown:
     parser.error(f"--variants: unknown {unknown}; known: {[v[0] for v in VARIANTS]}")
   rows = {}
-  for name, method, dtype, *memory in [v for v in VARIANTS if v[0] in names]:
+  for name, method, dtype, *mode in [v for v in VARIANTS if v[0] in names]:
     try:
-      ms = time_step(method, dtype, args.model, args.batch, args.repeats, *memory)
+      ms = time_step(method, dtype, args.model, args.batch, args.repeats, *mode)
       rows[name] = {"ms": ms}
     except Exception as e:  # one failing variant must not hide the others
       rows[name] = {"error": f"{type(e).__name__}: {e}"}

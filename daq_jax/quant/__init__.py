@@ -21,6 +21,7 @@ from daq_jax.quant.config import (
 )
 from daq_jax.quant.conv_op import conv_general
 from daq_jax.quant.dense_op import dense
+from daq_jax.quant.exact import exact
 from daq_jax.quant.gradient import init_state, quantize_gradient
 from daq_jax.quant.numerics import QTensor, dequantize, fake_quantize, quantize_tensor
 from daq_jax.quant.rules import Rules, default_rules
@@ -40,6 +41,7 @@ __all__ = [
   "default_rules",
   "dense",
   "dequantize",
+  "exact",
   "fake_quantize",
   "fp32",
   "from_spec",

@@ -186,9 +186,9 @@ class TrainConfig:
     keep_checkpoints: how many of the latest checkpoints stay on disk.
     num_devices: devices the batch is sharded over (0: all of them).
     memory: what the step keeps between its forward and backward passes: `keep` (what JAX
-      keeps) or `int8` (the quantized layers' int8 inputs and scales only; the rest
-      recomputed in the backward pass, the same numbers: `daq_jax.quant.memory`). Not part
-      of a run's numerics: a run may resume in another mode.
+      keeps) or `int8` (the quantized layers' int8 inputs and scales, the statistics and the
+      masks; the rest recomputed in the backward pass, the same bits: `daq_jax.quant.memory`).
+      Not part of a run's numerics: a run may resume in another mode.
   """
 
   seed: int = 0

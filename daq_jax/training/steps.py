@@ -16,6 +16,7 @@ from daq_jax import quant
 from daq_jax.data.info import DatasetInfo
 from daq_jax.detection import Detection
 from daq_jax.quant import gradient
+from daq_jax.quant.exact import exact
 from daq_jax.training.config import TrainConfig
 
 AUX_LOSS_WEIGHT = 0.4  # Inception-v3's auxiliary classifier (torchvision's reference recipe)
@@ -145,11 +146,28 @@ def train_step(
   input_dtype,
   detection=None,
   memory: str = "keep",
+  exact_arithmetic: bool = True,
 ):
   """One SGD step; the new quantization state comes out of the backward pass, and with it the
   quantizer's statistics (`metrics["quant"]`). `detection` (a `daq_jax.detection.Detection`):
   the detector's loss on the batch's boxes instead of the cross-entropy of its labels.
-  `memory`: what the step keeps between its passes (`daq_jax.quant.memory.MODES`)."""
+  `memory`: what the step keeps between its passes (`daq_jax.quant.memory.MODES`); the step's
+  float products are rounded as written (`quant.exact`), so every mode gives the same bits
+  (`exact_arithmetic=False`: as XLA fuses them, for benchmarks.train_step's comparison)."""
+  step = functools.partial(
+    _train_step,
+    model=model,
+    tx=tx,
+    info=info,
+    label_smoothing=label_smoothing,
+    input_dtype=input_dtype,
+    detection=detection,
+    memory=memory,
+  )
+  return exact(step)(state, batch) if exact_arithmetic else step(state, batch)
+
+
+def _train_step(state, batch, *, model, tx, info, label_smoothing, input_dtype, detection, memory):
   loss_fn, quant_variables = step_loss(
     state,
     batch,
@@ -233,8 +251,11 @@ def _eval_detection(outputs, batch, detection) -> dict:
   return sums
 
 
-def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = True):
-  """(train_step, eval_step) jitted with the state replicated over the mesh."""
+def compile_steps(
+  model, tx, info, cfg: TrainConfig, replicated, donate: bool = True, exact_arithmetic: bool = True
+):
+  """(train_step, eval_step) jitted with the state replicated over the mesh
+  (`exact_arithmetic`: `train_step`'s)."""
   input_dtype = jnp.dtype(cfg.model.dtype)
   detection = Detection(cfg.detection, info.image_shape[0]) if info.is_detection else None
   train = jax.jit(
@@ -247,6 +268,7 @@ def compile_steps(model, tx, info, cfg: TrainConfig, replicated, donate: bool = 
       input_dtype=input_dtype,
       detection=detection,
       memory=cfg.memory,
+      exact_arithmetic=exact_arithmetic,
     ),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,) if donate else (),

@@ -1,15 +1,16 @@
-"""memory="int8": the step keeps the quantized layers' int8 inputs and scales and recomputes the
-rest, with the same numbers to float32 rounding.
+"""memory="int8": the step keeps the quantized layers' int8 inputs and scales, the statistics
+and the masks, and recomputes the rest, with the same numbers bit for bit.
 
 Strategy: (1) train.py's step (a BatchNorm ResNet-20 at a small batch, the recommended method
 with stochastic rounding on both paths; a small detector and a video model in the slow set)
 gives the loss, the gradients (so the new parameters and optimizer state), the quantizer's
-new state and BatchNorm's running means of memory="keep" to float32 rounding (XLA compiles
-the two programs' float arithmetic differently; bit for bit on the development Xeon);
-(2) the residuals it saves for the backward pass (JAX's listing, the arguments not counted),
-at the CIFAR config's batch of 128, are int8, at most 0.35x fp32's and 0.5x bf16's (the
-targets; measured 0.06x and 0.08x); (3) unknown modes are refused; (4) benchmarks.memory
---resume keeps the rows an interrupted run wrote.
+new state and BatchNorm's running means of memory="keep" bit for bit (the step's arithmetic
+is `quant.exact`'s, so XLA's fusions cannot round the two programs differently); (2) the
+residuals it saves for the backward pass (JAX's listing, the arguments not counted), at the
+CIFAR config's batch of 128, are int8 and masks, at most 0.35x fp32's and 0.5x bf16's (the
+targets), and its backward pass recomputes no ReLU (the masks are kept, so no layer's
+recomputation reaches back into the residual stream); (3) unknown modes are refused;
+(4) benchmarks.memory --resume keeps the rows an interrupted run wrote.
 """
 
 import json
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 
 from benchmarks import memory as memory_bench
 from daq_jax.quant import memory
@@ -54,21 +56,13 @@ def _step(model: str, variant, batch: int):
   return jax.jit(built.step)(state, _batch(built.batch))
 
 
-# The two modes are different programs, whose float arithmetic XLA fuses, reassociates and
-# contracts differently (jax.checkpoint marks the saved values), so last bits can differ
-# (measured: 1 ulp of a running mean; 1.5e-8 in the digits CNN's head gradient). A
-# recomputation that is not the forward pass (another key, another rounding) is off by
-# quantization steps, orders of magnitude more.
-ROUNDING = {"rtol": 1e-5, "atol": 1e-7}
-
-
 def _assert_same(model: str, batch: int):
   (keep, keep_metrics), (int8, int8_metrics) = _step(model, KEEP, batch), _step(model, INT8, batch)
   for a, b in zip(
     *(jax.tree.leaves(t) for t in ((keep, keep_metrics), (int8, int8_metrics))), strict=True
   ):
     # gradients, parameters, optimizer and quantizer state, running statistics, loss
-    np.testing.assert_allclose(a, b, **ROUNDING)
+    np.testing.assert_array_equal(a, b)
 
 
 def test_the_int8_mode_step_is_the_keep_mode_step():
@@ -89,17 +83,55 @@ def test_the_int8_mode_keeps_a_fraction_of_what_float_training_keeps():
   }
   total = {name: sum(by_dtype.values()) for name, by_dtype in kept.items()}
   assert total["int8"] <= 0.35 * total["fp32"] and total["int8"] <= 0.5 * total["bf16"], total
-  assert max(kept["int8"], key=kept["int8"].get) == "int8"  # int8 is what it keeps
-  # what remains float: per-channel statistics and scales, under 1 % of it
-  assert kept["int8"].get("float32", 0) < 0.01 * total["int8"]
+  # int8 operands and the masks float training keeps too (one byte each); what remains float,
+  # per-channel statistics and scales, is under 1 % of it
+  assert kept["int8"]["bool"] == kept["fp32"]["bool"]
+  assert kept["int8"]["int8"] + kept["int8"]["bool"] > 0.99 * total["int8"]
 
 
-def test_the_remat_control_compiles_both_gradients():
-  control = memory_bench.remat_control(layers=4, rows=256, width=128)
+def _recomputed(jaxpr, inside=False) -> list[str]:
+  """The primitives the backward pass of a jax.checkpoint recomputes (nested ones included)."""
+  found = []
+  for eqn in jaxpr.eqns:
+    recompute = inside or eqn.primitive.name == "remat2"
+    if recompute:
+      found.append(eqn.primitive.name)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      found += _recomputed(sub, recompute)
+  return found
+
+
+def test_the_int8_mode_recomputes_no_relu():
+  built = memory_bench.abstract_step("resnet20", INT8, 8)
+  state = built.state
+
+  def loss(params, quant_variables, state, batch):
+    return steps.step_loss(state, batch, **built.common)[0](params, quant_variables)[0]
+
+  quant_variables = {
+    "quant_state": state.quant_state,
+    "quant_stats": steps.statistics_input(state.quant_state),
+  }
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(
+    state.params, quant_variables, state, built.batch
+  ).jaxpr
+  recomputed = _recomputed(jaxpr)
+  assert recomputed.count("conv_general_dilated") > 0  # the products, from their int8 operands
+  # ReLU (a custom_jvp) is not: its mask is kept; recomputing it would need the residual
+  # stream's float sum, block by block from the first
+  assert "custom_jvp_call" not in recomputed, sorted(set(recomputed))
+
+
+def test_the_remat_control_lowers_the_recomputation():
+  layers = 4
+  control = memory_bench.remat_control(layers=layers, rows=256, width=128)
   # as written, the gradient keeps its activations (XLA's temp holds at least them); what the
-  # checkpointed one keeps is the platform's (the CPU's: the same)
+  # checkpointed one keeps is the platform's (the CPU's: the same, the recomputation merged)
   assert control["plain_temp_bytes"] >= control["activation_bytes"] > 0
   assert control["remat_temp_bytes"] > 0
+  # the checkpointed gradient recomputes every layer's product but the last one's
+  lowered_plain, lowered_remat = control["plain_dots"][0], control["remat_dots"][0]
+  assert lowered_remat == lowered_plain + layers - 1
 
 
 def test_unknown_modes_are_refused():

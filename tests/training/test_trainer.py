@@ -40,13 +40,10 @@ def _restore(workdir, cfg_dict, step=None, fresh=False):
     ckpts.close()
 
 
-def _assert_trees_equal(a, b, **tolerance):
-  """Leaf by leaf equal: bit for bit, or to `tolerance` (assert_allclose's rtol, atol)."""
+def _assert_trees_equal(a, b):
+  """Leaf by leaf equal, bit for bit."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    if tolerance:
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tolerance)
-    else:
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +161,11 @@ def test_evaluation_errors_are_clear(finished_run, tmp_path, capsys):
   assert "classes ['dogs'] are not among the model's" in capsys.readouterr().err
 
 
-# Resumed as it was (bit-identical), or in the other memory mode, which is not part of a run's
-# numerics but compiles another program: the same numbers to float32 rounding (docs/memory.md).
-@pytest.mark.parametrize(
-  "resume, tolerance", [({}, {}), ({"memory": "int8"}, {"rtol": 1e-5, "atol": 1e-7})]
-)
+# Resumed as it was, or in the other memory mode, which is not part of a run's numerics: another
+# program, whose arithmetic `quant.exact` rounds as the first one's, so bit-identical too.
+@pytest.mark.parametrize("resume", [{}, {"memory": "int8"}], ids=["as it was", "memory=int8"])
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
-  finished_run, tmp_path, monkeypatch, resume, tolerance
+  finished_run, tmp_path, monkeypatch, resume
 ):
   workdir, summary = finished_run
   compile_steps = steps.compile_steps
@@ -194,16 +189,8 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(
   monkeypatch.undo()
   assert sorted(os.listdir(os.path.join(interrupted, "checkpoints"))) == ["3", "4"]
   resumed = train_and_evaluate(tiny(**resume), interrupted)
-  if tolerance:
-    assert resumed.keys() == summary.keys()
-    for key, value in summary.items():
-      same = (
-        pytest.approx(value, **{"rel": tolerance["rtol"]}) if isinstance(value, float) else value
-      )
-      assert resumed[key] == same, key
-  else:
-    assert resumed == summary
-  _assert_trees_equal(_restore(interrupted, tiny()), _restore(workdir, tiny()), **tolerance)
+  assert resumed == summary
+  _assert_trees_equal(_restore(interrupted, tiny()), _restore(workdir, tiny()))
   # One timeline: every logged step once, in both records (test_workdir resumes from a step
   # before the last logged one).
   with open(os.path.join(interrupted, "metrics.jsonl")) as f:
