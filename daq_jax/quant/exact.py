@@ -35,6 +35,24 @@ from jax.extend import core
 # multiply by c'/c where nothing stands between them).
 PRODUCTS = frozenset({"mul", "div", "square", "integer_pow"})
 _BITS = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+# The higher-order primitives whose programs XLA compiles and fuses with the rest, rewritten
+# too. Others keep theirs as they are: a Pallas kernel's arithmetic is its own, the same in
+# every program that calls it (and its operands are references, not arrays).
+NESTED = frozenset(
+  {
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "remat2",
+    "checkpoint",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "cond",
+    "while",
+    "scan",
+  }
+)
 
 
 def opaque_false(source: jax.Array) -> jax.Array:
@@ -96,7 +114,8 @@ def _evaluate(jaxpr: core.Jaxpr, consts, *args):
 
   false = _false_of((*args, *consts))
   for eqn in jaxpr.eqns:
-    params = eqn.primitive.get_bind_params(_params(eqn.params))
+    nested = eqn.primitive.name in NESTED
+    params = eqn.primitive.get_bind_params(_params(eqn.params) if nested else eqn.params)
     with source_info_util.user_context(
       eqn.source_info.traceback, name_stack=eqn.source_info.name_stack
     ):

@@ -6,14 +6,17 @@ keeping everything and recomputing everything (`jax.checkpoint`) gives the same 
 `exact`, for a BatchNorm-ReLU chain whose running mean folds two constants (what
 memory="int8" relies on; tests/training/test_memory.py does it for train.py's step); (3) the
 rewrite keeps the function: nested jit, custom_jvp, scan, cond and checkpoint inside it give
-what they give without it, to float32 rounding.
+what they give without it, to float32 rounding; (4) a Pallas kernel inside is left as it is
+(its arithmetic is its own, the same in every program).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jax_core
 
+from daq_jax.pallas.gemm import int8_matmul
 from daq_jax.quant import exact
 from daq_jax.quant.exact import fence
 
@@ -92,3 +95,24 @@ def test_nested_programs_are_rewritten_and_kept():
       np.testing.assert_allclose(a, b, rtol=1e-6)
   program = str(jax.make_jaxpr(exact(f))(x, 1))
   assert program.count("xor") >= 4  # the products in the scan's and the cond's bodies too
+
+
+def test_a_kernel_is_left_as_it_is():
+  a = jax.random.randint(jax.random.key(1), (16, 32), -127, 128).astype(jnp.int8)
+  b = jax.random.randint(jax.random.key(2), (32, 16), -127, 128).astype(jnp.int8)
+  scales = jnp.full(16, 0.5), jnp.full(16, 0.25)
+
+  def f(a, b):
+    return int8_matmul(a, b, *scales, interpret=True) * 3.0
+
+  def kernels(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        yield eqn.params["jaxpr"]
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        yield from kernels(sub)
+
+  program = str(jax.make_jaxpr(exact(f))(a, b))
+  (kernel,) = kernels(jax.make_jaxpr(exact(f))(a, b).jaxpr)
+  assert "xor" in program and "xor" not in str(kernel)  # the product after it fenced, not it
+  np.testing.assert_array_equal(jax.jit(exact(f))(a, b), jax.jit(f)(a, b))
