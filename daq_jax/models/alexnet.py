@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, adaptive_avg_pool
+from daq_jax.nn.activations import relu
 
 
 class AlexNet(nn.Module):
@@ -36,13 +37,13 @@ class AlexNet(nn.Module):
     conv = functools.partial(self.conv, dtype=self.dtype)
     dense = functools.partial(self.dense, dtype=self.dtype)
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
-    x = pool(nn.relu(conv(64, (11, 11), 4, padding=2, name="stem_conv")(x)))
-    x = pool(nn.relu(conv(192, (5, 5), padding=2, name="conv1")(x)))
-    x = nn.relu(conv(384, (3, 3), padding=1, name="conv2")(x))
-    x = nn.relu(conv(256, (3, 3), padding=1, name="conv3")(x))
-    x = pool(nn.relu(conv(256, (3, 3), padding=1, name="conv4")(x)))
+    x = pool(relu(conv(64, (11, 11), 4, padding=2, name="stem_conv")(x)))
+    x = pool(relu(conv(192, (5, 5), padding=2, name="conv1")(x)))
+    x = relu(conv(384, (3, 3), padding=1, name="conv2")(x))
+    x = relu(conv(256, (3, 3), padding=1, name="conv3")(x))
+    x = pool(relu(conv(256, (3, 3), padding=1, name="conv4")(x)))
     x = adaptive_avg_pool(x, (6, 6)).reshape(x.shape[0], -1)
     for i in range(2):
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(dense(4096, name=f"fc{i}")(x))
+      x = relu(dense(4096, name=f"fc{i}")(x))
     return dense(self.num_classes, name="head")(x).astype(jnp.float32)

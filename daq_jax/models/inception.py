@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
+from daq_jax.nn.activations import relu
 
 
 class ConvBN(nn.Module):
@@ -34,7 +35,7 @@ class ConvBN(nn.Module):
     x = self.conv(
       self.features, self.kernel_size, self.strides, padding=self.padding, name=self.conv_name
     )(x)
-    return nn.relu(self.norm(name="bn")(x))
+    return relu(self.norm(name="bn")(x))
 
 
 def _avg_pool_3x3(x):

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
+from daq_jax.nn.activations import relu6
 
 # (expansion t, output channels c, repeats n, first stride s), from the paper's Table 2.
 INVERTED_RESIDUALS = (
@@ -49,11 +50,11 @@ class InvertedResidual(nn.Module):
     hidden = x.shape[-1] * self.expansion
     y = x
     if self.expansion != 1:
-      y = nn.relu6(self.norm(name="expand_bn")(self.conv(hidden, (1, 1), name="expand")(y)))
+      y = relu6(self.norm(name="expand_bn")(self.conv(hidden, (1, 1), name="expand")(y)))
     y = self.conv(
       hidden, (3, 3), self.strides, padding=1, feature_group_count=hidden, name="depthwise"
     )(y)
-    y = nn.relu6(self.norm(name="depthwise_bn")(y))
+    y = relu6(self.norm(name="depthwise_bn")(y))
     y = self.norm(name="project_bn")(self.conv(self.features, (1, 1), name="project")(y))
     return x + y if self.strides == 1 and x.shape == y.shape else y
 
@@ -88,7 +89,7 @@ class MobileNetV2(nn.Module):
     x = conv(width(32 * self.width_multiplier), (3, 3), stem_strides, padding=1, name="stem_conv")(
       x
     )
-    x = nn.relu6(norm(name="stem_bn")(x))
+    x = relu6(norm(name="stem_bn")(x))
     for stage, (t, c, n, s) in enumerate(INVERTED_RESIDUALS):
       if self.cifar and stage == 1:
         s = 1
@@ -97,7 +98,7 @@ class MobileNetV2(nn.Module):
           width(c * self.width_multiplier), t, s if i == 0 else 1, conv=conv, norm=norm
         )(x)
     last = width(1280 * max(1.0, self.width_multiplier))
-    x = nn.relu6(norm(name="last_bn")(conv(last, (1, 1), name="last_conv")(x)))
+    x = relu6(norm(name="last_bn")(conv(last, (1, 1), name="last_conv")(x)))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return self.dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
+from daq_jax.nn.activations import relu
 
 
 class BasicBlock(nn.Module):
@@ -38,7 +39,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = self.conv(self.filters, (3, 3), self.strides, name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
+    y = relu(self.norm(name="bn1")(y))
     y = self.conv(self.filters, (3, 3), name="conv2")(y)
     scale_init = nn.initializers.zeros_init() if self.zero_init_residual else nn.initializers.ones
     y = self.norm(name="bn2", scale_init=scale_init)(y)
@@ -49,7 +50,7 @@ class BasicBlock(nn.Module):
     elif x.shape != y.shape:
       x = self.conv(self.filters, (1, 1), self.strides, name="proj_conv")(x)
       x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return relu(x + y)
 
 
 class Bottleneck(nn.Module):
@@ -62,15 +63,15 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = nn.relu(self.norm(name="bn1")(self.conv(self.filters, (1, 1), name="conv1")(x)))
+    y = relu(self.norm(name="bn1")(self.conv(self.filters, (1, 1), name="conv1")(x)))
     y = self.conv(self.filters, (3, 3), self.strides, name="conv2")(y)
-    y = nn.relu(self.norm(name="bn2")(y))
+    y = relu(self.norm(name="bn2")(y))
     y = self.conv(4 * self.filters, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros_init())(y)
     if x.shape != y.shape:
       x = self.conv(4 * self.filters, (1, 1), self.strides, name="proj_conv")(x)
       x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return relu(x + y)
 
 
 class ResNet(nn.Module):
@@ -99,7 +100,7 @@ class ResNet(nn.Module):
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = batch_norm(train, self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = relu(norm(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
 from daq_jax.models.resnet import BasicBlock
+from daq_jax.nn.activations import relu
 
 
 class CifarResNet(nn.Module):
@@ -47,7 +48,7 @@ class CifarResNet(nn.Module):
     blocks = (self.depth - 2) // 6
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = batch_norm(train, self.dtype)
-    x = nn.relu(norm(name="stem_bn")(conv(self.num_filters, (3, 3), name="stem_conv")(x)))
+    x = relu(norm(name="stem_bn")(conv(self.num_filters, (3, 3), name="stem_conv")(x)))
     for stage in range(3):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
 from daq_jax.models.resnet import BasicBlock, Bottleneck
+from daq_jax.nn.activations import relu
 
 BACKBONES = {
   # name: (blocks per stage, block, width of the first stage)
@@ -50,7 +51,7 @@ class ResNetFeatures(nn.Module):
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
     norm = batch_norm(train, self.dtype)
     x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = relu(norm(name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     features = {}
     for stage, blocks in enumerate(self.stage_sizes):
@@ -93,7 +94,7 @@ class FPN(nn.Module):
       outputs[level] = conv((3, 3), name=f"output{level}")(lateral)
     x = features[top]
     for level in range(top + 1, self.max_level + 1):
-      x = conv((3, 3), (2, 2), name=f"output{level}")(x if level == top + 1 else nn.relu(x))
+      x = conv((3, 3), (2, 2), name=f"output{level}")(x if level == top + 1 else relu(x))
       outputs[level] = x
     return outputs
 
@@ -160,7 +161,7 @@ class Head(nn.Module):
     if self.canvas:
       x, mask, slots = pack([pyramid[level] for level in sorted(pyramid)])
       for layer in layers:
-        x = nn.relu(layer(x)) * mask.astype(x.dtype)
+        x = relu(layer(x)) * mask.astype(x.dtype)
       x = final(x)
       out = [x[:, y : y + h, left : left + w] for y, left, h, w in slots]
     else:
@@ -168,7 +169,7 @@ class Head(nn.Module):
       for level in sorted(pyramid):
         x = pyramid[level]
         for layer in layers:
-          x = nn.relu(layer(x))
+          x = relu(layer(x))
         out.append(final(x))
     out = [o.reshape(o.shape[0], -1, self.outputs) for o in out]
     return jnp.concatenate(out, axis=1).astype(jnp.float32)

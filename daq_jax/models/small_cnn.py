@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
+from daq_jax.nn.activations import relu
 
 
 class SmallCNN(nn.Module):
@@ -35,6 +36,6 @@ class SmallCNN(nn.Module):
     for i, width in enumerate(self.widths):
       name = "stem_conv" if i == 0 else f"conv{i}"
       x = conv(width, (3, 3), 2 if i == len(self.widths) - 1 else 1, name=name)(x)
-      x = nn.relu(norm(name=f"bn{i}")(x))
+      x = relu(norm(name=f"bn{i}")(x))
     x = jnp.mean(x, axis=(1, 2))
     return self.dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

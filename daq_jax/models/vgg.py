@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, adaptive_avg_pool, batch_norm
+from daq_jax.nn.activations import relu
 
 VGG16_LAYERS = (
   64,
@@ -72,13 +73,13 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
       name = "stem_conv" if n == 0 else f"conv{n}"
-      x = nn.relu(norm(name=f"bn{n}")(conv(width, (3, 3), padding=1, name=name)(x)))
+      x = relu(norm(name=f"bn{n}")(conv(width, (3, 3), padding=1, name=name)(x)))
       n += 1
     if self.cifar:
       return dense(self.num_classes, name="head")(x.reshape(x.shape[0], -1)).astype(jnp.float32)
     x = adaptive_avg_pool(x, (7, 7)).reshape(x.shape[0], -1)
     for i in range(2):
-      x = nn.relu(dense(4096, name=f"fc{i}")(x))
+      x = relu(dense(4096, name=f"fc{i}")(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return dense(self.num_classes, name="head")(x).astype(jnp.float32)
 

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from daq_jax.models.layers import ModuleDef, batch_norm
+from daq_jax.nn.activations import relu
 
 # Zoo models that take clips; every other zoo model takes images.
 VIDEO_MODELS = ("r3d_18", "r2plus1d_18", "c3d_small")
@@ -50,7 +51,7 @@ class Conv2Plus1D(nn.Module):
     x = self.conv(self.mid, (1, 3, 3), (1, s, s), padding=[(0, 0), (1, 1), (1, 1)], name="spatial")(
       x
     )
-    x = nn.relu(self.norm(name="mid_bn")(x))
+    x = relu(self.norm(name="mid_bn")(x))
     return self.conv(
       self.filters, (3, 1, 1), (s, 1, 1), padding=[(1, 1), (0, 0), (0, 0)], name="temporal"
     )(x)
@@ -74,18 +75,18 @@ class VideoBlock(nn.Module):
       # has about the parameters of the 3x3x3 conv it stands for.
       mid = (inputs * self.filters * 27) // (inputs * 9 + 3 * self.filters)
       y = Conv2Plus1D(self.filters, mid, self.conv, self.norm, self.strides, name="conv1")(x)
-      y = nn.relu(self.norm(name="bn1")(y))
+      y = relu(self.norm(name="bn1")(y))
       y = Conv2Plus1D(self.filters, mid, self.conv, self.norm, name="conv2")(y)
     else:
       same = [(1, 1)] * 3
       y = self.conv(self.filters, (3, 3, 3), self.strides, padding=same, name="conv1")(x)
-      y = nn.relu(self.norm(name="bn1")(y))
+      y = relu(self.norm(name="bn1")(y))
       y = self.conv(self.filters, (3, 3, 3), padding=same, name="conv2")(y)
     y = self.norm(name="bn2")(y)
     if x.shape != y.shape:
       x = self.conv(self.filters, (1, 1, 1), self.strides, name="proj_conv")(x)
       x = self.norm(name="proj_bn")(x)
-    return nn.relu(x + y)
+    return relu(x + y)
 
 
 class VideoResNet(nn.Module):
@@ -116,7 +117,7 @@ class VideoResNet(nn.Module):
     norm = batch_norm(train, self.dtype)
     if self.factorised:  # torchvision's R(2+1)D stem: (1,7,7) to 45 channels, then (3,1,1)
       x = conv(45, (1, 7, 7), (1, 2, 2), padding=[(0, 0), (3, 3), (3, 3)], name="stem_conv")(x)
-      x = nn.relu(norm(name="stem_mid_bn")(x))
+      x = relu(norm(name="stem_mid_bn")(x))
       x = conv(self.num_filters, (3, 1, 1), padding=[(1, 1), (0, 0), (0, 0)], name="stem_temporal")(
         x
       )
@@ -124,7 +125,7 @@ class VideoResNet(nn.Module):
       x = conv(
         self.num_filters, (3, 7, 7), (1, 2, 2), padding=[(1, 1), (3, 3), (3, 3)], name="stem_conv"
       )(x)
-    x = nn.relu(norm(name="stem_bn")(x))
+    x = relu(norm(name="stem_bn")(x))
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
@@ -162,9 +163,9 @@ class C3DSmall(nn.Module):
     conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype, padding=[(1, 1)] * 3)
     norm = batch_norm(train, self.dtype)
     x = conv(self.widths[0], (3, 3, 3), (1, 2, 2), name="stem_conv")(x)
-    x = nn.max_pool(nn.relu(norm(name="bn0")(x)), (1, 2, 2), strides=(1, 2, 2))
-    x = nn.relu(norm(name="bn1")(conv(self.widths[1], (3, 3, 3), name="conv1")(x)))
+    x = nn.max_pool(relu(norm(name="bn0")(x)), (1, 2, 2), strides=(1, 2, 2))
+    x = relu(norm(name="bn1")(conv(self.widths[1], (3, 3, 3), name="conv1")(x)))
     x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2), padding="SAME")  # SAME: clips of 1 frame
-    x = nn.relu(norm(name="bn2")(conv(self.widths[2], (3, 3, 3), name="conv2")(x)))
+    x = relu(norm(name="bn2")(conv(self.widths[2], (3, 3, 3), name="conv2")(x)))
     x = jnp.mean(x, axis=(1, 2, 3))
     return self.dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

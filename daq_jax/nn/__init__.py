@@ -1,5 +1,7 @@
-"""Flax layers: drop-ins for `flax.linen.Conv` and `flax.linen.Dense` with INT8 training."""
+"""Flax layers: drop-ins for `flax.linen.Conv` and `flax.linen.Dense` with INT8 training, and
+ReLUs whose backward pass keeps their masks as bits."""
 
+from daq_jax.nn.activations import relu, relu6
 from daq_jax.nn.conv import QConv
 from daq_jax.nn.dense import QDense
 from daq_jax.nn.ops import (
@@ -21,4 +23,6 @@ __all__ = [
   "QuantDotGeneralOp",
   "QuantizedModel",
   "quantize",
+  "relu",
+  "relu6",
 ]

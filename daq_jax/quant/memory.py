@@ -2,9 +2,10 @@
 
     memory="keep"   what JAX's autodiff keeps: the quantized ops' int8 operands and scales, and
                     every float value the backward pass reads (BatchNorm's input and its
-                    normalised output, ReLU's output, the float parts around every conv).
+                    normalised output, the float parts around every conv) and the masks.
     memory="int8"   the quantized ops' int8 inputs and their scales (`INT8_RESIDUAL`), the
-                    per-channel statistics and the comparison masks (ReLU's, one byte each);
+                    per-channel statistics and the masks (ReLU's: a bit each with
+                    `daq_jax.nn.relu`, which packs them; a byte each, JAX's bool, otherwise);
                     everything else is recomputed in the backward pass from them, the inputs
                     and the parameters: each quantized layer's output from its int8 operands
                     (the int8 product again), then BatchNorm and the rest.
@@ -50,8 +51,8 @@ def name_residual(value):
 # Reductions: the per-channel statistics (BatchNorm's sums, a pooled feature, the quantizer's
 # maxima), saved so that the backward pass does not reduce again in another order.
 _STATISTICS = ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin")
-# Comparisons: the masks (ReLU's x > 0, a maximum's ties), one byte per element (JAX keeps a
-# bool per element; bits would need a ReLU of our own).
+# Comparisons: the masks (jax.nn.relu's x > 0, a maximum's ties), one byte per element (JAX's
+# bool; daq_jax.nn.relu packs its own into bits and names them INT8_RESIDUAL).
 _MASKS = ("gt", "ge", "lt", "le", "eq", "ne")
 # Values computed from operands this small (per-channel vectors, scalars: BatchNorm's 1/sigma
 # say) are saved too: they cost nothing, and computed again in another fusion their last bit
