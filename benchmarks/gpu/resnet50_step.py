@@ -4,8 +4,9 @@ ResNet-50 at batch 128 on 224x224 images: fp32, bf16, and per_tensor, DAQ, daq_s
 daq_sr_wgrad_rows and the recommended method (keeping everything, and memory="int8") on
 impl="auto" with bf16 float parts; then XLA's compiled memory of the recommended method's step
 in both memory modes and of bf16's (`memory_analysis`: on the GPU, whether XLA keeps the
-int8 mode's recomputation, which XLA:CPU does not: `benchmarks.memory.remat_control`, a plain
-MLP's gradient with and without jax.checkpoint, is read beside them). Smoke: the small CNN at
+int8 mode's recomputation, which XLA:CPU does not: `benchmarks.memory.remat_control`, an
+MLP's gradient keeping everything and keeping per-layer bf16 copies only, is read beside
+them, with the recomputed dots that XLA compiles). Smoke: the small CNN at
 32x32, batch 2."""
 
 from __future__ import annotations
