@@ -263,10 +263,10 @@ def table(results: dict, budget_gib: float) -> str:
 
 
 def _stored(path: str) -> dict:
-  """The models' rows an earlier (interrupted) run wrote to `path`, none if it has none."""
+  """What an earlier (interrupted) run wrote to `path`: its models' rows and its control."""
   try:
     with open(path) as f:
-      return json.load(f)["models"]
+      return json.load(f)
   except FileNotFoundError:
     return {}
 
@@ -285,8 +285,11 @@ def main(argv=None):
   wanted = {name.strip() for name in args.variants.split(",")}
   variants = [v for v in VARIANTS if v.name in wanted | {"fp32", "bf16"}]
   budget = args.budget_gib * 2**30
-  results = _stored(args.out) if args.resume else {}
+  stored = _stored(args.out) if args.resume else {}
+  results = stored.get("models", {})
   payload = {**environment("benchmarks.memory"), "budget_gib": args.budget_gib, "models": results}
+  if "remat_control" in stored:  # kept unless measured again
+    payload["remat_control"] = stored["remat_control"]
   if not args.no_compile:
     payload["remat_control"] = control = remat_control()
     print(

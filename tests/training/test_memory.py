@@ -156,11 +156,20 @@ def test_unknown_modes_are_refused():
 def test_the_benchmark_resumes_keeping_the_rows_it_has(tmp_path, capsys):
   out = tmp_path / "memory.json"
   stored = {"method": "fp32", "dtype": "float32", "memory": "keep", "residual_bytes": {"x": 1}}
-  out.write_text(json.dumps({"models": {"resnet20": {"batch": 128, "variants": {"fp32": stored}}}}))
+  out.write_text(
+    json.dumps(
+      {
+        "models": {"resnet20": {"batch": 128, "variants": {"fp32": stored}}},
+        "remat_control": {"plain_temp_bytes": 1},
+      }
+    )
+  )
   memory_bench.main(
     ["--models", "resnet20", "--variants", "bf16", "--no-compile", "--resume", "--out", str(out)]
   )
-  rows = json.loads(out.read_text())["models"]["resnet20"]["variants"]
+  payload = json.loads(out.read_text())
+  assert payload["remat_control"] == {"plain_temp_bytes": 1}  # kept: not compiled again
+  rows = payload["models"]["resnet20"]["variants"]
   assert rows["fp32"] == stored  # kept, not measured again
   assert rows["bf16"]["residual_bytes"]["bfloat16"] > 0  # the missing row, measured
   assert "| resnet20 | 128 | bf16 |" in capsys.readouterr().out
