@@ -81,7 +81,7 @@ def _false_of(values) -> jax.Array | None:
 
 
 def _rewrite(jaxpr):
-  """A (closed or open) jaxpr with its products fenced, of the same signature."""
+  """A (closed or open) jaxpr with its products and quotients fenced, same signature."""
   if isinstance(jaxpr, core.ClosedJaxpr):
     avals = [v.aval for v in jaxpr.jaxpr.invars]
     return jax.make_jaxpr(functools.partial(_evaluate, jaxpr.jaxpr, jaxpr.consts))(*avals)
@@ -106,7 +106,8 @@ def _params(params: dict) -> dict:
 
 
 def _evaluate(jaxpr: core.Jaxpr, consts, *args):
-  """`jaxpr` evaluated (traced) with its products fenced: JAX's eval_jaxpr, plus the fence."""
+  """`jaxpr` evaluated (traced) with its products and quotients fenced: JAX's eval_jaxpr,
+  plus the fence."""
   env = dict(zip(jaxpr.constvars, consts, strict=True)) | dict(zip(jaxpr.invars, args, strict=True))
 
   def read(v):
@@ -128,8 +129,10 @@ def _evaluate(jaxpr: core.Jaxpr, consts, *args):
 
 
 def exact(fn: Callable) -> Callable:
-  """`fn` (any pytree function: a training step, a gradient) with every float product rounded
-  on its own, so its numbers do not depend on how XLA fuses its program (module docstring).
+  """`fn` (any pytree function: a training step, a gradient) with every float product and
+  quotient rounded on its own, so its numbers do not depend on how XLA fuses its program
+  (module docstring). Wrap what is already differentiated (the step, `jax.grad(loss)`): the
+  derivative of an `exact` function is not rewritten.
 
   Two programs that compute the same values under `exact` give the same bits: a step that
   keeps everything for its backward pass and one that recomputes (`memory="int8"`).
