@@ -147,19 +147,26 @@ def abstract_step(model_name: str, variant: Variant, batch: int | None = None) -
   return Built(cfg, step, tx, state, batch_spec, common)
 
 
-def residuals(built: Built) -> dict:
-  """{dtype: bytes} of the step's saved residuals (the arguments not counted)."""
-  state = built.state
+def step_loss(built: Built):
+  """(loss, args): the step's loss as a function of the parameters and the quantizer's
+  variables (its gradient's arguments first), and the arguments to call it with."""
 
   def loss(params, quant_variables, state, batch):
     loss_fn, _ = steps.step_loss(state, batch, **built.common)
     return loss_fn(params, quant_variables)[0]
 
+  state = built.state
   quant_variables = {
     "quant_state": state.quant_state,
     "quant_stats": steps.statistics_input(state.quant_state),
   }
-  found = saved_residuals(loss, state.params, quant_variables, state, built.batch)
+  return loss, (state.params, quant_variables, state, built.batch)
+
+
+def residuals(built: Built) -> dict:
+  """{dtype: bytes} of the step's saved residuals (the arguments not counted)."""
+  loss, args = step_loss(built)
+  found = saved_residuals(loss, *args)
   by_dtype: dict[str, int] = {}
   for aval, where in found:
     if "from the argument" in where:

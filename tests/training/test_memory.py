@@ -115,23 +115,13 @@ def test_the_int8_mode_recomputes_no_relu(relu, monkeypatch):
     monkeypatch.setattr(resnet, "relu", jax.nn.relu)
     monkeypatch.setattr(resnet_cifar, "relu", jax.nn.relu)
   built = memory_bench.abstract_step("resnet20", INT8, 8)
-  state = built.state
-
-  def loss(params, quant_variables, state, batch):
-    return steps.step_loss(state, batch, **built.common)[0](params, quant_variables)[0]
-
-  quant_variables = {
-    "quant_state": state.quant_state,
-    "quant_stats": steps.statistics_input(state.quant_state),
-  }
-  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(
-    state.params, quant_variables, state, built.batch
-  ).jaxpr
+  loss, args = memory_bench.step_loss(built)
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(*args).jaxpr
   # 19 ReLUs run forward; none again in the backward pass: their masks are kept (recomputing
   # one after a residual addition would need the residual stream's float sum, block by block
   # from the first)
   assert _relus(jaxpr) == {False: 19, True: 0}
-  kept = memory_bench.residuals(memory_bench.abstract_step("resnet20", INT8, 8))
+  kept = memory_bench.residuals(built)
   masks, other = ("uint8", "bool") if relu == "bits" else ("bool", "uint8")
   assert kept[masks] > 0 and other not in kept  # packed by the zoo's ReLU, or a byte each
 
